@@ -1,0 +1,45 @@
+# rolekit: two commands on a fresh machine -- `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Full suite on these majors; the compatibility subset also on COMPAT_VERSIONS.
+PG_VERSIONS     ?= 15 17
+COMPAT_VERSIONS ?= 14 16 18
+# age and pgbouncer come from Debian packages; tests that need them install them.
+DEB_PACKAGES    ?= age pgbouncer
+
+.PHONY: venv test demo bench lint debs clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,age,bench]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: not root, cannot install$$missing; tests needing them will fail"; fi; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check rolekit tests bench scripts
+	$(VENV)/bin/mypy
+
+test: venv debs
+	$(PY) scripts/fetch_pg.py $(filter-out 15,$(PG_VERSIONS) $(COMPAT_VERSIONS))
+	$(MAKE) lint
+	ROLEKIT_PG_VERSIONS="$(PG_VERSIONS)" ROLEKIT_COMPAT_VERSIONS="$(COMPAT_VERSIONS)" \
+	  $(PY) -m pytest -p no:cacheprovider
+
+demo: venv
+	$(PY) -m rolekit.demo
+
+bench: venv debs
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,86 @@
+"""Statements rolekit emits, composed with :mod:`psycopg2.sql`.
+
+PostgreSQL version differences live here, next to the SQL they change.
+"""
+
+from __future__ import annotations
+
+from psycopg2 import sql
+
+from rolekit.catalog import PG16
+
+
+def _id(name: str) -> sql.Identifier:
+    return sql.Identifier(name)
+
+
+def create_nologin_role(name: str) -> sql.Composed:
+    return sql.SQL("CREATE ROLE {} NOLOGIN").format(_id(name))
+
+
+def grant_membership(group: str, member: str, server_version: int) -> sql.Composed:
+    """Make *member* a member whose login-time ``SET role`` takes effect.
+
+    From PostgreSQL 16 a membership without ``SET TRUE`` lets the member
+    inherit privileges but makes ``ALTER ROLE member SET role = group`` a
+    silent no-op at login (only a WARNING is logged), so objects would be
+    owned by the member.  Granting again with options updates an existing
+    membership, which is how rolekit converges.
+    """
+    if server_version >= PG16:
+        return sql.SQL("GRANT {} TO {} WITH INHERIT TRUE, SET TRUE").format(_id(group), _id(member))
+    return sql.SQL("GRANT {} TO {}").format(_id(group), _id(member))
+
+
+def grant_to_current_user(role: str, server_version: int, *, inherit: bool) -> sql.Composed:
+    """Let a non-superuser migration user act for *role*.
+
+    PostgreSQL 16 changed CREATEROLE: the creator gets only ADMIN on roles it
+    creates, so it may neither ``SET ROLE`` to them (to create objects they
+    own) nor ``REASSIGN OWNED BY`` them (that needs inherited privileges).
+    """
+    if server_version >= PG16:
+        return sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT {}, SET TRUE").format(
+            _id(role), sql.SQL("TRUE" if inherit else "FALSE")
+        )
+    return sql.SQL("GRANT {} TO CURRENT_USER").format(_id(role))
+
+
+def set_login_role(member: str, group: str) -> sql.Composed:
+    return sql.SQL("ALTER ROLE {} SET role = {}").format(_id(member), _id(group))
+
+
+def set_login(member: str, login: bool) -> sql.Composed:
+    return sql.SQL("ALTER ROLE {} {}").format(_id(member), sql.SQL("LOGIN" if login else "NOLOGIN"))
+
+
+def set_password_verifier(member: str) -> sql.Composed:
+    """``ALTER ROLE ... PASSWORD %s``, the parameter being a SCRAM verifier.
+
+    The server recognises a ``SCRAM-SHA-256$`` string as already hashed and
+    stores it as is, so the plaintext never leaves the client.
+    """
+    return sql.SQL("ALTER ROLE {} PASSWORD %s").format(_id(member))
+
+
+def expire_password(member: str) -> sql.Composed:
+    return sql.SQL("ALTER ROLE {} VALID UNTIL '-infinity'").format(_id(member))
+
+
+def clear_valid_until(member: str) -> sql.Composed:
+    return sql.SQL("ALTER ROLE {} VALID UNTIL 'infinity'").format(_id(member))
+
+
+def reassign_owned(roles: list[str], target: str | None) -> sql.Composed:
+    return sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+        sql.SQL(", ").join(map(_id, roles)),
+        _id(target) if target else sql.SQL("CURRENT_USER"),
+    )
+
+
+def drop_owned(roles: list[str]) -> sql.Composed:
+    return sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(map(_id, roles)))
+
+
+def drop_roles(roles: list[str]) -> sql.Composed:
+    return sql.SQL("DROP ROLE {}").format(sql.SQL(", ").join(map(_id, roles)))

@@ -1,0 +1,165 @@
+"""The changelog tables rolekit keeps in the database.
+
+``rolekit_changelog`` holds one current row per repeatable; the append-only
+``rolekit_changelog_history`` records every run for auditors (a trigger
+refuses UPDATE and DELETE); ``rolekit_meta`` holds the schema version and the
+salt of the secret fingerprints.  No table ever holds a secret: checksums
+carry slow, salted fingerprints of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from rolekit.errors import ChangelogError
+from rolekit.runtime.session import Session
+
+SCHEMA_VERSION = 2
+
+_CREATE = [
+    "CREATE TABLE rolekit_meta (key text PRIMARY KEY, value text NOT NULL)",
+    """CREATE TABLE rolekit_changelog (
+        id text PRIMARY KEY,
+        checksum text NOT NULL,
+        context_expression text,
+        context_used text,
+        exec_type text NOT NULL CHECK (exec_type IN ('executed', 'reran')),
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        applied_by text NOT NULL DEFAULT session_user,
+        duration_ms double precision NOT NULL,
+        target_oids bigint[] NOT NULL DEFAULT '{}')""",
+    """CREATE TABLE rolekit_changelog_history (
+        seq bigserial PRIMARY KEY,
+        id text NOT NULL,
+        checksum text NOT NULL,
+        context_expression text,
+        context_used text,
+        exec_type text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        applied_by text NOT NULL DEFAULT session_user,
+        duration_ms double precision NOT NULL)""",
+    """CREATE FUNCTION rolekit_history_append_only() RETURNS trigger
+        LANGUAGE plpgsql AS $$ BEGIN
+        RAISE EXCEPTION 'rolekit_changelog_history is append-only';
+        END $$""",
+    """CREATE TRIGGER rolekit_history_append_only
+        BEFORE UPDATE OR DELETE ON rolekit_changelog_history
+        FOR EACH STATEMENT EXECUTE FUNCTION rolekit_history_append_only()""",
+]
+
+# Schema 1 (rolekit 0.1) had no target_oids: repeatables then could not notice
+# that a downgrade dropped and re-created their roles.
+_MIGRATE = {
+    1: ["ALTER TABLE rolekit_changelog ADD COLUMN target_oids bigint[] NOT NULL DEFAULT '{}'"],
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The current changelog row of a repeatable."""
+
+    id: str
+    checksum: str
+    target_oids: tuple[int, ...]
+
+
+@dataclass
+class Changelog:
+    """What the changelog holds at the start of a run."""
+
+    exists: bool
+    salt: bytes
+    entries: dict[str, Entry]
+    version: int = SCHEMA_VERSION
+
+
+def read(session: Session) -> Changelog:
+    """Read the meta and current rows in two round trips (none if absent)."""
+    row = session.fetchone(
+        sql.SQL(
+            "SELECT to_regclass('rolekit_meta') IS NOT NULL,"
+            " to_regclass('rolekit_changelog') IS NOT NULL"
+        )
+    )
+    assert row is not None
+    if not row[0]:
+        if row[1]:
+            raise ChangelogError(
+                "found rolekit_changelog without rolekit_meta: it was made by a rolekit older than "
+                "0.1 or by another tool; rename or drop it and re-run"
+            )
+        return Changelog(False, b"", {})
+    meta = dict(session.fetchall(sql.SQL("SELECT key, value FROM rolekit_meta")))
+    version = int(meta.get("schema_version", "0"))
+    if version > SCHEMA_VERSION:
+        raise ChangelogError(
+            f"the changelog has schema version {version}, newer than this rolekit "
+            f"({SCHEMA_VERSION}); upgrade rolekit"
+        )
+    salt = bytes.fromhex(meta.get("fingerprint_salt", ""))
+    if version < SCHEMA_VERSION:
+        return Changelog(True, salt, {}, version)  # migrated (and then read) by ensure()
+    rows = session.fetchall(sql.SQL("SELECT id, checksum, target_oids FROM rolekit_changelog"))
+    return Changelog(True, salt, {r[0]: Entry(r[0], r[1], tuple(r[2])) for r in rows})
+
+
+def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
+    """Create (with *salt*) or migrate the tables; call only when a repeatable
+    will run, so a no-op run writes nothing."""
+    if not changelog.exists:
+        for stmt in _CREATE:
+            session.execute(sql.SQL(stmt))
+        session.execute(
+            sql.SQL("INSERT INTO rolekit_meta VALUES ('schema_version', %s), ('fingerprint_salt', %s)"),
+            (str(SCHEMA_VERSION), salt.hex()),
+        )
+        return Changelog(True, salt, {})
+    version = changelog.version
+    if version == SCHEMA_VERSION:
+        return changelog
+    if version not in _MIGRATE:
+        raise ChangelogError(f"the changelog has unknown schema version {version}")
+    while version < SCHEMA_VERSION:
+        for stmt in _MIGRATE[version]:
+            session.execute(sql.SQL(stmt))
+        version += 1
+        session.execute(
+            sql.SQL("UPDATE rolekit_meta SET value = %s WHERE key = 'schema_version'"), (str(version),)
+        )
+    return read(session)
+
+
+def record(
+    session: Session,
+    *,
+    id: str,
+    checksum: str,
+    context_expression: str | None,
+    context_used: str | None,
+    exec_type: str,
+    duration_ms: float,
+    target_oids: list[int],
+) -> None:
+    """Upsert the current row and append to the history."""
+    values = (id, checksum, context_expression, context_used, exec_type, duration_ms)
+    session.execute(
+        sql.SQL(
+            "INSERT INTO rolekit_changelog (id, checksum, context_expression, context_used,"
+            " exec_type, duration_ms, target_oids) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET checksum = EXCLUDED.checksum,"
+            " context_expression = EXCLUDED.context_expression,"
+            " context_used = EXCLUDED.context_used, exec_type = EXCLUDED.exec_type,"
+            " applied_at = now(), applied_by = session_user,"
+            " duration_ms = EXCLUDED.duration_ms, target_oids = EXCLUDED.target_oids"
+        ),
+        (*values, target_oids),
+    )
+    session.execute(
+        sql.SQL(
+            "INSERT INTO rolekit_changelog_history (id, checksum, context_expression,"
+            " context_used, exec_type, duration_ms) VALUES (%s, %s, %s, %s, %s, %s)"
+        ),
+        values,
+    )

@@ -1,0 +1,1 @@
+"""Rotation: the committed login state, its phases and the guards."""

@@ -1,0 +1,1 @@
+"""Runs rolekit inside an Alembic migration: the session, env.py glue, config."""

@@ -1,0 +1,150 @@
+"""The body of ``migrations/env.py``: Alembic's run plus rolekit's repeatables.
+
+A project's env.py can be two lines::
+
+    from alembic import context
+    from rolekit.runtime.environment import run_migrations
+    run_migrations(context)
+
+Projects with their own env.py call :func:`apply_repeatables` inside their
+``context.begin_transaction()`` block, after ``context.run_migrations()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import psycopg2
+from alembic.runtime.environment import EnvironmentContext
+from psycopg2 import sql
+from sqlalchemy import create_engine, pool
+
+import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
+from rolekit.contexts import parse_contexts
+from rolekit.errors import RolekitError
+from rolekit.repeatable.engine import RunContext, RunReport, apply, load_repeatables
+from rolekit.rotation.state import RotationState
+from rolekit.runtime.config import Settings
+from rolekit.runtime.session import session_for
+
+log = logging.getLogger("rolekit")
+
+#: one key for every rolekit deploy: concurrent upgrades run one after another
+ADVISORY_LOCK_KEY = 0x726F6C656B6974  # "rolekit"
+
+
+def _x(env: EnvironmentContext) -> dict[str, str]:
+    return env.get_x_argument(as_dictionary=True)
+
+
+def active_contexts(env: EnvironmentContext) -> tuple[frozenset[str], str | None]:
+    """Contexts from ``-x context=...`` or ``ROLEKIT_CONTEXT``, and the first one."""
+    raw = _x(env).get("context") or os.environ.get("ROLEKIT_CONTEXT") or ""
+    contexts = parse_contexts(raw)
+    primary = raw.split(",")[0].strip().lower() if contexts else None
+    return contexts, primary
+
+
+def _is_upgrade(env: EnvironmentContext) -> bool:
+    # Alembic passes the command's step function as ``fn``; repeatables
+    # belong to ``upgrade`` only (not downgrade, stamp or check).
+    fn = env.get_context().opts.get("fn")
+    return getattr(fn, "__name__", "") == "upgrade"
+
+
+def _flag(env: EnvironmentContext, name: str) -> bool:
+    return _x(env).get(name, "").lower() in ("1", "true", "yes")
+
+
+def run_context(env: EnvironmentContext, settings: Settings) -> RunContext:
+    contexts, primary = active_contexts(env)
+    raw_timeout = _x(env).get("drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT")
+    try:
+        timeout = float(raw_timeout) if raw_timeout else settings.drain_timeout
+    except ValueError:
+        raise RolekitError(f"drain_timeout={raw_timeout!r} is not a number of seconds") from None
+    return RunContext(
+        settings=settings,
+        contexts=contexts,
+        primary=primary,
+        rotation=RotationState.load(settings.state_file),
+        drain_timeout=timeout,
+        terminate=_flag(env, "terminate"),
+    )
+
+
+def apply_repeatables(env: EnvironmentContext, settings: Settings | None = None) -> RunReport | None:
+    """Run changed repeatables in the current migration transaction."""
+    if not _is_upgrade(env):
+        return None
+    settings = settings or Settings.from_alembic_config(env.config)
+    run = run_context(env, settings)
+    session = session_for(env.get_context())
+    return apply(session, run, load_repeatables(settings.repeatables_dir))
+
+
+def verify_logins(url: str, report: RunReport) -> None:
+    """Log in as each member whose password was just set and that may log in.
+
+    Like the test step of AWS's rotation: a password that does not work is
+    reported now, not by the first application that tries it.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    for role, secret in report.to_verify:
+        try:
+            conn = psycopg2.connect(
+                host=parsed.host,
+                port=parsed.port,
+                dbname=parsed.database,
+                user=role,
+                password=secret.reveal(),
+                connect_timeout=10,
+                application_name="rolekit-verify",
+            )
+        except psycopg2.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RolekitError(
+                f"login check failed for {role!r} after setting its password: {first}. The change "
+                "is committed; fix the secret or the pg_hba.conf entry and re-run"
+            ) from None
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT current_user, session_user"))
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        log.info("rolekit: verified login as %s (session runs as %s)", role, row[0] if row else "?")
+
+
+def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
+    """Run Alembic's migrations and rolekit's repeatables in one transaction."""
+    settings = Settings.from_alembic_config(env.config)
+    if env.is_offline_mode():
+        env.configure(
+            url=settings.require_url(),
+            literal_binds=True,
+            dialect_opts={"paramstyle": "named"},
+            transaction_per_migration=False,
+            **configure_kw,
+        )
+        with env.begin_transaction():
+            env.run_migrations()
+            apply_repeatables(env, settings)
+        return
+    engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
+    report: RunReport | None = None
+    with engine.connect() as connection:
+        env.configure(connection=connection, transaction_per_migration=False, **configure_kw)
+        with env.begin_transaction():
+            # Serialise concurrent deploys: the second waits, then finds the
+            # revisions and repeatables already applied and does nothing.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            env.run_migrations()
+            report = apply_repeatables(env, settings)
+    engine.dispose()
+    if report is not None and report.to_verify:
+        verify_logins(settings.require_url(), report)

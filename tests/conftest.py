@@ -1,0 +1,75 @@
+"""Shared fixtures: real PostgreSQL clusters and throwaway copies of the example project.
+
+``ROLEKIT_PG_VERSIONS`` (default ``15``) lists the majors the full suite runs
+on; tests marked ``compat`` also run on ``ROLEKIT_COMPAT_VERSIONS``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from rolekit.sandbox import Cluster
+from tests.project import Project
+
+FULL_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_PG_VERSIONS", "15").split()]
+COMPAT_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_COMPAT_VERSIONS", "").split()]
+_reported: set[str] = set()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "pg_major" in metafunc.fixturenames:
+        majors = list(FULL_VERSIONS)
+        if metafunc.definition.get_closest_marker("compat"):
+            majors += [m for m in COMPAT_VERSIONS if m not in majors]
+        metafunc.parametrize("pg_major", majors, ids=[f"pg{m}" for m in majors], indirect=True)
+
+
+@pytest.fixture
+def pg_major(request: pytest.FixtureRequest) -> int:
+    """The PostgreSQL major version under test (parametrized above)."""
+    return int(request.param)
+
+
+@pytest.fixture
+def cluster(pg_major: int) -> Iterator[Cluster]:
+    """A fresh cluster per test: roles are cluster-wide, so tests cannot share one."""
+    with Cluster(pg_major) as c:
+        with c.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT version()")
+            _reported.add(str(cur.fetchone()[0]))  # type: ignore[index]
+        yield c
+
+
+@pytest.fixture
+def project(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The example project copied to a temp dir, run as the superuser."""
+    return Project.copy(tmp_path_factory.mktemp("project"), cluster)
+
+
+@pytest.fixture
+def managed_project(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The example project run as a non-superuser CREATEROLE user (RDS-like)."""
+    user, password = cluster.create_migrator()
+    return Project.copy(tmp_path_factory.mktemp("project"), cluster, user=user, password=password)
+
+
+@pytest.fixture(params=["superuser", "createrole"])
+def any_project(
+    request: pytest.FixtureRequest, cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Project:
+    """Both kinds of migration user."""
+    root = tmp_path_factory.mktemp("project")
+    if request.param == "superuser":
+        return Project.copy(root, cluster)
+    user, password = cluster.create_migrator()
+    return Project.copy(root, cluster, user=user, password=password)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _reported:
+        terminalreporter.write_sep("-", "PostgreSQL servers tested")
+        for line in sorted(_reported):
+            terminalreporter.write_line(line)
