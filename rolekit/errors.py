@@ -70,3 +70,5 @@ class LiveSessionsError(GuardError):
 
 class RotationStateError(RolekitError):
     """The rotation state does not allow the requested phase."""
+
+    exit_code = 4

@@ -155,6 +155,7 @@ def record(
             " duration_ms = EXCLUDED.duration_ms, target_oids = EXCLUDED.target_oids"
         ),
         (*values, target_oids),
+        echo=False,
     )
     session.execute(
         sql.SQL(
@@ -162,4 +163,5 @@ def record(
             " context_used, exec_type, duration_ms) VALUES (%s, %s, %s, %s, %s, %s)"
         ),
         values,
+        echo=False,
     )

@@ -143,16 +143,21 @@ class Session:
 
     # -- statements ----------------------------------------------------------
 
-    def execute(self, stmt: sql.Composable, params: Params = None) -> None:
-        """Run (or, offline, print) a statement that carries no secret."""
+    def execute(self, stmt: sql.Composable, params: Params = None, *, echo: bool = True) -> None:
+        """Run (or, offline, print) a statement that carries no secret.
+
+        :param echo: log it at INFO (changes users care about) rather than
+            DEBUG (rolekit's own bookkeeping).
+        """
         if self.offline:
             if params:
                 raise RolekitError("parameters cannot be rendered in offline (--sql) mode")
             impl = self.migration_context.impl
             impl.static_output(render_offline(stmt) + impl.command_terminator)
             return
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s", stmt.as_string(self.dbapi_connection))
+        level = logging.INFO if echo else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "%s", stmt.as_string(self.dbapi_connection))
         self._cursor_execute(stmt, params).close()
 
     def execute_secret(self, stmt: sql.Composable, params: Sequence[Any], *, describe: str) -> None:
