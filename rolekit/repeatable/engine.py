@@ -199,6 +199,13 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
     report = RunReport(items)
     if not report.executed:
         return report
+    if session.offline:
+        secret = next((i for i in report.executed for s in i.steps if s.secret is not None), None)
+        if secret is not None:
+            raise RepeatableError(
+                f"refusing to write a password verifier into an offline script (repeatable "
+                f"{secret.repeatable.id!r}); run the upgrade online, or offline without that context"
+            )
     if not session.offline:
         migrated = changelog.ensure(session, state, salt=run.salt)
         if migrated.version != state.version:  # an older schema was just migrated

@@ -1,0 +1,218 @@
+"""A private PgBouncer in front of a sandbox cluster, started and stopped by the bench.
+
+Clients authenticate with SCRAM against the verifier PgBouncer fetches from
+the server through ``auth_query`` (a SECURITY DEFINER lookup function run as a
+dedicated auth user), so a password rolekit sets is usable through the pooler
+at once, and PgBouncer logs in to the server with the client's SCRAM keys.
+``pg_shadow`` only lists roles that may log in, so a NOLOGIN member is refused
+by the pooler itself.  A short ``server_lifetime``/``server_idle_timeout``
+makes server connections move to the new member, so rolekit's drain ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from psycopg2 import sql
+from psycopg2.extensions import encrypt_password
+
+from rolekit.sandbox import Cluster
+
+AUTH_USER = "bench_pgbouncer_auth"
+
+_LOOKUP = """
+CREATE SCHEMA IF NOT EXISTS bench_pgbouncer;
+CREATE OR REPLACE FUNCTION bench_pgbouncer.user_lookup(in i_username text,
+    out uname text, out phash text)
+RETURNS record LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS
+$$ SELECT usename::text, passwd::text FROM pg_catalog.pg_shadow WHERE usename = i_username $$;
+REVOKE ALL ON FUNCTION bench_pgbouncer.user_lookup(text) FROM PUBLIC;
+"""
+
+
+def ensure_installed() -> str:
+    """Return the pgbouncer binary, installing the Debian package as root if missing."""
+    found = shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
+    )
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise RuntimeError("pgbouncer is not installed and we are not root: apt-get install pgbouncer")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True, env=env, capture_output=True
+    )
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(found):
+        raise RuntimeError("pgbouncer still missing after apt-get install")
+    return found
+
+
+def version(binary: str) -> str:
+    proc = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return proc.stdout.splitlines()[0].strip() if proc.stdout else "unknown"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PgBouncer:
+    """``with PgBouncer(cluster) as bouncer:`` -- clients use ``bouncer.port``."""
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        pool_mode: str = "session",
+        server_lifetime: int = 2,
+        server_idle_timeout: int = 2,
+        default_pool_size: int = 20,
+        dbname: str = "postgres",
+    ) -> None:
+        self.cluster = cluster
+        self.binary = ensure_installed()
+        self.version = version(self.binary)
+        self.settings: dict[str, Any] = {
+            "pool_mode": pool_mode,
+            "server_lifetime": server_lifetime,
+            "server_idle_timeout": server_idle_timeout,
+            "default_pool_size": default_pool_size,
+            "auth_type": "scram-sha-256",
+        }
+        self.dbname = dbname
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp = Path(tempfile.mkdtemp(prefix="rolekit-pgbouncer-"))
+        self.logfile = self._tmp / "pgbouncer.log"
+        self._owner: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            self._owner = entry.pw_uid, entry.pw_gid
+            os.chown(self._tmp, *self._owner)
+
+    def _write(self, path: Path, text: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        if self._owner:
+            os.chown(path, *self._owner)
+
+    def _prepare_server(self) -> str:
+        password = secrets.token_urlsafe(24)
+        conn = self.cluster.connect(dbname=self.dbname)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AUTH_USER,))
+                role = sql.Identifier(AUTH_USER)
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+                verifier = encrypt_password(password, AUTH_USER, conn, "scram-sha-256")
+                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(role), (verifier,))
+                cur.execute(_LOOKUP)
+                cur.execute(
+                    sql.SQL("GRANT USAGE ON SCHEMA bench_pgbouncer TO {}").format(role)
+                )
+                cur.execute(
+                    sql.SQL("GRANT EXECUTE ON FUNCTION bench_pgbouncer.user_lookup(text) TO {}").format(role)
+                )
+        finally:
+            conn.close()
+        return password
+
+    def start(self) -> Self:
+        password = self._prepare_server()
+        self._write(self._tmp / "userlist.txt", f'"{AUTH_USER}" "{password}"\n')
+        for _attempt in range(5):
+            self.port = _free_port()
+            conf = {
+                "listen_addr": self.host,
+                "listen_port": self.port,
+                "unix_socket_dir": "",
+                "auth_file": self._tmp / "userlist.txt",
+                "auth_user": AUTH_USER,
+                "auth_query": "SELECT uname, phash FROM bench_pgbouncer.user_lookup($1)",
+                "max_client_conn": 400,
+                "ignore_startup_parameters": "extra_float_digits",
+                "logfile": self.logfile,
+                "pidfile": self._tmp / "pgbouncer.pid",
+                "log_connections": 0,
+                "log_disconnections": 0,
+                **self.settings,
+            }
+            text = (
+                "[databases]\n"
+                f"{self.dbname} = host={self.cluster.host} port={self.cluster.port} dbname={self.dbname}\n"
+                "[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in conf.items())
+            )
+            self._write(self._tmp / "pgbouncer.ini", text)
+            extra: dict[str, Any] = {}
+            if self._owner:
+                extra = {"user": self._owner[0], "group": self._owner[1], "extra_groups": []}
+            self._proc = subprocess.Popen(
+                [self.binary, str(self._tmp / "pgbouncer.ini")],
+                cwd=self._tmp,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                **extra,
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+                    return self
+                time.sleep(0.05)
+            self.stop()
+        raise RuntimeError(f"pgbouncer did not start:\n{self.log_text()[-2000:]}")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def cleanup(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
