@@ -95,7 +95,10 @@ class RunContext:
         secrets_file = self.secrets_file  # raises when no context was given
         context = self.primary or ""
         value = secrets_file.get(role, context)
-        check_strength(role, context, value, self.settings.min_length(context))
+        try:
+            check_strength(role, context, value, self.settings.min_length(context))
+        except SecretsError as exc:
+            raise SecretsError(f"secrets file {secrets_file.path}: {exc}") from None
         return value, secret_key(role, context)
 
     def must_log_in(self, role: str) -> bool:

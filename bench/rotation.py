@@ -1,0 +1,370 @@
+"""Password rotation under load: rolekit against two single-step baselines.
+
+One cluster, one run, one application lag (apps pick up new credentials
+``lag`` seconds after the database changed).  First the three rolekit
+scenarios run side by side through the same rotations, driven by the CLI:
+
+* ``rolekit-direct`` -- worker processes loop connect -> ``SELECT 1`` ->
+  disconnect straight to PostgreSQL;
+* ``rolekit-client-pooled`` -- a pooled SQLAlchemy app built with
+  :mod:`rolekit.client`, threads running queries;
+* ``rolekit-pgbouncer`` -- worker processes connecting through PgBouncer.
+
+Then the baselines, each with the same worker processes:
+
+* ``baseline-single-user-alter-password`` -- one login user whose password
+  is changed in place (``ALTER ROLE ... PASSWORD``);
+* ``baseline-liquibase-one-step-flip`` -- the seed changelog's one batch
+  ``ALTER ROLE my_app_tom NOLOGIN; ALTER ROLE my_app_jerry LOGIN``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extensions import encrypt_password
+
+from bench import pooled
+from bench.common import MEMBERS, RESULTS, Project, log, machine, write_json
+from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
+from bench.pgbouncer import PgBouncer
+from bench.stats import Record, SessionSampler, Window, per_second, summarize
+from rolekit.sandbox import Cluster
+from rolekit.secrets import generate_password
+
+SINGLE_USER = "app_single"
+
+
+@dataclass
+class Config:
+    lag_s: float = 0.5
+    direct_workers: int = 16
+    pgbouncer_workers: int = 4
+    pooled_threads: int = 4
+    pool_size: int = 4
+    rotations: int = 2
+    #: rolekit scenarios together must reach this many attempts
+    min_attempts: int = 10_000
+    #: ...but the rolekit phase stops after this many seconds regardless
+    max_phase_s: float = 240.0
+    steady_s: float = 4.0
+    drain_timeout_s: float = 60.0
+    baseline_changes: int = 2
+
+
+@dataclass
+class Phase:
+    """One stretch of load: its clock, its events and the catalog samples."""
+
+    name: str
+    started: float = 0.0
+    ended: float = 0.0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def mark(self, name: str, **extra: Any) -> float:
+        t = time.time()
+        self.events.append({"name": name, "t": round(t - self.started, 3), **extra})
+        log(f"{self.name}: {name} {extra or ''}")
+        return t
+
+    def to_json(self, sampler: SessionSampler) -> dict[str, Any]:
+        return {
+            "duration_s": round(self.ended - self.started, 2),
+            "events": self.events,
+            "rotation_windows_s": [
+                [round(a - self.started, 3), round(b - self.started, 3)] for a, b in self.windows
+            ],
+            "errors": self.errors,
+            "sampler_error": sampler.error,
+            "session_samples": [
+                {"t": round(s["t"] - self.started, 3), "sessions": s["sessions"], "by_app": s["by_app"]}
+                for s in sampler.samples
+                if self.started <= s["t"] <= self.ended
+            ],
+        }
+
+
+def _scenario(
+    name: str,
+    phase: Phase,
+    records: list[Record],
+    errors: Counter[str],
+    sampler: SessionSampler,
+    latency_of: str = "connect",
+    **extra: Any,
+) -> dict[str, Any]:
+    result = summarize(
+        name, records, errors, started=phase.started, ended=phase.ended,
+        windows=phase.windows, latency_of=latency_of,
+    )
+    sessions = sampler.per_second(phase.started, phase.ended)
+    timeline = per_second(records, phase.started, phase.ended)
+    for row, sess in zip(timeline, sessions, strict=True):
+        row["sessions"] = sess["sessions"]
+    result.update(phase=phase.name, **extra, timeline=timeline)
+    return result
+
+
+def _set_password(cluster: Cluster, role: str, password: str) -> None:
+    """``ALTER ROLE ... PASSWORD`` with a SCRAM verifier computed client-side."""
+    conn = cluster.connect()
+    try:
+        verifier = encrypt_password(password, role, conn, "scram-sha-256")
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (verifier,))
+    finally:
+        conn.close()
+
+
+def _execute(cluster: Cluster, statement: str) -> None:
+    conn = cluster.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
+
+
+# -- rolekit -------------------------------------------------------------------
+
+
+def _rolekit_phase(
+    cfg: Config, cluster: Cluster, project: Project, bouncer: PgBouncer, work: Path,
+    sampler: SessionSampler,
+) -> tuple[Phase, list[dict[str, Any]]]:
+    phase = Phase("rolekit")
+    creds_path = work / "app-creds.json"
+    write_creds(creds_path, *project.creds())
+    go = MP.Event()
+    direct = WorkerPool(
+        "rolekit-direct", cfg.direct_workers,
+        Target(cluster.host, cluster.port, application_name="bench-direct"), creds_path, work,
+    )
+    through_bouncer = WorkerPool(
+        "rolekit-pgbouncer", cfg.pgbouncer_workers,
+        Target(bouncer.host, bouncer.port, application_name="bench-pgbouncer"), creds_path, work,
+    )
+    app = pooled.PooledApp(
+        "rolekit-client-pooled", cluster, creds_path, work,
+        threads=cfg.pooled_threads, pool_size=cfg.pool_size,
+    )
+    pools: list[Any] = [direct, through_bouncer, app]
+    for pool in pools:
+        pool.start(go)
+    wait_ready(pools)
+    phase.started = time.time()
+    go.set()
+    log("rolekit: load running")
+
+    def attempts() -> int:
+        return sum(p.attempts() for p in pools)
+
+    def rolekit(*args: str) -> tuple[bool, str]:
+        proc = project.rolekit(*args, check=False)
+        if proc.returncode != 0:
+            message = f"rolekit {' '.join(args)} exited {proc.returncode}: {proc.stderr[-1500:]}"
+            phase.errors.append(message)
+            log(message)
+        return proc.returncode == 0, proc.stderr
+
+    try:
+        time.sleep(cfg.steady_s)
+        for n in range(1, cfg.rotations + 1):
+            before = project.creds()[0]
+            t_begin = phase.mark("begin", rotation=n, outgoing=before)
+            ok, _ = rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+            t_db = time.time()
+            phase.events[-1]["duration_s"] = round(t_db - t_begin, 3)
+            if not ok:
+                break
+            user, password = project.creds()
+            _sleep_until(t_db + cfg.lag_s)
+            write_creds(creds_path, user, password)
+            phase.mark("app switch", rotation=n, incoming=user, lag_s=round(time.time() - t_db, 3))
+            time.sleep(cfg.steady_s)
+            t_finish = phase.mark("finish", rotation=n)
+            ok, stderr = rolekit(
+                "rotate", "my_app", "finish", "--context", "dev", "--apply",
+                "--drain-timeout", str(cfg.drain_timeout_s),
+            )
+            t_done = time.time()
+            phase.events[-1]["duration_s"] = round(t_done - t_finish, 3)
+            phase.events[-1]["drain"] = [ln for ln in stderr.splitlines() if "drain" in ln][-3:]
+            phase.windows.append((t_begin, t_done))
+            if not ok:
+                break
+            # the app re-reads creds after finish too (unchanged: same member)
+            _sleep_until(t_done + cfg.lag_s)
+            write_creds(creds_path, *project.creds())
+            time.sleep(cfg.steady_s)
+        deadline = phase.started + cfg.max_phase_s
+        while attempts() < cfg.min_attempts and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        phase.ended = time.time()
+        for pool in pools:
+            pool.stop()
+    log(f"rolekit: {attempts()} attempts in {phase.ended - phase.started:.1f}s; collecting")
+    scenarios = []
+    records, errors = direct.join()
+    scenarios.append(_scenario("rolekit-direct", phase, records, errors, sampler,
+                               workers=cfg.direct_workers, mode="processes, connect per query"))
+    records, errors = app.join()
+    scenarios.append(_scenario(
+        "rolekit-client-pooled", phase, records, errors, sampler, latency_of="checkout+query",
+        threads=cfg.pooled_threads, pool_size=cfg.pool_size, mode="rolekit.client engine, pooled",
+        physical_connects=app.physical_connects,
+    ))
+    records, errors = through_bouncer.join()
+    scenarios.append(_scenario(
+        "rolekit-pgbouncer", phase, records, errors, sampler, workers=cfg.pgbouncer_workers,
+        mode="processes, connect per query through PgBouncer", pgbouncer=bouncer.version,
+        pgbouncer_settings=bouncer.settings,
+    ))
+    return phase, scenarios
+
+
+# -- baselines -------------------------------------------------------------------
+
+Change = Callable[[], tuple[str, str]]
+
+
+def _baseline_phase(
+    name: str, cfg: Config, cluster: Cluster, work: Path, sampler: SessionSampler,
+    initial: tuple[str, str], changes: list[tuple[str, Change]],
+) -> tuple[Phase, dict[str, Any]]:
+    phase = Phase(name)
+    creds_path = work / f"{name}-creds.json"
+    write_creds(creds_path, *initial)
+    go = MP.Event()
+    workers = WorkerPool(
+        name, cfg.direct_workers,
+        Target(cluster.host, cluster.port, application_name="bench-baseline"), creds_path, work,
+    )
+    workers.start(go)
+    wait_ready([workers])
+    phase.started = time.time()
+    go.set()
+    try:
+        time.sleep(cfg.steady_s)
+        for n, (label, change) in enumerate(changes, 1):
+            t_change = phase.mark(label, rotation=n)
+            user, password = change()
+            t_db = time.time()
+            phase.events[-1]["duration_s"] = round(t_db - t_change, 3)
+            _sleep_until(t_db + cfg.lag_s)
+            write_creds(creds_path, user, password)
+            t_switch = phase.mark("app switch", rotation=n, incoming=user,
+                                  lag_s=round(time.time() - t_db, 3))
+            phase.windows.append((t_change, t_switch + 1.0))
+            time.sleep(cfg.steady_s)
+    finally:
+        phase.ended = time.time()
+        workers.stop()
+    records, errors = workers.join()
+    return phase, _scenario(name, phase, records, errors, sampler, workers=cfg.direct_workers,
+                            mode="processes, connect per query")
+
+
+def _single_user(cfg: Config, cluster: Cluster, work: Path, sampler: SessionSampler) -> tuple[Phase, dict[str, Any]]:
+    password = generate_password()
+    _execute(cluster, f"CREATE ROLE {SINGLE_USER} LOGIN")
+    _set_password(cluster, SINGLE_USER, password)
+
+    def change() -> tuple[str, str]:
+        new = generate_password()
+        _set_password(cluster, SINGLE_USER, new)
+        return SINGLE_USER, new
+
+    return _baseline_phase(
+        "baseline-single-user-alter-password", cfg, cluster, work, sampler,
+        (SINGLE_USER, password), [("alter password", change)] * cfg.baseline_changes,
+    )
+
+
+def _liquibase(cfg: Config, cluster: Cluster, project: Project, work: Path,
+               sampler: SessionSampler) -> tuple[Phase, dict[str, Any]]:
+    """The seed's ``allow_login_for_my_app`` changeset, flipped in one batch."""
+    passwords = {m: project.password(m) for m in MEMBERS}
+    active = project.creds()[0]
+    order = [active, next(m for m in MEMBERS if m != active)]
+    changes: list[tuple[str, Change]] = []
+    for n in range(cfg.baseline_changes):
+        old, new = order[n % 2], order[(n + 1) % 2]
+
+        def flip(old: str = old, new: str = new) -> tuple[str, str]:
+            _execute(cluster, f"ALTER ROLE {old} NOLOGIN; ALTER ROLE {new} LOGIN")
+            return new, passwords[new]
+
+        changes.append(("one-step flip", flip))
+    return _baseline_phase(
+        "baseline-liquibase-one-step-flip", cfg, cluster, work, sampler,
+        (active, passwords[active]), changes,
+    )
+
+
+# -- the benchmark -----------------------------------------------------------------
+
+
+def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
+    cfg = cfg or Config()
+    work = Path(tempfile.mkdtemp(prefix="rolekit-bench-rotation-"))
+    # log_statement=all would log every SELECT 1 of the load: measure without it
+    with Cluster(major, log_statement="none") as cluster:
+        log(f"rotation: {cluster!r}")
+        info = machine(cluster)
+        migrator, migrator_password = cluster.create_migrator()
+        project = Project.example(work / "project", cluster.url(migrator, migrator_password))
+        project.alembic("upgrade", "head")
+        sampler = SessionSampler(cluster, [*MEMBERS, SINGLE_USER])
+        sampler.start()
+        phases: dict[str, Any] = {}
+        scenarios: list[dict[str, Any]] = []
+        try:
+            with PgBouncer(cluster) as bouncer:
+                info["pgbouncer"] = bouncer.version
+                phase, found = _rolekit_phase(cfg, cluster, project, bouncer, work, sampler)
+            phases[phase.name] = phase
+            scenarios += found
+            status = project.rolekit("status", "--context", "dev", "--json", check=False)
+            phase, scenario = _single_user(cfg, cluster, work, sampler)
+            phases[phase.name] = phase
+            scenarios.append(scenario)
+            phase, scenario = _liquibase(cfg, cluster, project, work, sampler)
+            phases[phase.name] = phase
+            scenarios.append(scenario)
+        finally:
+            sampler.stop()
+    data = {
+        "machine": info,
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "scenarios": scenarios,
+        "rolekit_status_after_rotations": _json_or_text(status.stdout),
+        "phases": {name: p.to_json(sampler) for name, p in phases.items()},
+    }
+    write_json("rotation_under_load.json", data)
+    from bench.plot import timeline
+
+    timeline(data, RESULTS / "rotation_timeline.png")
+    return data
