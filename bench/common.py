@@ -60,6 +60,7 @@ def machine(cluster: Cluster | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
     if cluster is not None:
         with cluster.connect() as conn, conn.cursor() as cur:

@@ -178,7 +178,8 @@ def _rolekit_phase(
     log("rolekit: load running")
 
     def attempts() -> int:
-        return sum(p.attempts() for p in pools)
+        """Connection attempts (the pooled app's queries are not connection attempts)."""
+        return direct.attempts() + through_bouncer.attempts()
 
     def rolekit(*args: str) -> tuple[bool, str]:
         proc = project.rolekit(*args, check=False)
@@ -225,7 +226,7 @@ def _rolekit_phase(
         phase.ended = time.time()
         for pool in pools:
             pool.stop()
-    log(f"rolekit: {attempts()} attempts in {phase.ended - phase.started:.1f}s; collecting")
+    log(f"rolekit: {attempts()} connection attempts in {phase.ended - phase.started:.1f}s; collecting")
     scenarios = []
     records, errors = direct.join()
     scenarios.append(_scenario("rolekit-direct", phase, records, errors, sampler,
@@ -234,7 +235,7 @@ def _rolekit_phase(
     scenarios.append(_scenario(
         "rolekit-client-pooled", phase, records, errors, sampler, latency_of="checkout+query",
         threads=cfg.pooled_threads, pool_size=cfg.pool_size, mode="rolekit.client engine, pooled",
-        physical_connects=app.physical_connects,
+        physical_connects=app.physical_connects, client_provider=app.provider_stats,
     ))
     records, errors = through_bouncer.join()
     scenarios.append(_scenario(

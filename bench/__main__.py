@@ -1,0 +1,47 @@
+"""``python -m bench [rotation|overhead|scale ...] [--pg N]`` (``make bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bench import summary
+from bench.common import log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "which", nargs="*", choices=["rotation", "overhead", "scale"],
+        help="benchmarks to run (default: all three)",
+    )
+    parser.add_argument("--pg", type=int, default=None,
+                        help="PostgreSQL major version (default: system 15, else the newest cached)")
+    args = parser.parse_args(argv)
+    which = args.which or ["rotation", "overhead", "scale"]
+    timings: dict[str, float] = {}
+    for name in which:
+        started = time.monotonic()
+        log(f"=== {name} ===")
+        if name == "rotation":
+            from bench import rotation
+
+            rotation.run(args.pg)
+        elif name == "overhead":
+            from bench import overhead
+
+            overhead.run(args.pg)
+        else:
+            from bench import scale
+
+            scale.run(args.pg)
+        timings[name] = time.monotonic() - started
+        log(f"=== {name}: {timings[name]:.0f}s ===")
+    summary.write()
+    log("done: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Rotations under load and the guards, driven through the rolekit CLI."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.catalog_snapshot import role_snapshot
+from tests.project import Project
+
+
+def creds(project: Project) -> dict[str, str]:
+    return json.loads(project.rolekit("creds", "my_app", "--context", "dev", "--json").stdout)
+
+
+def _worker(dsn_base: str, shared: Any, stop: Any, counts: Any) -> None:
+    """Reconnect continuously with whatever credentials were last handed out."""
+    while not stop.is_set():
+        user, password = shared["user"], shared["password"]
+        counts[0] += 1
+        try:
+            conn = psycopg2.connect(dsn_base, user=user, password=password, connect_timeout=5)
+            with conn.cursor() as cur:
+                cur.execute("SELECT session_user")
+            conn.close()
+        except psycopg2.Error:
+            counts[1] += 1
+
+
+def test_two_full_rotations_under_load_have_zero_failed_connections(any_project: Project) -> None:
+    project = any_project
+    project.upgrade("dev")
+    manager = mp.Manager()
+    shared = manager.dict(creds(project))
+    stop = mp.Event()
+    counters = [mp.Array("l", 2) for _ in range(6)]
+    dsn = f"host={project.cluster.host} port={project.cluster.port} dbname=postgres"
+    workers = [mp.Process(target=_worker, args=(dsn, shared, stop, c)) for c in counters]
+    for w in workers:
+        w.start()
+    seen_users = set()
+    try:
+        for expected in ("my_app_jerry", "my_app_tom"):
+            project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+            time.sleep(0.5)  # applications redeploy with the new credentials
+            shared.update(creds(project))
+            assert shared["user"] == expected
+            seen_users.add(expected)
+            project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "30")
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    attempts = sum(c[0] for c in counters)
+    failures = sum(c[1] for c in counters)
+    print(f"rotation under load: {attempts} connection attempts, {failures} failed")
+    assert attempts > 100
+    assert failures == 0
+    assert project.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'my_app%%' AND rolcanlogin") == [("my_app_tom",)]
+
+
+def test_begin_twice_and_finish_without_begin_are_refused(project: Project) -> None:
+    project.upgrade("dev")
+    proc = project.rolekit("rotate", "my_app", "finish", "--context", "dev", check=False)
+    assert proc.returncode == 4 and "run 'rolekit rotate my_app begin' first" in proc.stderr
+    project.rolekit("rotate", "my_app", "begin", "--context", "dev")
+    state = project.state()
+    proc = project.rolekit("rotate", "my_app", "begin", "--context", "dev", check=False)
+    assert proc.returncode == 4 and "is in phase 'overlap'" in proc.stderr
+    assert project.state() == state
+
+
+def test_concurrent_begin_exactly_one_wins(project: Project) -> None:
+    project.upgrade("dev")
+    cmd = [sys.executable, "-m", "rolekit.cli", "rotate", "my_app", "begin", "--context", "dev"]
+    procs = [subprocess.Popen(cmd, cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        p.communicate(timeout=60)
+    assert sorted(p.returncode for p in procs) == [0, 4]
+    assert project.state()["families"]["my_app"]["dev"] == {
+        "login": ["my_app_tom", "my_app_jerry"], "incoming": "my_app_jerry"}
+
+
+def test_lockout_guard(project: Project) -> None:
+    project.upgrade("dev")
+    before = role_snapshot(project.cluster)
+    data = project.state()
+    data["families"]["my_app"]["dev"] = {"login": []}
+    project.write_state(data)
+    proc = project.upgrade("dev", check=False)
+    assert proc.returncode != 0 and "lets no member log in" in proc.stderr
+    assert role_snapshot(project.cluster) == before
+
+
+def test_password_guard(project: Project) -> None:
+    project.upgrade("dev")
+    before = role_snapshot(project.cluster)
+    data = project.state()
+    data["families"]["my_app"]["qa"] = {"login": ["my_app_tom"]}
+    project.write_state(data)
+    proc = project.upgrade("qa", check=False)
+    assert proc.returncode != 0
+    assert "refusing to enable login for 'my_app_tom'" in proc.stderr
+    assert role_snapshot(project.cluster) == before
+
+
+def test_drain_timeout_changes_nothing_and_shows_progress(project: Project) -> None:
+    project.upgrade("dev")
+    old = creds(project)
+    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+    app = project.cluster.connect(old["user"], old["password"], application_name="billing")
+    try:
+        before, state = role_snapshot(project.cluster), project.state()
+        proc = project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply",
+                               "--drain-timeout", "2", check=False)
+        assert proc.returncode == 3
+        assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
+        assert "nothing was changed" in proc.stderr
+        assert role_snapshot(project.cluster) == before
+        assert project.state() == state  # the state file is back to overlap
+        project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply",
+                        "--drain-timeout", "1", "--terminate")
+        assert app.closed or _is_dead(app)
+    finally:
+        app.close()
+
+
+def _is_dead(conn: Any) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        return False
+    except psycopg2.Error:
+        return True
+
+
+def test_session_that_comes_back_during_drain_is_caught(project: Project) -> None:
+    project.upgrade("dev")
+    old = creds(project)
+    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+    holder: list[Any] = []
+
+    def late_app() -> None:  # an application that was not redeployed reconnects mid-drain
+        time.sleep(1.0)
+        holder.append(project.cluster.connect(old["user"], old["password"]))
+
+    thread = threading.Thread(target=late_app)
+    thread.start()
+    proc = project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply",
+                           "--drain-timeout", "3", check=False)
+    thread.join()
+    try:
+        assert proc.returncode == 3 and "my_app_tom" in proc.stderr
+        assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(True,)]
+    finally:
+        for conn in holder:
+            conn.close()
+
+
+def test_restart_during_drain_then_rerun_resumes(project: Project) -> None:
+    project.upgrade("dev")
+    old = creds(project)
+    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+    app = project.cluster.connect(old["user"], old["password"])
+    cmd = [sys.executable, "-m", "rolekit.cli", "rotate", "my_app", "finish", "--context", "dev",
+           "--apply", "--drain-timeout", "30"]
+    proc = subprocess.Popen(cmd, cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    project.cluster.restart("fast")
+    out, err = proc.communicate(timeout=60)
+    app.close()
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert project.state()["families"]["my_app"]["dev"]["login"] == ["my_app_tom", "my_app_jerry"]
+    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(True,)]
+    project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "10")
+    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(False,)]
+
+
+def test_status_and_check_report_drift_with_exit_codes(project: Project) -> None:
+    project.upgrade("dev")
+    assert project.rolekit("check", "--context", "dev").stdout.strip() == "no drift"
+    status = json.loads(project.rolekit("status", "--context", "dev", "--json").stdout)
+    (family,) = status["families"]
+    assert family["phase"] == "steady" and family["preferred"] == "my_app_tom"
+    assert {m["name"]: m["can_login"] for m in family["members"]} == {"my_app_tom": True, "my_app_jerry": False}
+    assert status["last_runs"]
+    project.query("ALTER ROLE my_app_jerry LOGIN")
+    proc = project.rolekit("check", "--context", "dev", "--json", check=False)
+    assert proc.returncode == 1
+    assert any("drift: 'my_app_jerry' is LOGIN" in p for p in json.loads(proc.stdout)["problems"])
+    assert project.rolekit("status", "--context", "dev", check=False).returncode == 1
+
+
+def test_help_teaches_with_examples(project: Project) -> None:
+    for command in ("plan", "rotate", "creds", "status", "check", "gen-password"):
+        out = project.rolekit(command, "--help").stdout
+        assert "example:" in out and "rolekit " in out
+
+
+def test_expire_retire_mode_sets_valid_until(project: Project) -> None:
+    data = project.state()
+    data["families"]["my_app"]["dev"]["retire"] = "expire"
+    project.write_state(data)
+    project.upgrade("dev")
+    rows = project.query("SELECT rolname, rolvaliduntil < now() FROM pg_roles WHERE rolname LIKE 'my_app_%%' ORDER BY 1")
+    assert rows == [("my_app_jerry", True), ("my_app_tom", False)]
+    with pytest.raises(psycopg2.OperationalError):
+        project.cluster.connect("my_app_jerry", project.secrets.get("my_app_jerry", "dev").reveal())
