@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # Full suite on these majors; the compatibility subset also on COMPAT_VERSIONS.
 PG_VERSIONS     ?= 15 17
 COMPAT_VERSIONS ?= 14 16 18
+# Tests mostly wait on servers and subprocesses: more workers than cores pays off.
+TEST_WORKERS    ?= 4
 # age and pgbouncer come from Debian packages; tests that need them install them.
 DEB_PACKAGES    ?= age pgbouncer
 
@@ -33,7 +35,7 @@ test: venv debs
 	$(PY) scripts/fetch_pg.py $(filter-out 15,$(PG_VERSIONS) $(COMPAT_VERSIONS))
 	$(MAKE) lint
 	ROLEKIT_PG_VERSIONS="$(PG_VERSIONS)" ROLEKIT_COMPAT_VERSIONS="$(COMPAT_VERSIONS)" \
-	  $(PY) -m pytest -p no:cacheprovider
+	  $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 demo: venv
 	$(PY) -m rolekit.demo

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -150,8 +152,21 @@ class Project:
         return self.run(sys.executable, "-m", "rolekit.cli", *args, check=check)
 
     def creds(self, family: str = "my_app", context: str = "dev") -> tuple[str, str]:
-        out = self.rolekit("creds", family, "--context", context, "--json").stdout
-        data = json.loads(out)
+        """``rolekit creds FAMILY --context CONTEXT --json``.
+
+        The CLI's ``main()`` runs in-process: a subprocess would spend a second
+        or more starting Python on a loaded machine, and that would stretch the
+        application lag the rotation benchmark holds constant.
+        """
+        from rolekit import cli
+
+        out = io.StringIO()
+        args = ["creds", family, "--context", context, "--json", "-c", str(self.root / "alembic.ini")]
+        with contextlib.redirect_stdout(out):
+            code = cli.main(args)
+        if code != 0:
+            raise RuntimeError(f"rolekit {' '.join(args)} exited {code}")
+        data = json.loads(out.getvalue())
         return str(data["user"]), str(data["password"])
 
     def password(self, role: str, context: str = "dev") -> str:

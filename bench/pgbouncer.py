@@ -1,12 +1,20 @@
 """A private PgBouncer in front of a sandbox cluster, started and stopped by the bench.
 
-Clients authenticate with SCRAM against the verifier PgBouncer fetches from
-the server through ``auth_query`` (a SECURITY DEFINER lookup function run as a
-dedicated auth user), so a password rolekit sets is usable through the pooler
-at once, and PgBouncer logs in to the server with the client's SCRAM keys.
-``pg_shadow`` only lists roles that may log in, so a NOLOGIN member is refused
-by the pooler itself.  A short ``server_lifetime``/``server_idle_timeout``
-makes server connections move to the new member, so rolekit's drain ends.
+Two ways to authenticate clients (``auth_type = scram-sha-256`` both):
+
+* ``auth="file"`` -- an ``auth_file`` holding the members' passwords, which
+  the deploy step rewrites and reloads (SIGHUP) right after ``rotate begin``;
+  PgBouncer logs in to the server with the password itself.
+* ``auth="query"`` -- ``auth_query`` through a SECURITY DEFINER lookup of
+  ``pg_shadow`` run as a dedicated auth user: a password rolekit sets is
+  usable through the pooler at once, and PgBouncer logs in to the server
+  with the SCRAM keys of the client's login (SCRAM pass-through).  Those keys
+  are cached per user and go stale when the role's verifier changes, even to
+  the same password with a new salt: server logins then fail for up to
+  ``server_login_retry`` seconds.
+
+A short ``server_lifetime``/``server_idle_timeout`` makes server connections
+move to the new member, so rolekit's drain ends.
 """
 
 from __future__ import annotations
@@ -87,7 +95,11 @@ class PgBouncer:
         server_idle_timeout: int = 2,
         default_pool_size: int = 20,
         dbname: str = "postgres",
+        auth: str = "file",
+        users: dict[str, str] | None = None,
     ) -> None:
+        if auth not in ("file", "query"):
+            raise ValueError(f"auth must be 'file' or 'query', not {auth!r}")
         self.cluster = cluster
         self.binary = ensure_installed()
         self.version = version(self.binary)
@@ -97,7 +109,13 @@ class PgBouncer:
             "server_idle_timeout": server_idle_timeout,
             "default_pool_size": default_pool_size,
             "auth_type": "scram-sha-256",
+            "auth": "auth_file (plain passwords, reloaded on rotation)" if auth == "file"
+            else "auth_query (SCRAM pass-through)",
+            "query_wait_timeout": 20,
         }
+        self.auth = auth
+        self.users = dict(users or {})
+        self.reloads = 0
         self.dbname = dbname
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -138,9 +156,31 @@ class PgBouncer:
             conn.close()
         return password
 
+    def _write_userlist(self) -> None:
+        def quote(value: str) -> str:
+            return '"' + value.replace('"', '""') + '"'
+
+        lines = [f"{quote(user)} {quote(password)}\n" for user, password in self.users.items()]
+        self._write(self._tmp / "userlist.txt", "".join(lines))
+
+    def set_users(self, users: dict[str, str]) -> None:
+        """Rewrite the auth_file with these plain passwords and reload PgBouncer."""
+        self.users.update(users)
+        self._write_userlist()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+            self.reloads += 1
+
     def start(self) -> Self:
-        password = self._prepare_server()
-        self._write(self._tmp / "userlist.txt", f'"{AUTH_USER}" "{password}"\n')
+        auth: dict[str, Any] = {}
+        if self.auth == "query":
+            self.users[AUTH_USER] = self._prepare_server()
+            auth = {
+                "auth_user": AUTH_USER,
+                "auth_query": "SELECT uname, phash FROM bench_pgbouncer.user_lookup($1)",
+            }
+        self._write_userlist()
+        settings = {k: v for k, v in self.settings.items() if k != "auth"}
         for _attempt in range(5):
             self.port = _free_port()
             conf = {
@@ -148,15 +188,14 @@ class PgBouncer:
                 "listen_port": self.port,
                 "unix_socket_dir": "",
                 "auth_file": self._tmp / "userlist.txt",
-                "auth_user": AUTH_USER,
-                "auth_query": "SELECT uname, phash FROM bench_pgbouncer.user_lookup($1)",
+                **auth,
                 "max_client_conn": 400,
                 "ignore_startup_parameters": "extra_float_digits",
                 "logfile": self.logfile,
                 "pidfile": self._tmp / "pgbouncer.pid",
                 "log_connections": 0,
                 "log_disconnections": 0,
-                **self.settings,
+                **settings,
             }
             text = (
                 "[databases]\n"

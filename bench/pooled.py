@@ -17,7 +17,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-from bench.load import CONNECT_FAILED, MP, OK, QUERY_FAILED, _first_line
+from bench.load import CONNECT_FAILED, MP, OK, QUERY_FAILED, _first_line, lower_priority
 from rolekit.sandbox import Cluster
 
 
@@ -35,6 +35,7 @@ def _app_main(
 ) -> None:
     import os
 
+    lower_priority()
     from sqlalchemy import event
 
     from rolekit.client import Credentials, CredentialsProvider, create_engine

@@ -96,7 +96,7 @@ class SessionSampler(threading.Thread):
         self.users = list(users)
         self.interval = interval
         self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.error: str | None = None
 
     def run(self) -> None:
@@ -107,7 +107,7 @@ class SessionSampler(threading.Thread):
             return
         try:
             with conn.cursor() as cur:
-                while not self._stop.is_set():
+                while not self._halt.is_set():
                     t = time.time()
                     cur.execute(
                         "SELECT usename::text, coalesce(application_name, ''), count(*)"
@@ -121,14 +121,14 @@ class SessionSampler(threading.Thread):
                         by_user[user] += int(n)
                         by_app[f"{user}/{app or '?'}"] = int(n)
                     self.samples.append({"t": t, "sessions": by_user, "by_app": by_app})
-                    self._stop.wait(max(0.0, self.interval - (time.time() - t)))
+                    self._halt.wait(max(0.0, self.interval - (time.time() - t)))
         except Exception as exc:
             self.error = str(exc)
         finally:
             conn.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
     def per_second(self, started: float, ended: float) -> list[dict[str, Any]]:

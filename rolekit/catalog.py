@@ -127,3 +127,19 @@ def current_user_is_superuser(session: Session) -> bool:
     return bool(
         session.scalar(sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
     )
+
+
+def roles_without_admin(session: Session, names: Iterable[str]) -> list[str]:
+    """Existing roles among *names* that the current user may not administer.
+
+    From PostgreSQL 16, CREATEROLE alone no longer lets a user grant or alter
+    roles: it needs ADMIN OPTION, which it gets only on roles it created.
+    """
+    rows = session.fetchall(
+        sql.SQL(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)"
+            " AND NOT pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION')"
+        ),
+        (list(names),),
+    )
+    return sorted(r[0] for r in rows)

@@ -7,11 +7,11 @@ the right moment; this module instead keeps *both* members' credentials and
 which one is preferred, and
 
 * opens every new connection as the **preferred** member;
-* on an **authentication failure** re-reads the credential source once
-  (single-flight: however many threads fail at once, the source is fetched
-  once) and tries the **other** member -- and the newly preferred one if the
-  refresh changed it -- so a source that lags behind the database costs a
-  failed login, not a failed request;
+* on an **authentication failure** refreshes the credentials from their
+  source (single-flight: however many threads fail at once, the source is
+  read once) and tries the **other** member -- and the newly preferred one
+  if the refresh changed it -- so a source that lags behind the database
+  costs a failed login, not a failed request;
 * never retries anything else: a refused connection or a timeout propagates
   unchanged, since trying the other member cannot help and would hide it.
 
@@ -37,9 +37,11 @@ connection is replaced
 
 1. at its next checkout after the source started preferring another member
    (so within the length of the transaction using it, under load);
-2. if it was opened on the other member by a fallback: at its first checkout
-   ``fallback_recycle`` seconds (default 10) after it was opened, unless the
-   preferred member was rejected within that time (it would fail again);
+2. if it was opened on the other member by a fallback (typically: the
+   application saw the new ``rotation.json`` before ``alembic upgrade``
+   applied it): at its first checkout ``fallback_recycle`` seconds (default
+   10) after it was opened, unless the preferred member was rejected within
+   that time (it would fail again);
 3. at the first checkout ``pool_recycle`` seconds (default 300) after it was
    opened, whatever happens;
 4. when ``pool_pre_ping`` finds it dead, e.g. ended by
@@ -50,8 +52,14 @@ out.  QueuePool hands connections out first-in first-out, so under any steady
 load every pooled connection is checked out, hence moved, within moments;
 an idle application keeps its old sessions until the drain timeout, where
 ``-x terminate=true`` ends them harmlessly (pre-ping replaces them at the
-next checkout).  Choose the drain timeout larger than the longest
-transaction plus the time between two uses of the pool.
+next checkout).  Choose the drain timeout larger than ``fallback_recycle``
+plus the longest transaction plus the time between two uses of the pool.
+
+An application whose source lags (it still prefers the old member after
+``finish``) keeps its open connections on the old member -- ``NOLOGIN`` ends
+no session -- so the drain cannot complete and needs ``-x terminate=true``;
+afterwards its new connections fall back to the new member until the source
+catches up.
 
 Authentication failures are recognised by SQLSTATE ``28P01``/``28000`` when
 the driver reports one, else by the server's English message (psycopg2 leaves
@@ -142,6 +150,7 @@ class BothMembersFailedError(RolekitError):
 
     def __init__(self, failures: Sequence[tuple[str, str]], source: str) -> None:
         self.failures = tuple(failures)
+        self.source = source
         self.users = tuple(dict.fromkeys(user for user, _ in self.failures))
         tried = ", ".join(f"{user} ({reason})" for user, reason in self.failures)
         if len(self.users) > 1:
@@ -149,9 +158,14 @@ class BothMembersFailedError(RolekitError):
         else:
             what = f"could not log in: {tried}, and no other member is known to fall back to"
         super().__init__(
-            f"{what}; the credentials from {source} were re-read and did not help: check "
-            "that the source is up to date with the rotation (passwords are not shown)"
+            f"{what}; checking {source} again gave nothing better: make sure it is up to "
+            "date with the rotation (passwords are not shown)"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions are pickled as ``cls(*args)``; ours takes other arguments
+        # (task queues and multiprocessing pickle exceptions).
+        return (type(self), (self.failures, self.source))
 
 
 def auth_failure_reason(exc: BaseException) -> str | None:
@@ -272,8 +286,9 @@ class CredentialsProvider:
     the first read, and an explicit :meth:`refresh`, raise.
 
     :param fetch: returns the current credentials; called on first use,
-        when ``stamp`` changes, after an authentication failure and on
-        :meth:`refresh`.  It need not be thread-safe.
+        when ``stamp`` changes, after an authentication failure (only if
+        ``stamp`` changed, when there is one) and on :meth:`refresh`.  It
+        need not be thread-safe.
     :param stamp: optional, cheap; returns a value that changes when the
         source changed (files: their ``stat``).  Without it the source is
         re-read only after an authentication failure or on demand.
@@ -520,6 +535,22 @@ class CredentialsProvider:
         _log_change(old, new, reason, self.description)
         return new, generation
 
+    def _after_rejection(self, since: int, user: str) -> Credentials:
+        """Re-read after ``user`` was rejected with the credentials of generation ``since``.
+
+        Single flight, like every read.  A source with a stamp is only
+        re-read if the stamp changed: the same files hold the same
+        credentials, and re-reading them on every rejected login (a ``git``
+        check included) would only slow the fallback down.
+        """
+        if self._stamp_fn is not None:
+            with self._lock:
+                creds, generation, seen = self._creds, self._generation, self._stamp
+            if creds is not None and generation == since and self._stamp_fn() == seen:
+                logger.debug("%s was rejected; %s has not changed", user, self.description)
+                return creds
+        return self._read(since, f"{user} was rejected", strict=False)[0]
+
     # -- bookkeeping for the connection helpers ---------------------------
 
     def _note_rejected(self, user: str) -> None:
@@ -693,7 +724,7 @@ def _open_with_fallback(
     failures = [(user, reason)]
     # Single flight: if another thread re-read the source since our
     # snapshot, this returns its result without reading again.
-    fresh, _ = provider._read(generation, f"{user} was rejected", strict=False)
+    fresh = provider._after_rejection(generation, user)
     preferred = fresh.preferred[0]
     if provider._first_time(("rejected", user, reason)):
         logger.info("%s was rejected (%s); trying the other member", user, reason)

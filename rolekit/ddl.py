@@ -32,17 +32,16 @@ def grant_membership(group: str, member: str, server_version: int) -> sql.Compos
     return sql.SQL("GRANT {} TO {}").format(_id(group), _id(member))
 
 
-def grant_to_current_user(role: str, server_version: int, *, inherit: bool) -> sql.Composed:
+def grant_to_current_user(role: str, server_version: int) -> sql.Composed:
     """Let a non-superuser migration user act for *role*.
 
     PostgreSQL 16 changed CREATEROLE: the creator gets only ADMIN on roles it
     creates, so it may neither ``SET ROLE`` to them (to create objects they
-    own) nor ``REASSIGN OWNED BY`` them (that needs inherited privileges).
+    own) nor use their privileges (to ``GRANT`` on objects they own, or to
+    ``REASSIGN OWNED BY`` them).  Before 16 a plain membership gives both.
     """
     if server_version >= PG16:
-        return sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT {}, SET TRUE").format(
-            _id(role), sql.SQL("TRUE" if inherit else "FALSE")
-        )
+        return sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET TRUE").format(_id(role))
     return sql.SQL("GRANT {} TO CURRENT_USER").format(_id(role))
 
 

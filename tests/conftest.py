@@ -34,12 +34,15 @@ def pg_major(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def cluster(pg_major: int) -> Iterator[Cluster]:
+def cluster(pg_major: int, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A fresh cluster per test: roles are cluster-wide, so tests cannot share one."""
     with Cluster(pg_major) as c:
-        with c.connect() as conn, conn.cursor() as cur:
+        conn = c.connect()
+        with conn.cursor() as cur:
             cur.execute("SELECT version()")
-            _reported.add(str(cur.fetchone()[0]))  # type: ignore[index]
+            # user_properties travel from xdist workers to the controller.
+            request.node.user_properties.append(("server_version", str(cur.fetchone()[0])))  # type: ignore[index]
+        conn.close()
         yield c
 
 
@@ -69,6 +72,11 @@ def any_project(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "server_version":
+                    _reported.add(value)
     if _reported:
         terminalreporter.write_sep("-", "PostgreSQL servers tested")
         for line in sorted(_reported):

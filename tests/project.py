@@ -23,6 +23,7 @@ class Project:
         self.root = root
         self.cluster = cluster
         self.user = user or cluster.superuser
+        self.password = password or cluster.superuser_password
         self.url = cluster.url(user, password)
         self.outputs: list[str] = []  # everything alembic/rolekit printed, for leak checks
         self.passwords: dict[str, str] = {}
@@ -100,7 +101,14 @@ class Project:
 
     # -- catalog -------------------------------------------------------------
 
-    def query(self, text: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
-        with self.cluster.connect() as conn, conn.cursor() as cur:
-            cur.execute(text, params)
-            return cur.fetchall() if cur.description else []
+    def query(self, text: str, params: tuple[Any, ...] | None = None, *, as_migrator: bool = False
+              ) -> list[tuple[Any, ...]]:
+        """Run SQL as the superuser (or as the project's migration user)."""
+        user, password = (self.user, self.password) if as_migrator else (None, None)
+        conn = self.cluster.connect(user, password)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(text, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()

@@ -74,9 +74,9 @@ def test_password_auth_is_enforced(project: Project) -> None:
 
 def test_upgrade_is_idempotent_over_partial_family(any_project: Project) -> None:
     cluster = any_project.cluster
-    with cluster.connect() as conn, conn.cursor() as cur:
-        cur.execute("CREATE ROLE my_app NOLOGIN")
-        cur.execute("CREATE ROLE my_app_tom NOLOGIN IN ROLE my_app")
+    # A partial family made by the same migration user (say, by hand).
+    any_project.query("CREATE ROLE my_app NOLOGIN; CREATE ROLE my_app_tom NOLOGIN IN ROLE my_app",
+                      as_migrator=True)
     any_project.upgrade()
     rows = family_rows(cluster)
     assert set(rows["roles"]) == {"my_app", "my_app_tom", "my_app_jerry"}
@@ -170,3 +170,17 @@ def test_offline_sql_renders_script_for_target_version(project: Project) -> None
     assert 'GRANT "my_app" TO "my_app_tom";' in out15
     proc = project.alembic("upgrade", "head", "--sql", check=False)
     assert proc.returncode != 0 and "-x pg_version=" in proc.stderr
+
+
+def test_existing_role_the_migrator_cannot_administer_is_a_clear_conflict(managed_project: Project) -> None:
+    cluster = managed_project.cluster
+    managed_project.query("CREATE ROLE my_app NOLOGIN")  # made by another admin
+    before = role_snapshot(cluster)
+    proc = managed_project.upgrade(check=False)
+    if cluster.major < 16:
+        # Before 16, CREATEROLE may grant any non-superuser role.
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "has no ADMIN OPTION on existing role 'my_app'" in proc.stderr
+    assert role_snapshot(cluster) == before

@@ -24,7 +24,7 @@ def creds(project: Project) -> dict[str, str]:
 def _worker(dsn_base: str, shared: Any, stop: Any, counts: Any) -> None:
     """Reconnect continuously with whatever credentials were last handed out."""
     while not stop.is_set():
-        user, password = shared["user"], shared["password"]
+        user, password = shared["creds"]  # one read: never a user with another's password
         counts[0] += 1
         try:
             conn = psycopg2.connect(dsn_base, user=user, password=password, connect_timeout=5)
@@ -39,7 +39,7 @@ def test_two_full_rotations_under_load_have_zero_failed_connections(any_project:
     project = any_project
     project.upgrade("dev")
     manager = mp.Manager()
-    shared = manager.dict(creds(project))
+    shared = manager.dict(creds=tuple(creds(project).values()))
     stop = mp.Event()
     counters = [mp.Array("l", 2) for _ in range(6)]
     dsn = f"host={project.cluster.host} port={project.cluster.port} dbname=postgres"
@@ -51,8 +51,9 @@ def test_two_full_rotations_under_load_have_zero_failed_connections(any_project:
         for expected in ("my_app_jerry", "my_app_tom"):
             project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
             time.sleep(0.5)  # applications redeploy with the new credentials
-            shared.update(creds(project))
-            assert shared["user"] == expected
+            handed_out = creds(project)
+            shared["creds"] = (handed_out["user"], handed_out["password"])
+            assert handed_out["user"] == expected
             seen_users.add(expected)
             project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "30")
             time.sleep(0.5)
@@ -148,18 +149,23 @@ def test_session_that_comes_back_during_drain_is_caught(project: Project) -> Non
     project.upgrade("dev")
     old = creds(project)
     project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
-    holder: list[Any] = []
+    first = project.cluster.connect(old["user"], old["password"])
+    holder: list[Any] = [first]
 
-    def late_app() -> None:  # an application that was not redeployed reconnects mid-drain
-        time.sleep(1.0)
+    def late_app() -> None:
+        # The last old session ends, but an application that was not
+        # redeployed reconnects with the old member while the drain waits.
+        time.sleep(2.5)
         holder.append(project.cluster.connect(old["user"], old["password"]))
+        first.close()
 
     thread = threading.Thread(target=late_app)
     thread.start()
     proc = project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply",
-                           "--drain-timeout", "3", check=False)
+                           "--drain-timeout", "6", check=False)
     thread.join()
     try:
+        assert len(holder) == 2, "the late application could still log in during the drain"
         assert proc.returncode == 3 and "my_app_tom" in proc.stderr
         assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(True,)]
     finally:

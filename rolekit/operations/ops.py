@@ -37,9 +37,9 @@ class CreateRoleFamilyOp(MigrateOperation):
         :class:`~rolekit.errors.FamilyConflictError` before any change.
 
         :param grant_to_migrator: when the migration user is not a superuser,
-            grant it ``SET`` on the group (PostgreSQL 16+ no longer gives a
-            role's creator that), so later revisions can create objects owned
-            by the group.
+            make it a member of the group (INHERIT and SET on 16+, which no
+            longer gives a role's creator either), so later revisions can
+            create objects owned by the group and grant on them.
         """
         return operations.invoke(
             cls(RoleFamily.of(group, members), grant_to_migrator=grant_to_migrator)

@@ -86,6 +86,13 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
         members_of_group = catalog.memberships(session, [family.group])
         superuser = catalog.current_user_is_superuser(session)
         problems = family_conflicts(family, existing, members_of_group)
+        if not superuser and version >= PG16:
+            problems += [
+                f"the migration user has no ADMIN OPTION on existing role {name!r} (made by "
+                f"another user); an administrator must GRANT {name} TO the migration user "
+                "WITH ADMIN OPTION, or drop it"
+                for name in catalog.roles_without_admin(session, existing)
+            ]
         if problems:
             raise FamilyConflictError(
                 f"cannot create role family {family.group!r}: " + "; ".join(problems)
@@ -94,7 +101,7 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
         if name not in existing:
             session.execute(ddl.create_nologin_role(name))
     if operation.grant_to_migrator and not superuser:
-        session.execute(ddl.grant_to_current_user(family.group, version, inherit=False))
+        session.execute(ddl.grant_to_current_user(family.group, version))
     current = {m.member: m for m in members_of_group}
     for name in family.members:
         row = current.get(name)
@@ -149,7 +156,7 @@ def drop_role_family(operations: Operations, operation: DropRoleFamilyOp) -> Non
         # REASSIGN/DROP OWNED need the privileges of each role; a CREATEROLE
         # user on 16+ only holds ADMIN on the roles it created.
         for name in present:
-            session.execute(ddl.grant_to_current_user(name, version, inherit=True))
+            session.execute(ddl.grant_to_current_user(name, version))
     session.execute(ddl.reassign_owned(present, operation.reassign_to))
     session.execute(ddl.drop_owned(present))
     members = [n for n in family.members if n in present]
