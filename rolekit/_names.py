@@ -49,7 +49,9 @@ def check_role_name(name: object, *, what: str = "role name") -> str:
             "spaces, semicolons, backslashes or non-ASCII characters)"
         )
     if name.startswith("pg_"):
-        raise RoleNameError(f"{what} {shown} is reserved: names starting with pg_ belong to PostgreSQL")
+        raise RoleNameError(
+            f"{what} {shown} is reserved: names starting with pg_ belong to PostgreSQL"
+        )
     if name in _RESERVED:
         raise RoleNameError(f"{what} {shown} is a reserved word in role specifications")
     return name

@@ -43,7 +43,7 @@ _EXAMPLES = {
         "  rolekit creds my_app --context prod --json   # redeploy apps with these\n"
         "  rolekit rotate my_app finish --context prod --apply --drain-timeout 300"
     ),
-    "creds": "rolekit creds my_app --context prod --json   # {\"user\": ..., \"password\": ...}",
+    "creds": 'rolekit creds my_app --context prod --json   # {"user": ..., "password": ...}',
     "status": "rolekit status --context prod --json",
     "check": "rolekit check --context prod || echo drift",
     "gen-password": "rolekit gen-password my_app_tom --context dev --write",
@@ -71,7 +71,9 @@ def _context(args: argparse.Namespace, *, required: bool = True) -> str | None:
     contexts = parse_contexts(raw)
     if not contexts:
         if required:
-            raise RolekitError("no context given: pass --context (e.g. --context prod) or set ROLEKIT_CONTEXT")
+            raise RolekitError(
+                "no context given: pass --context (e.g. --context prod) or set ROLEKIT_CONTEXT"
+            )
         return None
     return raw.split(",")[0].strip().lower()
 
@@ -133,7 +135,7 @@ def cmd_plan(args: argparse.Namespace, out: _Output) -> int:
         state = changelog.read(session)
         run.salt = state.salt
         items = plan(session, run, repeatables, state, roles_must_exist=False)
-    rows = [
+    rows: list[dict[str, str | None]] = [
         {
             "id": i.repeatable.id,
             "kind": type(i.repeatable).__name__,
@@ -144,7 +146,7 @@ def cmd_plan(args: argparse.Namespace, out: _Output) -> int:
         }
         for i in items
     ]
-    width = max((len(r["id"]) for r in rows), default=10)
+    width = max((len(i.repeatable.id) for i in items), default=10)
     text = "\n".join(f"{r['id']:<{width}}  {r['status']:<9}  {r['reason']}" for r in rows)
     out.emit({"context": context, "repeatables": rows}, text or "no repeatables declared")
     return 0
@@ -180,8 +182,15 @@ def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
     if not applied:
         next_step = f"run: alembic -x context={context} upgrade head (or re-run with --apply); then {next_step}"
     out.emit(
-        {"family": family.group, "context": context, "phase": after.phase,
-         "login": list(after.login), "incoming": after.incoming, "applied": applied, "next": next_step},
+        {
+            "family": family.group,
+            "context": context,
+            "phase": after.phase,
+            "login": list(after.login),
+            "incoming": after.incoming,
+            "applied": applied,
+            "next": next_step,
+        },
         f"{family.group} ({context}): {step.before.phase} -> {after.phase}; "
         f"login: {', '.join(after.login)}{'; applied' if applied else ''}\nnext: {next_step}",
     )
@@ -197,11 +206,16 @@ def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
         raise RolekitError(f"no member of {args.family!r} may log in in context {context!r}")
     secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
     password = secrets.get(state.preferred, context).reveal()
-    out.emit({"user": state.preferred, "password": password}, f"user={state.preferred}\npassword={password}")
+    out.emit(
+        {"user": state.preferred, "password": password},
+        f"user={state.preferred}\npassword={password}",
+    )
     return 0
 
 
-def _reports(args: argparse.Namespace) -> tuple[list[inspection.FamilyReport], list[dict[str, Any]]]:
+def _reports(
+    args: argparse.Namespace,
+) -> tuple[list[inspection.FamilyReport], list[dict[str, Any]]]:
     settings = _settings(args)
     context = _context(args, required=False)
     rotation = RotationState.load(settings.state_file)
@@ -221,7 +235,9 @@ def cmd_status(args: argparse.Namespace, out: _Output) -> int:
     reports, runs = _reports(args)
     lines = []
     for r in reports:
-        lines.append(f"{r.group}  context={r.context or '-'}  phase={r.phase or '-'}  apps use: {r.preferred or '-'}")
+        lines.append(
+            f"{r.group}  context={r.context or '-'}  phase={r.phase or '-'}  apps use: {r.preferred or '-'}"
+        )
         for m in r.members:
             login = "LOGIN  " if m.can_login else "NOLOGIN"
             lines.append(
@@ -230,7 +246,9 @@ def cmd_status(args: argparse.Namespace, out: _Output) -> int:
             )
         lines += [f"  problem: {p}" for p in r.problems]
     lines.append("last repeatable runs:")
-    lines += [f"  {x['applied_at']}  {x['id']} ({x['exec_type']}, {x['context'] or '-'})" for x in runs] or ["  none"]
+    lines += [
+        f"  {x['applied_at']}  {x['id']} ({x['exec_type']}, {x['context'] or '-'})" for x in runs
+    ] or ["  none"]
     out.emit({"families": [r.to_json() for r in reports], "last_runs": runs}, "\n".join(lines))
     return EXIT_PROBLEM if any(r.problems for r in reports) else 0
 
@@ -254,8 +272,15 @@ def cmd_gen_password(args: argparse.Namespace, out: _Output) -> int:
     text = f"wrote a new password for {args.role} ({context}) to {path}" if args.write else ""
     if shown:
         text = (text + "\n" if text else "") + shown
-    out.emit({"role": args.role, "context": context, "written_to": str(path) if args.write else None,
-              "password": shown}, text)
+    out.emit(
+        {
+            "role": args.role,
+            "context": context,
+            "written_to": str(path) if args.write else None,
+            "password": shown,
+        },
+        text,
+    )
     return 0
 
 
@@ -264,10 +289,14 @@ def cmd_gen_password(args: argparse.Namespace, out: _Output) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default="alembic.ini", help="Alembic config (default: %(default)s)")
+    common.add_argument(
+        "-c", "--config", default="alembic.ini", help="Alembic config (default: %(default)s)"
+    )
     common.add_argument("--json", action="store_true", help="print one JSON document")
     ctx = argparse.ArgumentParser(add_help=False)
-    ctx.add_argument("--context", help="the environment, e.g. dev or prod (default: $ROLEKIT_CONTEXT)")
+    ctx.add_argument(
+        "--context", help="the environment, e.g. dev or prod (default: $ROLEKIT_CONTEXT)"
+    )
 
     parser = argparse.ArgumentParser(
         prog="rolekit",
@@ -280,34 +309,67 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    def add(
+        name: str, help: str, parents: list[argparse.ArgumentParser]
+    ) -> argparse.ArgumentParser:
         return sub.add_parser(
-            name, help=help, description=help, parents=parents,
-            epilog="example:\n  " + _EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+            name,
+            help=help,
+            description=help,
+            parents=parents,
+            epilog="example:\n  " + _EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    p = add("plan", "show which repeatables the next upgrade would run, and why; changes nothing", [common, ctx])
+    p = add(
+        "plan",
+        "show which repeatables the next upgrade would run, and why; changes nothing",
+        [common, ctx],
+    )
     p.set_defaults(fn=cmd_plan)
 
-    p = add("rotate", "move a family to the next rotation phase (begin: overlap; finish: steady)", [common, ctx])
+    p = add(
+        "rotate",
+        "move a family to the next rotation phase (begin: overlap; finish: steady)",
+        [common, ctx],
+    )
     p.add_argument("family", help="the group role, e.g. my_app")
     p.add_argument("phase", choices=["begin", "finish"])
     p.add_argument("--apply", action="store_true", help="also run 'alembic upgrade head' now")
-    p.add_argument("--drain-timeout", type=float, metavar="S", help="finish: seconds to wait for the old member's sessions")
-    p.add_argument("--terminate", action="store_true", help="finish: end sessions left after the drain timeout")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="S",
+        help="finish: seconds to wait for the old member's sessions",
+    )
+    p.add_argument(
+        "--terminate", action="store_true", help="finish: end sessions left after the drain timeout"
+    )
     p.set_defaults(fn=cmd_rotate)
 
     p = add("creds", "print the credentials applications should use now", [common, ctx])
     p.add_argument("family")
     p.set_defaults(fn=cmd_creds)
 
-    p = add("status", "members, logins, sessions, password expiry, membership options, last runs", [common, ctx])
+    p = add(
+        "status",
+        "members, logins, sessions, password expiry, membership options, last runs",
+        [common, ctx],
+    )
     p.set_defaults(fn=cmd_status)
 
-    p = add("check", "compare the catalog with what the migrations declare; exit 1 on drift", [common, ctx])
+    p = add(
+        "check",
+        "compare the catalog with what the migrations declare; exit 1 on drift",
+        [common, ctx],
+    )
     p.set_defaults(fn=cmd_check)
 
-    p = add("gen-password", "generate a strong password, optionally into the secrets file", [common, ctx])
+    p = add(
+        "gen-password",
+        "generate a strong password, optionally into the secrets file",
+        [common, ctx],
+    )
     p.add_argument("role")
     p.add_argument("--write", action="store_true", help="store it under <role>.password.<context>")
     p.add_argument("--show", action="store_true", help="print it even with --write")

@@ -87,7 +87,11 @@ def inspect_family(
                     f"drift: {name!r} is {'LOGIN' if info.can_login else 'NOLOGIN'} but the rotation "
                     f"state says {'LOGIN' if member.declared_login else 'NOLOGIN'}; run alembic upgrade"
                 )
-    if roles and not any(m.can_login for m in report.members) and not (state and state.decommissioned):
+    if (
+        roles
+        and not any(m.can_login for m in report.members)
+        and not (state and state.decommissioned)
+    ):
         report.problems.append(f"lockout risk: no member of {family.group!r} can log in")
     return report
 

@@ -33,7 +33,9 @@ class Project:
         cls, root: Path, cluster: Cluster, *, user: str | None = None, password: str | None = None
     ) -> Project:
         shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
-        shutil.copytree(REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+        )
         project = cls(root, cluster, user, password)
         for ctx in ("dev", "local"):
             for role in ("my_app_tom", "my_app_jerry"):
@@ -72,7 +74,9 @@ class Project:
         env.update(DATABASE_URL=self.url, PYTHONPATH=str(REPO), **extra)
         return env
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 180, **env: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 180, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             cmd, cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout
         )
@@ -81,8 +85,14 @@ class Project:
             raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def alembic(self, *args: str, context: str | None = None, x: dict[str, str] | None = None,
-                check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    def alembic(
+        self,
+        *args: str,
+        context: str | None = None,
+        x: dict[str, str] | None = None,
+        check: bool = True,
+        **env: str,
+    ) -> subprocess.CompletedProcess[str]:
         xs: list[str] = []
         if context:
             xs += ["-x", f"context={context}"]
@@ -96,13 +106,16 @@ class Project:
     def downgrade(self, target: str = "base", **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.alembic("downgrade", target, **kw)
 
-    def rolekit(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    def rolekit(
+        self, *args: str, check: bool = True, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(sys.executable, "-m", "rolekit.cli", *args, check=check, **env)
 
     # -- catalog -------------------------------------------------------------
 
-    def query(self, text: str, params: tuple[Any, ...] | None = None, *, as_migrator: bool = False
-              ) -> list[tuple[Any, ...]]:
+    def query(
+        self, text: str, params: tuple[Any, ...] | None = None, *, as_migrator: bool = False
+    ) -> list[tuple[Any, ...]]:
         """Run SQL as the superuser (or as the project's migration user)."""
         user, password = (self.user, self.password) if as_migrator else (None, None)
         conn = self.cluster.connect(user, password)

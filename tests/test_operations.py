@@ -18,7 +18,9 @@ def enable_login(cluster: Cluster, role: str, password: str) -> None:
     """What a rotation does, done by hand so this file tests only the operations."""
     with cluster.connect() as conn, conn.cursor() as cur:
         verifier = encrypt_password(password, role, conn, "scram-sha-256")
-        cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (verifier,))
+        cur.execute(
+            sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (verifier,)
+        )
 
 
 @pytest.mark.compat
@@ -58,7 +60,9 @@ def test_member_logs_in_as_group_and_its_tables_belong_to_group(any_project: Pro
     with cluster.connect() as conn, conn.cursor() as cur:
         cur.execute("ALTER ROLE my_app_tom NOLOGIN")
     any_project.downgrade()
-    assert any_project.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'my_app%%'") == [(0,)]
+    assert any_project.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'my_app%%'") == [
+        (0,)
+    ]
 
 
 @pytest.mark.compat
@@ -75,8 +79,10 @@ def test_password_auth_is_enforced(project: Project) -> None:
 def test_upgrade_is_idempotent_over_partial_family(any_project: Project) -> None:
     cluster = any_project.cluster
     # A partial family made by the same migration user (say, by hand).
-    any_project.query("CREATE ROLE my_app NOLOGIN; CREATE ROLE my_app_tom NOLOGIN IN ROLE my_app",
-                      as_migrator=True)
+    any_project.query(
+        "CREATE ROLE my_app NOLOGIN; CREATE ROLE my_app_tom NOLOGIN IN ROLE my_app",
+        as_migrator=True,
+    )
     any_project.upgrade()
     rows = family_rows(cluster)
     assert set(rows["roles"]) == {"my_app", "my_app_tom", "my_app_jerry"}
@@ -89,7 +95,10 @@ def test_upgrade_is_idempotent_over_partial_family(any_project: Project) -> None
     [
         ("CREATE ROLE my_app LOGIN", "group role 'my_app' can log in"),
         ("CREATE ROLE my_app SUPERUSER NOLOGIN", "group role 'my_app' is a superuser"),
-        ("CREATE ROLE my_app_tom NOLOGIN", "member role 'my_app_tom' exists but is not a member of 'my_app'"),
+        (
+            "CREATE ROLE my_app_tom NOLOGIN",
+            "member role 'my_app_tom' exists but is not a member of 'my_app'",
+        ),
         (
             "CREATE ROLE my_app NOLOGIN; CREATE ROLE other NOLOGIN;"
             " CREATE ROLE my_app_jerry IN ROLE my_app, other; ALTER ROLE my_app_jerry SET role = other",
@@ -97,7 +106,9 @@ def test_upgrade_is_idempotent_over_partial_family(any_project: Project) -> None
         ),
     ],
 )
-def test_conflicting_roles_fail_clearly_and_change_nothing(project: Project, setup: str, message: str) -> None:
+def test_conflicting_roles_fail_clearly_and_change_nothing(
+    project: Project, setup: str, message: str
+) -> None:
     cluster = project.cluster
     with cluster.connect() as conn, conn.cursor() as cur:
         cur.execute(setup)
@@ -139,7 +150,9 @@ def test_drop_refuses_while_members_have_sessions(project: Project) -> None:
         assert "members have live sessions (my_app_tom: 1)" in proc.stderr
         assert role_snapshot(cluster) == before
         project.downgrade(x={"terminate": "true"})
-        assert project.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'my_app%%'") == [(0,)]
+        assert project.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'my_app%%'") == [
+            (0,)
+        ]
     finally:
         app.close()
 
@@ -156,7 +169,9 @@ def test_grant_via_op_execute_in_same_revision(project: Project) -> None:
         '    op.drop_role_family("reporting", ["reporting_a", "reporting_b"])\n'
     )
     project.upgrade()
-    assert project.query("SELECT has_table_privilege('reporting', 'my_schema.report', 'SELECT')") == [(True,)]
+    assert project.query(
+        "SELECT has_table_privilege('reporting', 'my_schema.report', 'SELECT')"
+    ) == [(True,)]
     project.downgrade()
     assert project.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'reporting%%'") == [(0,)]
 
@@ -172,7 +187,9 @@ def test_offline_sql_renders_script_for_target_version(project: Project) -> None
     assert proc.returncode != 0 and "-x pg_version=" in proc.stderr
 
 
-def test_existing_role_the_migrator_cannot_administer_is_a_clear_conflict(managed_project: Project) -> None:
+def test_existing_role_the_migrator_cannot_administer_is_a_clear_conflict(
+    managed_project: Project,
+) -> None:
     cluster = managed_project.cluster
     managed_project.query("CREATE ROLE my_app NOLOGIN")  # made by another admin
     before = role_snapshot(cluster)

@@ -15,14 +15,20 @@ from tests.project import Project
 
 def verifiers(project: Project) -> list[str]:
     """The SCRAM verifiers the server stores for the family (superuser read)."""
-    rows = project.query("SELECT rolpassword FROM pg_authid WHERE rolname LIKE 'my_app%%' AND rolpassword IS NOT NULL")
+    rows = project.query(
+        "SELECT rolpassword FROM pg_authid WHERE rolname LIKE 'my_app%%' AND rolpassword IS NOT NULL"
+    )
     return [r[0] for r in rows]
 
 
 def debug_logging(project: Project) -> None:
     """SQLAlchemy echo and DEBUG everywhere: the leak checks must hold even so."""
     ini = project.root / "alembic.ini"
-    text = ini.read_text().replace("level = WARNING", "level = DEBUG").replace("level = INFO", "level = DEBUG")
+    text = (
+        ini.read_text()
+        .replace("level = WARNING", "level = DEBUG")
+        .replace("level = INFO", "level = DEBUG")
+    )
     ini.write_text(text)
 
 
@@ -64,14 +70,19 @@ def test_verify_after_setting_logs_in_as_member(project: Project) -> None:
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ("my_app_jerry.password.dev=Qj7JerryOnlyValue99\n", "my_app_tom.password.dev"),  # tom missing
+        (
+            "my_app_jerry.password.dev=Qj7JerryOnlyValue99\n",
+            "my_app_tom.password.dev",
+        ),  # tom missing
         ("my_app_tom.password.dev=\n", "empty"),
         ("my_app_tom.password.dev='Qj7Unterminated\n", "passwords.env:1: malformed line"),
         ("my_app_tom.password.dev=Qj7weak\n", "at least 16"),
     ],
     ids=["missing-key", "empty-value", "malformed-line", "too-weak"],
 )
-def test_bad_secrets_are_refused_before_any_change(project: Project, content: str, problem: str) -> None:
+def test_bad_secrets_are_refused_before_any_change(
+    project: Project, content: str, problem: str
+) -> None:
     project.upgrade()
     before = role_snapshot(project.cluster)
     path = project.root / "passwords.env"
@@ -97,7 +108,9 @@ def test_gen_password_writes_without_printing(project: Project) -> None:
     proc = project.rolekit("gen-password", "my_app_tom", "--context", "dev", "--write")
     value = project.secrets.get("my_app_tom", "dev").reveal()
     assert len(value) >= 32 and value not in proc.stdout + proc.stderr
-    shown = project.rolekit("gen-password", "my_app_tom", "--context", "dev", "--write", "--show", "--json")
+    shown = project.rolekit(
+        "gen-password", "my_app_tom", "--context", "dev", "--write", "--show", "--json"
+    )
     assert json.loads(shown.stdout)["password"] == project.secrets.get("my_app_tom", "dev").reveal()
 
 
@@ -114,10 +127,16 @@ def test_prod_with_age_encrypted_secrets(project: Project, age_identity: str) ->
     os.environ["ROLEKIT_AGE_IDENTITY_FILE"] = age_identity
     try:
         prod = project.root / "passwords.prod.env.age"
-        recipient = subprocess.run(["age-keygen", "-y", age_identity], capture_output=True, text=True, check=True).stdout.strip()
+        recipient = subprocess.run(
+            ["age-keygen", "-y", age_identity], capture_output=True, text=True, check=True
+        ).stdout.strip()
         tom = "prod-" + "t" * 30
-        subprocess.run(["age", "-r", recipient, "-o", str(prod)], input=f"my_app_tom.password.prod={tom}\n",
-                       text=True, check=True)
+        subprocess.run(
+            ["age", "-r", recipient, "-o", str(prod)],
+            input=f"my_app_tom.password.prod={tom}\n",
+            text=True,
+            check=True,
+        )
         project.passwords["tom.prod"] = tom
         project.upgrade("prod", ROLEKIT_AGE_IDENTITY_FILE=age_identity)
         project.cluster.connect("my_app_tom", tom).close()

@@ -26,13 +26,17 @@ def test_no_context_runs_no_context_tagged_repeatable(project: Project) -> None:
     assert "skipped set_passwords_prod: no context given" in proc.stderr
     assert "skipped allow_login_for_my_app: no context given" in proc.stderr
     assert history(project) == [("grant_permissions_to_my_app", "executed")]
-    assert project.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'my_app%%' AND rolcanlogin") == [(0,)]
+    assert project.query(
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'my_app%%' AND rolcanlogin"
+    ) == [(0,)]
 
 
 def test_context_from_environment_variable(project: Project) -> None:
     project.alembic("upgrade", "head", ROLEKIT_CONTEXT="dev")
     assert ("set_passwords_dev", "executed") in history(project)
-    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(True,)]
+    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
+        (True,)
+    ]
 
 
 def test_second_identical_upgrade_sends_no_alter_role_or_grant(any_project: Project) -> None:
@@ -65,7 +69,9 @@ def test_reformatting_source_does_not_rerun_but_a_changed_statement_does(project
     grants.write_text(grants.read_text() + "GRANT TEMPORARY ON DATABASE postgres TO my_app;\n")
     project.upgrade("dev")
     assert history(project)[count:] == [("grant_permissions_to_my_app", "reran")]
-    assert project.query("SELECT has_database_privilege('my_app', 'postgres', 'TEMPORARY')") == [(True,)]
+    assert project.query("SELECT has_database_privilege('my_app', 'postgres', 'TEMPORARY')") == [
+        (True,)
+    ]
 
 
 def test_run_always_runs_every_time(project: Project) -> None:
@@ -76,7 +82,10 @@ def test_run_always_runs_every_time(project: Project) -> None:
     )
     project.upgrade("dev")
     project.upgrade("dev")
-    assert [h for h in history(project) if h[0] == "analyze"] == [("analyze", "executed"), ("analyze", "reran")]
+    assert [h for h in history(project) if h[0] == "analyze"] == [
+        ("analyze", "executed"),
+        ("analyze", "reran"),
+    ]
 
 
 def test_changelog_rows_are_complete_and_history_is_append_only(project: Project) -> None:
@@ -96,7 +105,9 @@ def test_changelog_rows_are_complete_and_history_is_append_only(project: Project
     ("expression", "where"),
     [("dev and (prod", "position"), ("dev or", "position"), ("", "empty")],
 )
-def test_invalid_context_expression_fails_before_anything_runs(project: Project, expression: str, where: str) -> None:
+def test_invalid_context_expression_fails_before_anything_runs(
+    project: Project, expression: str, where: str
+) -> None:
     project.write_repeatables(
         f"from rolekit.repeatable import Sql\nREPEATABLES = [Sql('x', 'SELECT 1', context={expression!r})]\n",
         name="bad.py",
@@ -155,15 +166,24 @@ def test_older_changelog_schema_is_migrated(project: Project) -> None:
 def test_concurrent_upgrades_are_serialised(project: Project) -> None:
     cmd = [sys.executable, "-m", "alembic", "-x", "context=dev", "upgrade", "head"]
     procs = [
-        subprocess.Popen(cmd, cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            cmd,
+            cwd=project.root,
+            env=project.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     results = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], results
     assert sorted(history(project)) == sorted(
-        [("allow_login_for_my_app", "executed"), ("grant_permissions_to_my_app", "executed"),
-         ("set_passwords_dev", "executed")]
+        [
+            ("allow_login_for_my_app", "executed"),
+            ("grant_permissions_to_my_app", "executed"),
+            ("set_passwords_dev", "executed"),
+        ]
     )
 
 
@@ -174,14 +194,19 @@ def test_downgrade_then_upgrade_reruns_repeatables_of_recreated_roles(project: P
     project.upgrade("dev")
     assert role_snapshot(project.cluster) == once
     reran = [h for h in history(project)[3:]]
-    assert sorted(reran) == [("allow_login_for_my_app", "reran"), ("grant_permissions_to_my_app", "reran"),
-                             ("set_passwords_dev", "reran")]
+    assert sorted(reran) == [
+        ("allow_login_for_my_app", "reran"),
+        ("grant_permissions_to_my_app", "reran"),
+        ("set_passwords_dev", "reran"),
+    ]
 
 
 def test_offline_sql_never_prints_a_secret(project: Project) -> None:
     out = project.alembic("upgrade", "head", "--sql", x={"pg_version": "15"}).stdout
     assert "GRANT USAGE, CREATE ON SCHEMA my_schema TO my_app" in out
-    proc = project.alembic("upgrade", "head", "--sql", context="dev", x={"pg_version": "15"}, check=False)
+    proc = project.alembic(
+        "upgrade", "head", "--sql", context="dev", x={"pg_version": "15"}, check=False
+    )
     assert proc.returncode != 0
     assert "refusing to write a password verifier into an offline script" in proc.stderr
     for value in project.passwords.values():
@@ -193,11 +218,27 @@ def test_plan_lists_status_and_changes_nothing(project: Project) -> None:
     import json
 
     rows = {r["id"]: r["status"] for r in json.loads(plan.stdout)["repeatables"]}
-    assert rows == {"set_passwords_dev": "pending", "set_passwords_prod": "skipped",
-                    "grant_permissions_to_my_app": "pending", "allow_login_for_my_app": "pending"}
+    assert rows == {
+        "set_passwords_dev": "pending",
+        "set_passwords_prod": "skipped",
+        "grant_permissions_to_my_app": "pending",
+        "allow_login_for_my_app": "pending",
+    }
     project.upgrade("dev")
     project.set_password("my_app_jerry", "dev")
     offset = project.cluster.log_size()
-    rows = {r["id"]: r["status"] for r in json.loads(project.rolekit("plan", "--context", "dev", "--json").stdout)["repeatables"]}
-    assert rows["set_passwords_dev"] == "changed" and rows["grant_permissions_to_my_app"] == "unchanged"
-    assert not [s for s in statements(project.cluster.log_since(offset)) if re.match(r"\s*(ALTER|GRANT|INSERT|CREATE)", s)]
+    rows = {
+        r["id"]: r["status"]
+        for r in json.loads(project.rolekit("plan", "--context", "dev", "--json").stdout)[
+            "repeatables"
+        ]
+    }
+    assert (
+        rows["set_passwords_dev"] == "changed"
+        and rows["grant_permissions_to_my_app"] == "unchanged"
+    )
+    assert not [
+        s
+        for s in statements(project.cluster.log_since(offset))
+        if re.match(r"\s*(ALTER|GRANT|INSERT|CREATE)", s)
+    ]

@@ -55,7 +55,9 @@ def test_two_full_rotations_under_load_have_zero_failed_connections(any_project:
             shared["creds"] = (handed_out["user"], handed_out["password"])
             assert handed_out["user"] == expected
             seen_users.add(expected)
-            project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "30")
+            project.rolekit(
+                "rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "30"
+            )
             time.sleep(0.5)
     finally:
         stop.set()
@@ -66,7 +68,9 @@ def test_two_full_rotations_under_load_have_zero_failed_connections(any_project:
     print(f"rotation under load: {attempts} connection attempts, {failures} failed")
     assert attempts > 100
     assert failures == 0
-    assert project.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'my_app%%' AND rolcanlogin") == [("my_app_tom",)]
+    assert project.query(
+        "SELECT rolname FROM pg_roles WHERE rolname LIKE 'my_app%%' AND rolcanlogin"
+    ) == [("my_app_tom",)]
 
 
 def test_begin_twice_and_finish_without_begin_are_refused(project: Project) -> None:
@@ -83,13 +87,24 @@ def test_begin_twice_and_finish_without_begin_are_refused(project: Project) -> N
 def test_concurrent_begin_exactly_one_wins(project: Project) -> None:
     project.upgrade("dev")
     cmd = [sys.executable, "-m", "rolekit.cli", "rotate", "my_app", "begin", "--context", "dev"]
-    procs = [subprocess.Popen(cmd, cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=project.root,
+            env=project.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.communicate(timeout=60)
     assert sorted(p.returncode for p in procs) == [0, 4]
     assert project.state()["families"]["my_app"]["dev"] == {
-        "login": ["my_app_tom", "my_app_jerry"], "incoming": "my_app_jerry"}
+        "login": ["my_app_tom", "my_app_jerry"],
+        "incoming": "my_app_jerry",
+    }
 
 
 def test_lockout_guard(project: Project) -> None:
@@ -122,15 +137,33 @@ def test_drain_timeout_changes_nothing_and_shows_progress(project: Project) -> N
     app = project.cluster.connect(old["user"], old["password"], application_name="billing")
     try:
         before, state = role_snapshot(project.cluster), project.state()
-        proc = project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply",
-                               "--drain-timeout", "2", check=False)
+        proc = project.rolekit(
+            "rotate",
+            "my_app",
+            "finish",
+            "--context",
+            "dev",
+            "--apply",
+            "--drain-timeout",
+            "2",
+            check=False,
+        )
         assert proc.returncode == 3
         assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
         assert "nothing was changed" in proc.stderr
         assert role_snapshot(project.cluster) == before
         assert project.state() == state  # the state file is back to overlap
-        project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply",
-                        "--drain-timeout", "1", "--terminate")
+        project.rolekit(
+            "rotate",
+            "my_app",
+            "finish",
+            "--context",
+            "dev",
+            "--apply",
+            "--drain-timeout",
+            "1",
+            "--terminate",
+        )
         assert app.closed or _is_dead(app)
     finally:
         app.close()
@@ -161,13 +194,24 @@ def test_session_that_comes_back_during_drain_is_caught(project: Project) -> Non
 
     thread = threading.Thread(target=late_app)
     thread.start()
-    proc = project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply",
-                           "--drain-timeout", "6", check=False)
+    proc = project.rolekit(
+        "rotate",
+        "my_app",
+        "finish",
+        "--context",
+        "dev",
+        "--apply",
+        "--drain-timeout",
+        "6",
+        check=False,
+    )
     thread.join()
     try:
         assert len(holder) == 2, "the late application could still log in during the drain"
         assert proc.returncode == 3 and "my_app_tom" in proc.stderr
-        assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(True,)]
+        assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
+            (True,)
+        ]
     finally:
         for conn in holder:
             conn.close()
@@ -178,19 +222,42 @@ def test_restart_during_drain_then_rerun_resumes(project: Project) -> None:
     old = creds(project)
     project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
     app = project.cluster.connect(old["user"], old["password"])
-    cmd = [sys.executable, "-m", "rolekit.cli", "rotate", "my_app", "finish", "--context", "dev",
-           "--apply", "--drain-timeout", "30"]
-    proc = subprocess.Popen(cmd, cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "rolekit.cli",
+        "rotate",
+        "my_app",
+        "finish",
+        "--context",
+        "dev",
+        "--apply",
+        "--drain-timeout",
+        "30",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=project.root,
+        env=project.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(3)
     project.cluster.restart("fast")
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     app.close()
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert project.state()["families"]["my_app"]["dev"]["login"] == ["my_app_tom", "my_app_jerry"]
-    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(True,)]
-    project.rolekit("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "10")
-    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [(False,)]
+    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
+        (True,)
+    ]
+    project.rolekit(
+        "rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "10"
+    )
+    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
+        (False,)
+    ]
 
 
 def test_status_and_check_report_drift_with_exit_codes(project: Project) -> None:
@@ -199,7 +266,10 @@ def test_status_and_check_report_drift_with_exit_codes(project: Project) -> None
     status = json.loads(project.rolekit("status", "--context", "dev", "--json").stdout)
     (family,) = status["families"]
     assert family["phase"] == "steady" and family["preferred"] == "my_app_tom"
-    assert {m["name"]: m["can_login"] for m in family["members"]} == {"my_app_tom": True, "my_app_jerry": False}
+    assert {m["name"]: m["can_login"] for m in family["members"]} == {
+        "my_app_tom": True,
+        "my_app_jerry": False,
+    }
     assert status["last_runs"]
     project.query("ALTER ROLE my_app_jerry LOGIN")
     proc = project.rolekit("check", "--context", "dev", "--json", check=False)
@@ -219,7 +289,9 @@ def test_expire_retire_mode_sets_valid_until(project: Project) -> None:
     data["families"]["my_app"]["dev"]["retire"] = "expire"
     project.write_state(data)
     project.upgrade("dev")
-    rows = project.query("SELECT rolname, rolvaliduntil < now() FROM pg_roles WHERE rolname LIKE 'my_app_%%' ORDER BY 1")
+    rows = project.query(
+        "SELECT rolname, rolvaliduntil < now() FROM pg_roles WHERE rolname LIKE 'my_app_%%' ORDER BY 1"
+    )
     assert rows == [("my_app_jerry", True), ("my_app_tom", False)]
     with pytest.raises(psycopg2.OperationalError):
         project.cluster.connect("my_app_jerry", project.secrets.get("my_app_jerry", "dev").reveal())

@@ -112,7 +112,9 @@ def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
         for stmt in _CREATE:
             session.execute(sql.SQL(stmt))
         session.execute(
-            sql.SQL("INSERT INTO rolekit_meta VALUES ('schema_version', %s), ('fingerprint_salt', %s)"),
+            sql.SQL(
+                "INSERT INTO rolekit_meta VALUES ('schema_version', %s), ('fingerprint_salt', %s)"
+            ),
             (str(SCHEMA_VERSION), salt.hex()),
         )
         return Changelog(True, salt, {})
@@ -126,7 +128,8 @@ def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
             session.execute(sql.SQL(stmt))
         version += 1
         session.execute(
-            sql.SQL("UPDATE rolekit_meta SET value = %s WHERE key = 'schema_version'"), (str(version),)
+            sql.SQL("UPDATE rolekit_meta SET value = %s WHERE key = 'schema_version'"),
+            (str(version),),
         )
     return read(session)
 

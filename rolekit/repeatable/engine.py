@@ -235,7 +235,9 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
             report.to_verify += [
                 (s.secret_role, s.secret)
                 for s in item.steps
-                if s.secret is not None and s.secret_role is not None and run.must_log_in(s.secret_role)
+                if s.secret is not None
+                and s.secret_role is not None
+                and run.must_log_in(s.secret_role)
             ]
     return report
 

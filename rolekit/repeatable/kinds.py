@@ -57,7 +57,9 @@ class Repeatable:
 
     def __init__(self, id: str, *, context: str | None = None, run_always: bool = False) -> None:
         if not isinstance(id, str) or not id.strip() or len(id) > 200:
-            raise RepeatableError(f"repeatable id {id!r} must be a non-empty string of at most 200 chars")
+            raise RepeatableError(
+                f"repeatable id {id!r} must be a non-empty string of at most 200 chars"
+            )
         self.id = id
         self.context = ContextExpression.parse(context) if context is not None else None
         self.run_always = run_always
@@ -82,7 +84,9 @@ class Repeatable:
             digest.update(render_offline(step.stmt).encode())
             if step.secret is not None and step.secret_key is not None:
                 digest.update(b" PASSWORD ")
-                digest.update(fingerprint(step.secret, salt=run.salt, label=step.secret_key).encode())
+                digest.update(
+                    fingerprint(step.secret, salt=run.salt, label=step.secret_key).encode()
+                )
             digest.update(b"\n")
         return digest.hexdigest()
 
@@ -165,7 +169,12 @@ class SetLogin(Repeatable):
     phase = 1
 
     def __init__(
-        self, id: str, login: dict[str, bool], *, context: str | None = None, run_always: bool = False
+        self,
+        id: str,
+        login: dict[str, bool],
+        *,
+        context: str | None = None,
+        run_always: bool = False,
     ) -> None:
         super().__init__(id, context=context, run_always=run_always)
         self.login = {check_role_name(r): bool(v) for r, v in login.items()}
@@ -246,7 +255,7 @@ class FamilyLogin(Repeatable):
         if not state.login and not state.decommissioned:
             raise LockoutError(
                 f"rotation state of {self.family.group!r} ({run.primary}) lets no member log in; "
-                "set \"decommissioned\": true to mean it"
+                'set "decommissioned": true to mean it'
             )
         for member in state.login:
             if member not in run.password_roles:
@@ -270,4 +279,10 @@ class FamilyLogin(Repeatable):
         assert state is not None
         retired = [m for m in self.family.members if m not in state.login]
         if retired:
-            drain(session, retired, timeout=run.drain_timeout, terminate=run.terminate, progress=run.progress)
+            drain(
+                session,
+                retired,
+                timeout=run.drain_timeout,
+                terminate=run.terminate,
+                progress=run.progress,
+            )

@@ -65,7 +65,9 @@ def drain(
         live = catalog.sessions(session, members)
         if not live:
             if last_report >= 0:
-                progress(f"drain: {', '.join(members)} drained after {time.monotonic() - started:.1f}s")
+                progress(
+                    f"drain: {', '.join(members)} drained after {time.monotonic() - started:.1f}s"
+                )
             return
         waited = time.monotonic() - started
         if waited >= timeout:

@@ -98,7 +98,9 @@ class RotationState:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RotationStateError(f"cannot read rotation state {path}: {exc}") from None
         if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
-            raise RotationStateError(f"{path}: expected {{'version': {STATE_VERSION}, 'families': ...}}")
+            raise RotationStateError(
+                f"{path}: expected {{'version': {STATE_VERSION}, 'families': ...}}"
+            )
         families: dict[str, dict[str, FamilyState]] = {}
         for family, contexts in (raw.get("families") or {}).items():
             if not isinstance(contexts, dict):

@@ -33,7 +33,7 @@ def begin(settings: Settings, family: RoleFamily, context: str, *, length: int =
         if current is None:
             raise RotationStateError(
                 f"{settings.state_file.name} has no state for {family.group!r} in context "
-                f"{context!r}; add {{\"login\": [\"{family.members[0]}\"]}} first"
+                f'{context!r}; add {{"login": ["{family.members[0]}"]}} first'
             )
         if current.phase != "steady":
             raise RotationStateError(

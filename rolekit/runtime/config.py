@@ -35,7 +35,9 @@ class Settings:
     def from_alembic_config(cls, config: Config) -> Settings:
         ini = Path(config.config_file_name or "alembic.ini").resolve()
         root = ini.parent
-        section = config.get_section("rolekit", {}) if config.file_config.has_section("rolekit") else {}
+        section = (
+            config.get_section("rolekit", {}) if config.file_config.has_section("rolekit") else {}
+        )
 
         def path(value: str) -> Path:
             p = Path(value).expanduser()
@@ -66,7 +68,9 @@ class Settings:
     def load(cls, ini_path: str | os.PathLike[str] = "alembic.ini") -> Settings:
         ini = Path(ini_path)
         if not ini.is_file():
-            raise RolekitError(f"no Alembic config at {ini}: run from the project folder or pass --config")
+            raise RolekitError(
+                f"no Alembic config at {ini}: run from the project folder or pass --config"
+            )
         return cls.from_alembic_config(Config(str(ini)))
 
     def secrets_file(self, context: str) -> Path:

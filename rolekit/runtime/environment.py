@@ -75,7 +75,9 @@ def run_context(env: EnvironmentContext, settings: Settings) -> RunContext:
     )
 
 
-def apply_repeatables(env: EnvironmentContext, settings: Settings | None = None) -> RunReport | None:
+def apply_repeatables(
+    env: EnvironmentContext, settings: Settings | None = None
+) -> RunReport | None:
     """Run changed repeatables in the current migration transaction."""
     if not _is_upgrade(env):
         return None

@@ -45,7 +45,7 @@ def render_offline(stmt: sql.Composable) -> str:
         # double any embedded double quote.
         return ".".join('"' + s.replace('"', '""') + '"' for s in stmt.strings)
     if isinstance(stmt, sql.SQL):
-        return stmt.string
+        return str(stmt.string)
     raise RolekitError(f"cannot render {type(stmt).__name__} in offline (--sql) mode")
 
 
