@@ -111,9 +111,12 @@ def memberships(session: Session, groups: Iterable[str]) -> list[Membership]:
 
 def sessions(session: Session, users: Iterable[str]) -> list[SessionInfo]:
     """Return the live client backends of *users*, excluding our own."""
+    # PostgreSQL freezes pg_stat_activity for the rest of a transaction at its
+    # first read; clear that snapshot so a drain poll sees sessions leave.
     rows = session.fetchall(
         sql.SQL(
-            "SELECT pid, usename::text, coalesce(application_name, ''), host(client_addr),"
+            "SELECT pg_stat_clear_snapshot();"
+            " SELECT pid, usename::text, coalesce(application_name, ''), host(client_addr),"
             " backend_start FROM pg_stat_activity"
             " WHERE usename = ANY(%s) AND pid <> pg_backend_pid()"
             " AND backend_type = 'client backend'"

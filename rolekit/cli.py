@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from rolekit.contexts import parse_contexts
 from rolekit.errors import RolekitError
 from rolekit.family import RoleFamily
 from rolekit.repeatable import changelog
+from rolekit.repeatable import SetPasswords
 from rolekit.repeatable.engine import RunContext, load_repeatables, login_members, plan
 from rolekit.rotation import workflow
 from rolekit.rotation.state import RotationState
@@ -65,8 +67,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _context(args: argparse.Namespace, *, required: bool = True) -> str | None:
-    import os
-
     raw = args.context or os.environ.get("ROLEKIT_CONTEXT") or ""
     contexts = parse_contexts(raw)
     if not contexts:
@@ -219,13 +219,24 @@ def _reports(
     settings = _settings(args)
     context = _context(args, required=False)
     rotation = RotationState.load(settings.state_file)
-    families = login_members(load_repeatables(settings.repeatables_dir))
+    repeatables = load_repeatables(settings.repeatables_dir)
+    contexts = parse_contexts(context)
+    password_repeatables = {
+        r.id: r.roles
+        for r in repeatables
+        if isinstance(r, SetPasswords) and (r.context is None or r.context.matches(contexts))
+    }
     with _session(settings) as session:
+        set_at = inspection.password_set_times(session, password_repeatables)
         reports = [
             inspection.inspect_family(
-                session, rep.family, rotation.get(group, context) if context else None, context
+                session,
+                rep.family,
+                rotation.get(group, context) if context else None,
+                context,
+                set_at,
             )
-            for group, rep in sorted(families.items())
+            for group, rep in sorted(login_members(repeatables).items())
         ]
         runs = inspection.last_runs(session)
     return reports, runs
@@ -241,7 +252,8 @@ def cmd_status(args: argparse.Namespace, out: _Output) -> int:
         for m in r.members:
             login = "LOGIN  " if m.can_login else "NOLOGIN"
             lines.append(
-                f"  {m.name:<24} {login} sessions={m.sessions:<4} valid_until={m.valid_until or '-'}"
+                f"  {m.name:<24} {login} sessions={m.sessions:<4} password_set={m.password_set_at or '-'}"
+                f"  valid_until={m.valid_until or '-'}"
                 f"  membership={'ok' if m.membership_ok else 'WRONG'}"
             )
         lines += [f"  problem: {p}" for p in r.problems]

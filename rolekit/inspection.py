@@ -26,6 +26,8 @@ class MemberReport:
     declared_login: bool | None = None
     sessions: int = 0
     valid_until: str | None = None
+    #: when a SetPasswords repeatable last set its password (from the history)
+    password_set_at: str | None = None
     membership_ok: bool = False
 
 
@@ -37,14 +39,17 @@ class FamilyReport:
     preferred: str | None
     members: list[MemberReport]
     problems: list[str] = field(default_factory=list)
-    last_runs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def inspect_family(
-    session: Session, family: RoleFamily, state: FamilyState | None, context: str | None
+    session: Session,
+    family: RoleFamily,
+    state: FamilyState | None,
+    context: str | None,
+    password_set_at: dict[str, str] | None = None,
 ) -> FamilyReport:
     roles = catalog.roles(session, family.roles)
     members_of_group = {m.member: m for m in catalog.memberships(session, [family.group])}
@@ -72,6 +77,7 @@ def inspect_family(
         member.can_login = info.can_login and not info.expired
         member.sessions = sum(1 for s in live if s.user == name)
         member.valid_until = info.valid_until.isoformat() if info.valid_until else None
+        member.password_set_at = (password_set_at or {}).get(name)
         member.membership_ok = bool(row and row.inherit_option and row.set_option) and (
             f"role={family.group}" in info.settings
         )
@@ -118,3 +124,27 @@ def last_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def password_set_times(
+    session: Session, roles_by_repeatable: dict[str, tuple[str, ...]]
+) -> dict[str, str]:
+    """When each role's password was last set, from the runs of the repeatables
+    that set it (*roles_by_repeatable*: repeatable id -> roles)."""
+    if not roles_by_repeatable or not session.scalar(
+        sql.SQL("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL")
+    ):
+        return {}
+    rows = session.fetchall(
+        sql.SQL(
+            "SELECT id, max(applied_at) FROM rolekit_changelog_history"
+            " WHERE id = ANY(%s) GROUP BY id"
+        ),
+        (list(roles_by_repeatable),),
+    )
+    latest: dict[str, dt.datetime] = {}
+    for rep_id, applied_at in rows:
+        for role in roles_by_repeatable[rep_id]:
+            if role not in latest or applied_at > latest[role]:
+                latest[role] = applied_at
+    return {role: at.isoformat() for role, at in latest.items()}

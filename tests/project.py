@@ -62,7 +62,10 @@ class Project:
         return json.loads(self.state_path.read_text())
 
     def write_state(self, data: dict[str, Any]) -> None:
-        self.state_path.write_text(json.dumps(data))
+        """Replace the state file atomically, as an editor or git checkout would."""
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.state_path)
 
     def write_repeatables(self, source: str, name: str = "my_app.py") -> None:
         (self.root / "migrations" / "repeatable" / name).write_text(source)

@@ -169,6 +169,22 @@ def test_drain_timeout_changes_nothing_and_shows_progress(project: Project) -> N
         app.close()
 
 
+def test_drain_waits_until_the_last_session_leaves(project: Project) -> None:
+    project.upgrade("dev")
+    old = creds(project)
+    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+    app = project.cluster.connect(old["user"], old["password"], application_name="billing")
+    threading.Timer(3.0, app.close).start()  # the application moves over mid-drain
+    proc = project.rolekit(
+        "rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "60"
+    )
+    assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
+    assert "drain: my_app_tom drained after" in proc.stderr
+    assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
+        (False,)
+    ]
+
+
 def _is_dead(conn: Any) -> bool:
     try:
         with conn.cursor() as cur:
