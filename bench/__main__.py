@@ -13,11 +13,17 @@ from bench.common import log
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "which", nargs="*", choices=["rotation", "overhead", "scale"],
+        "which",
+        nargs="*",
+        choices=["rotation", "overhead", "scale"],
         help="benchmarks to run (default: all three)",
     )
-    parser.add_argument("--pg", type=int, default=None,
-                        help="PostgreSQL major version (default: system 15, else the newest cached)")
+    parser.add_argument(
+        "--pg",
+        type=int,
+        default=None,
+        help="PostgreSQL major version (default: system 15, else the newest cached)",
+    )
     args = parser.parse_args(argv)
     which = args.which or ["rotation", "overhead", "scale"]
     timings: dict[str, float] = {}

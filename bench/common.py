@@ -135,16 +135,27 @@ class Project:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
         return env
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            cmd, cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=timeout,
+            cmd,
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             check=False,
         )
         if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
-    def alembic(self, *args: str, context: str | None = "dev", check: bool = True) -> subprocess.CompletedProcess[str]:
+    def alembic(
+        self, *args: str, context: str | None = "dev", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         xs = ["-x", f"context={context}"] if context else []
         return self.run(sys.executable, "-m", "alembic", *xs, *args, check=check)
 
@@ -161,7 +172,15 @@ class Project:
         from rolekit import cli
 
         out = io.StringIO()
-        args = ["creds", family, "--context", context, "--json", "-c", str(self.root / "alembic.ini")]
+        args = [
+            "creds",
+            family,
+            "--context",
+            context,
+            "--json",
+            "-c",
+            str(self.root / "alembic.ini"),
+        ]
         with contextlib.redirect_stdout(out):
             code = cli.main(args)
         if code != 0:

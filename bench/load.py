@@ -153,8 +153,15 @@ class WorkerPool:
         for path in self.out_paths:
             proc = MP.Process(
                 target=connect_worker,
-                args=(self.target, str(self.creds_path), str(path), self.ready, go, self.stop_event,
-                      self.count),
+                args=(
+                    self.target,
+                    str(self.creds_path),
+                    str(path),
+                    self.ready,
+                    go,
+                    self.stop_event,
+                    self.count,
+                ),
                 daemon=True,
             )
             proc.start()
@@ -185,7 +192,7 @@ class WorkerPool:
                 errors["worker died without results"] += 1
                 continue
             data = json.loads(path.read_text())
-            records += [tuple(r) for r in data["records"]]  # type: ignore[misc]
+            records += [(r[0], r[1], r[2], r[3]) for r in data["records"]]
             errors.update(data["errors"])
         records.sort()
         took = time.monotonic() - started

@@ -162,8 +162,10 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
                 started = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - started)
-        log(f"overhead: no-op medians rolekit {median(times['rolekit']):.3f}s, "
-            f"alembic {median(times['alembic']):.3f}s")
+        log(
+            f"overhead: no-op medians rolekit {median(times['rolekit']):.3f}s, "
+            f"alembic {median(times['alembic']):.3f}s"
+        )
 
     med_rolekit = median(times["rolekit"]) or 0.0
     med_alembic = median(times["alembic"]) or 1e-9

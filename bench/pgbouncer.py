@@ -58,7 +58,9 @@ def ensure_installed() -> str:
     if found:
         return found
     if os.geteuid() != 0:
-        raise RuntimeError("pgbouncer is not installed and we are not root: apt-get install pgbouncer")
+        raise RuntimeError(
+            "pgbouncer is not installed and we are not root: apt-get install pgbouncer"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
     subprocess.run(
@@ -109,7 +111,8 @@ class PgBouncer:
             "server_idle_timeout": server_idle_timeout,
             "default_pool_size": default_pool_size,
             "auth_type": "scram-sha-256",
-            "auth": "auth_file (plain passwords, reloaded on rotation)" if auth == "file"
+            "auth": "auth_file (plain passwords, reloaded on rotation)"
+            if auth == "file"
             else "auth_query (SCRAM pass-through)",
             "query_wait_timeout": 20,
         }
@@ -146,11 +149,11 @@ class PgBouncer:
                 verifier = encrypt_password(password, AUTH_USER, conn, "scram-sha-256")
                 cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(role), (verifier,))
                 cur.execute(_LOOKUP)
+                cur.execute(sql.SQL("GRANT USAGE ON SCHEMA bench_pgbouncer TO {}").format(role))
                 cur.execute(
-                    sql.SQL("GRANT USAGE ON SCHEMA bench_pgbouncer TO {}").format(role)
-                )
-                cur.execute(
-                    sql.SQL("GRANT EXECUTE ON FUNCTION bench_pgbouncer.user_lookup(text) TO {}").format(role)
+                    sql.SQL(
+                        "GRANT EXECUTE ON FUNCTION bench_pgbouncer.user_lookup(text) TO {}"
+                    ).format(role)
                 )
         finally:
             conn.close()
@@ -216,7 +219,10 @@ class PgBouncer:
             )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self._proc.poll() is None:
-                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((self.host, self.port), 0.2),
+                ):
                     return self
                 time.sleep(0.05)
             self.stop()

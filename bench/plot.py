@@ -7,7 +7,11 @@ from typing import Any
 
 from bench.common import MEMBERS, REPO, log
 
-_EVENT_STYLE = {"begin": ("tab:blue", "--"), "app switch": ("tab:green", ":"), "finish": ("tab:red", "-.")}
+_EVENT_STYLE = {
+    "begin": ("tab:blue", "--"),
+    "app switch": ("tab:green", ":"),
+    "finish": ("tab:red", "-."),
+}
 
 
 def timeline(data: dict[str, Any], path: Path) -> Path:
@@ -25,8 +29,14 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
     samples = phase["session_samples"]
     ts = [s["t"] for s in samples]
     for member, color in zip(MEMBERS, ("tab:orange", "tab:purple"), strict=True):
-        ax_sess.step(ts, [s["sessions"].get(member, 0) for s in samples], where="post",
-                     label=member, color=color, linewidth=1.4)
+        ax_sess.step(
+            ts,
+            [s["sessions"].get(member, 0) for s in samples],
+            where="post",
+            label=member,
+            color=color,
+            linewidth=1.4,
+        )
     ax_sess.set_ylabel("live sessions\n(pg_stat_activity, 0.25 s)")
     ax_sess.legend(loc="upper right", fontsize=8)
     ax_sess.set_title(
@@ -35,31 +45,51 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
         fontsize=10,
     )
 
-    for name, color in (("rolekit-direct", "tab:blue"), ("rolekit-pgbouncer", "tab:brown"),
-                        ("rolekit-client-pooled", "tab:gray")):
+    for name, color in (
+        ("rolekit-direct", "tab:blue"),
+        ("rolekit-pgbouncer", "tab:brown"),
+        ("rolekit-client-pooled", "tab:gray"),
+    ):
         if name not in scenarios:
             continue
         rows = scenarios[name]["timeline"]
         label = name + (" (queries/s)" if "pooled" in name else " (connects/s)")
-        ax_rate.step([r["t"] for r in rows], [r["ok"] for r in rows], where="post",
-                     label=label, color=color, linewidth=1.2)
+        ax_rate.step(
+            [r["t"] for r in rows],
+            [r["ok"] for r in rows],
+            where="post",
+            label=label,
+            color=color,
+            linewidth=1.2,
+        )
     ax_rate.set_ylabel("successes per s")
     ax_rate.legend(loc="lower right", fontsize=8)
     ax_rate.set_ylim(bottom=0)
 
     total_failed = 0
-    for name, color in (("rolekit-direct", "tab:red"), ("rolekit-pgbouncer", "tab:pink"),
-                        ("rolekit-client-pooled", "black")):
+    for name, color in (
+        ("rolekit-direct", "tab:red"),
+        ("rolekit-pgbouncer", "tab:pink"),
+        ("rolekit-client-pooled", "black"),
+    ):
         if name not in scenarios:
             continue
         rows = scenarios[name]["timeline"]
         total_failed += sum(r["failed"] for r in rows)
-        ax_fail.step([r["t"] for r in rows], [r["failed"] for r in rows], where="post",
-                     label=name, color=color, linewidth=1.2)
+        ax_fail.step(
+            [r["t"] for r in rows],
+            [r["failed"] for r in rows],
+            where="post",
+            label=name,
+            color=color,
+            linewidth=1.2,
+        )
     ax_fail.set_ylabel("failures per s")
     ax_fail.set_ylim(bottom=0, top=max(1, ax_fail.get_ylim()[1]))
     ax_fail.set_xlabel("seconds since the load started")
-    ax_fail.text(0.01, 0.8, f"total failures: {total_failed}", transform=ax_fail.transAxes, fontsize=9)
+    ax_fail.text(
+        0.01, 0.8, f"total failures: {total_failed}", transform=ax_fail.transAxes, fontsize=9
+    )
     ax_fail.legend(loc="upper right", fontsize=8)
 
     top = ax_sess.get_ylim()[1]
@@ -67,8 +97,16 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
         color, style = _EVENT_STYLE.get(event["name"], ("black", "-"))
         for ax in (ax_sess, ax_rate, ax_fail):
             ax.axvline(event["t"], color=color, linestyle=style, linewidth=1)
-        ax_sess.text(event["t"], top, f" {event['name']} {event.get('rotation', '')}", rotation=90,
-                     va="top", ha="left", fontsize=7, color=color)
+        ax_sess.text(
+            event["t"],
+            top,
+            f" {event['name']} {event.get('rotation', '')}",
+            rotation=90,
+            va="top",
+            ha="left",
+            fontsize=7,
+            color=color,
+        )
     for start, end in phase["rotation_windows_s"]:
         for ax in (ax_sess, ax_rate, ax_fail):
             ax.axvspan(start, end, color="tab:blue", alpha=0.05)

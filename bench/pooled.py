@@ -50,9 +50,15 @@ def _app_main(
         info = os.stat(path)
         return (info.st_mtime_ns, info.st_size, info.st_ino)
 
-    provider = CredentialsProvider(fetch, stamp=stamp, description=f"{path.name} (bench app config)")
+    provider = CredentialsProvider(
+        fetch, stamp=stamp, description=f"{path.name} (bench app config)"
+    )
     engine = create_engine(
-        url, provider, pool_size=pool_size, max_overflow=0, pool_timeout=30,
+        url,
+        provider,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
         connect_args={"application_name": "bench-pooled", "connect_timeout": 10},
     )
     physical: Counter[str] = Counter()
@@ -106,24 +112,35 @@ def _app_main(
     for worker in workers:
         worker.join()
     engine.dispose()
-    Path(out_path).write_text(json.dumps({
-        "records": records,
-        "errors": dict(errors),
-        "physical_connects": dict(physical),
-        "provider": {
-            "refreshes": provider.refresh_count,
-            "fallbacks": provider.fallback_count,
-            "auth_failures": provider.auth_failure_count,
-        },
-    }))
+    Path(out_path).write_text(
+        json.dumps(
+            {
+                "records": records,
+                "errors": dict(errors),
+                "physical_connects": dict(physical),
+                "provider": {
+                    "refreshes": provider.refresh_count,
+                    "fallbacks": provider.fallback_count,
+                    "auth_failures": provider.auth_failure_count,
+                },
+            }
+        )
+    )
 
 
 class PooledApp:
     """Same interface as :class:`bench.load.WorkerPool`, one process with threads."""
 
     def __init__(
-        self, name: str, cluster: Cluster, creds_path: Path, out_dir: Path, *,
-        threads: int = 4, pool_size: int = 4, think_s: float = 0.005,
+        self,
+        name: str,
+        cluster: Cluster,
+        creds_path: Path,
+        out_dir: Path,
+        *,
+        threads: int = 4,
+        pool_size: int = 4,
+        think_s: float = 0.005,
     ) -> None:
         self.name = name
         self.url = f"postgresql+psycopg2://{cluster.host}:{cluster.port}/postgres"
@@ -142,8 +159,18 @@ class PooledApp:
     def start(self, go: Any) -> None:
         self.proc = MP.Process(
             target=_app_main,
-            args=(self.url, str(self.creds_path), str(self.out_path), self.threads, self.pool_size,
-                  self.think_s, self.ready, go, self.stop_event, self.count),
+            args=(
+                self.url,
+                str(self.creds_path),
+                str(self.out_path),
+                self.threads,
+                self.pool_size,
+                self.think_s,
+                self.ready,
+                go,
+                self.stop_event,
+                self.count,
+            ),
             daemon=True,
         )
         self.proc.start()
@@ -169,5 +196,5 @@ class PooledApp:
         data = json.loads(self.out_path.read_text())
         self.physical_connects = data["physical_connects"]
         self.provider_stats = data["provider"]
-        records = sorted(tuple(r) for r in data["records"])
-        return records, Counter(data["errors"])  # type: ignore[arg-type]
+        records = sorted((r[0], r[1], r[2], r[3]) for r in data["records"])
+        return records, Counter(data["errors"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -59,16 +60,20 @@ class Config:
     pgbouncer_workers: int = 4
     pooled_threads: int = 4
     pool_size: int = 4
+    #: at least this many full rotations (an even number ends on the first member)...
     rotations: int = 2
+    #: ...more, in pairs, while the attempts below are not reached
+    max_rotations: int = 6
     #: rolekit scenarios together must reach this many attempts
     min_attempts: int = 10_000
     #: ...but the rolekit phase stops after this many seconds regardless
-    max_phase_s: float = 240.0
+    max_phase_s: float = 300.0
     steady_s: float = 4.0
     drain_timeout_s: float = 60.0
     baseline_changes: int = 2
     #: also run the auth_query PgBouncer (documents a rolekit issue; see DIAG_NOTE)
     pgbouncer_auth_query_diagnostic: bool = True
+    diagnostic_workers: int = 2
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Phase:
     events: list[dict[str, Any]] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    rotations: int = 0
 
     def mark(self, name: str, **extra: Any) -> float:
         t = time.time()
@@ -91,6 +97,7 @@ class Phase:
     def to_json(self, sampler: SessionSampler) -> dict[str, Any]:
         return {
             "duration_s": round(self.ended - self.started, 2),
+            "rotations": self.rotations,
             "events": self.events,
             "rotation_windows_s": [
                 [round(a - self.started, 3), round(b - self.started, 3)] for a, b in self.windows
@@ -98,7 +105,11 @@ class Phase:
             "errors": self.errors,
             "sampler_error": sampler.error,
             "session_samples": [
-                {"t": round(s["t"] - self.started, 3), "sessions": s["sessions"], "by_app": s["by_app"]}
+                {
+                    "t": round(s["t"] - self.started, 3),
+                    "sessions": s["sessions"],
+                    "by_app": s["by_app"],
+                }
                 for s in sampler.samples
                 if self.started <= s["t"] <= self.ended
             ],
@@ -115,8 +126,13 @@ def _scenario(
     **extra: Any,
 ) -> dict[str, Any]:
     result = summarize(
-        name, records, errors, started=phase.started, ended=phase.ended,
-        windows=phase.windows, latency_of=latency_of,
+        name,
+        records,
+        errors,
+        started=phase.started,
+        ended=phase.ended,
+        windows=phase.windows,
+        latency_of=latency_of,
     )
     sessions = sampler.per_second(phase.started, phase.ended)
     timeline = per_second(records, phase.started, phase.ended)
@@ -132,7 +148,9 @@ def _set_password(cluster: Cluster, role: str, password: str) -> None:
     try:
         verifier = encrypt_password(password, role, conn, "scram-sha-256")
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (verifier,))
+            cur.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (verifier,)
+            )
     finally:
         conn.close()
 
@@ -161,32 +179,49 @@ def _sleep_until(t: float) -> None:
 
 
 def _rolekit_phase(
-    cfg: Config, cluster: Cluster, project: Project, bouncer: PgBouncer, diag: PgBouncer | None,
-    work: Path, sampler: SessionSampler,
+    cfg: Config,
+    cluster: Cluster,
+    project: Project,
+    bouncer: PgBouncer,
+    diag: PgBouncer | None,
+    work: Path,
+    sampler: SessionSampler,
 ) -> tuple[Phase, list[dict[str, Any]]]:
     phase = Phase("rolekit")
     creds_path = work / "app-creds.json"
     write_creds(creds_path, *project.creds())
     go = MP.Event()
     direct = WorkerPool(
-        "rolekit-direct", cfg.direct_workers,
-        Target(cluster.host, cluster.port, application_name="bench-direct"), creds_path, work,
+        "rolekit-direct",
+        cfg.direct_workers,
+        Target(cluster.host, cluster.port, application_name="bench-direct"),
+        creds_path,
+        work,
     )
     through_bouncer = WorkerPool(
-        "rolekit-pgbouncer", cfg.pgbouncer_workers,
-        Target(bouncer.host, bouncer.port, application_name="bench-pgbouncer"), creds_path, work,
+        "rolekit-pgbouncer",
+        cfg.pgbouncer_workers,
+        Target(bouncer.host, bouncer.port, application_name="bench-pgbouncer"),
+        creds_path,
+        work,
     )
     app = pooled.PooledApp(
-        "rolekit-client-pooled", cluster, creds_path, work,
-        threads=cfg.pooled_threads, pool_size=cfg.pool_size,
+        "rolekit-client-pooled",
+        cluster,
+        creds_path,
+        work,
+        threads=cfg.pooled_threads,
+        pool_size=cfg.pool_size,
     )
     pools: list[Any] = [direct, through_bouncer, app]
     diag_pool = None
     if diag is not None:
         diag_pool = WorkerPool(
-            DIAG_NAME, cfg.pgbouncer_workers,
+            DIAG_NAME,
+            cfg.diagnostic_workers,
             Target(diag.host, diag.port, application_name="bench-pgbouncer-auth-query"),
-            creds_path, work,
+            creds_path,
+            work,
         )
         pools.append(diag_pool)
     for pool in pools:
@@ -208,71 +243,135 @@ def _rolekit_phase(
             log(message)
         return proc.returncode == 0, proc.stderr
 
+    def rotate(n: int) -> bool:
+        """One full rotation: begin, lag, app switch, finish, lag, creds again."""
+        before = project.creds()[0]
+        t_begin = phase.mark("begin", rotation=n, outgoing=before)
+        ok, _ = rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+        t_db = time.time()
+        phase.events[-1]["duration_s"] = round(t_db - t_begin, 3)
+        if not ok:
+            return False
+        # the pooler's deploy step: its auth_file gets the new password, then a reload
+        bouncer.set_users({m: project.password(m) for m in MEMBERS})
+        phase.events[-1]["pgbouncer_reloaded_after_s"] = round(time.time() - t_db, 3)
+        user, password = project.creds()
+        _sleep_until(t_db + cfg.lag_s)
+        write_creds(creds_path, user, password)
+        phase.mark("app switch", rotation=n, incoming=user, lag_s=round(time.time() - t_db, 3))
+        time.sleep(cfg.steady_s)
+        t_finish = phase.mark("finish", rotation=n)
+        ok, stderr = rolekit(
+            "rotate",
+            "my_app",
+            "finish",
+            "--context",
+            "dev",
+            "--apply",
+            "--drain-timeout",
+            str(cfg.drain_timeout_s),
+        )
+        t_done = time.time()
+        phase.events[-1]["duration_s"] = round(t_done - t_finish, 3)
+        phase.events[-1]["drain"] = [ln for ln in stderr.splitlines() if "drain" in ln][-3:]
+        phase.windows.append((t_begin, t_done))
+        if not ok:
+            return False
+        # the apps re-read the credentials after finish too (same member: no change)
+        _sleep_until(t_done + cfg.lag_s)
+        write_creds(creds_path, *project.creds())
+        time.sleep(cfg.steady_s)
+        return True
+
+    n, longest = 0, 0.0
     try:
         time.sleep(cfg.steady_s)
-        for n in range(1, cfg.rotations + 1):
-            before = project.creds()[0]
-            t_begin = phase.mark("begin", rotation=n, outgoing=before)
-            ok, _ = rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
-            t_db = time.time()
-            phase.events[-1]["duration_s"] = round(t_db - t_begin, 3)
-            if not ok:
-                break
-            # deploy step of the pooler: its auth_file gets the new password
-            bouncer.set_users({m: project.password(m) for m in MEMBERS})
-            phase.events[-1]["pgbouncer_reloaded_after_s"] = round(time.time() - t_db, 3)
-            user, password = project.creds()
-            _sleep_until(t_db + cfg.lag_s)
-            write_creds(creds_path, user, password)
-            phase.mark("app switch", rotation=n, incoming=user, lag_s=round(time.time() - t_db, 3))
-            time.sleep(cfg.steady_s)
-            t_finish = phase.mark("finish", rotation=n)
-            ok, stderr = rolekit(
-                "rotate", "my_app", "finish", "--context", "dev", "--apply",
-                "--drain-timeout", str(cfg.drain_timeout_s),
-            )
-            t_done = time.time()
-            phase.events[-1]["duration_s"] = round(t_done - t_finish, 3)
-            phase.events[-1]["drain"] = [ln for ln in stderr.splitlines() if "drain" in ln][-3:]
-            phase.windows.append((t_begin, t_done))
-            if not ok:
-                break
-            # the app re-reads creds after finish too (unchanged: same member)
-            _sleep_until(t_done + cfg.lag_s)
-            write_creds(creds_path, *project.creds())
-            time.sleep(cfg.steady_s)
         deadline = phase.started + cfg.max_phase_s
+        while (
+            n < cfg.rotations
+            or n % 2 == 1
+            or (
+                attempts() < cfg.min_attempts
+                and n < cfg.max_rotations
+                and time.time() + 2 * longest < deadline
+            )
+        ):
+            started = time.time()
+            n += 1
+            if not rotate(n):
+                break
+            longest = max(longest, time.time() - started)
         while attempts() < cfg.min_attempts and time.time() < deadline:
             time.sleep(0.5)
     finally:
         phase.ended = time.time()
         for pool in pools:
             pool.stop()
-    log(f"rolekit: {attempts()} connection attempts in {phase.ended - phase.started:.1f}s; collecting")
+    phase.rotations = n
+    log(
+        f"rolekit: {n} rotations, {attempts()} connection attempts in {phase.ended - phase.started:.1f}s; collecting"
+    )
     scenarios = []
     records, errors = direct.join()
-    scenarios.append(_scenario("rolekit-direct", phase, records, errors, sampler,
-                               workers=cfg.direct_workers, mode="processes, connect per query"))
+    scenarios.append(
+        _scenario(
+            "rolekit-direct",
+            phase,
+            records,
+            errors,
+            sampler,
+            workers=cfg.direct_workers,
+            mode="processes, connect per query",
+        )
+    )
     records, errors = app.join()
-    scenarios.append(_scenario(
-        "rolekit-client-pooled", phase, records, errors, sampler, latency_of="checkout+query",
-        threads=cfg.pooled_threads, pool_size=cfg.pool_size, mode="rolekit.client engine, pooled",
-        physical_connects=app.physical_connects, client_provider=app.provider_stats,
-    ))
+    scenarios.append(
+        _scenario(
+            "rolekit-client-pooled",
+            phase,
+            records,
+            errors,
+            sampler,
+            latency_of="checkout+query",
+            threads=cfg.pooled_threads,
+            pool_size=cfg.pool_size,
+            mode="rolekit.client engine, pooled",
+            physical_connects=app.physical_connects,
+            client_provider=app.provider_stats,
+        )
+    )
     records, errors = through_bouncer.join()
-    scenarios.append(_scenario(
-        "rolekit-pgbouncer", phase, records, errors, sampler, workers=cfg.pgbouncer_workers,
-        mode="processes, connect per query through PgBouncer", pgbouncer=bouncer.version,
-        pgbouncer_settings=bouncer.settings, pgbouncer_reloads=bouncer.reloads,
-    ))
+    scenarios.append(
+        _scenario(
+            "rolekit-pgbouncer",
+            phase,
+            records,
+            errors,
+            sampler,
+            workers=cfg.pgbouncer_workers,
+            mode="processes, connect per query through PgBouncer",
+            pgbouncer=bouncer.version,
+            pgbouncer_settings=bouncer.settings,
+            pgbouncer_reloads=bouncer.reloads,
+        )
+    )
     if diag is not None and diag_pool is not None:
         records, errors = diag_pool.join()
-        scenarios.append(_scenario(
-            DIAG_NAME, phase, records, errors, sampler, workers=cfg.pgbouncer_workers,
-            mode="processes, connect per query through a second PgBouncer using auth_query",
-            pgbouncer=diag.version, pgbouncer_settings=diag.settings, diagnostic=True,
-            note=DIAG_NOTE,
-        ))
+        scenarios.append(
+            _scenario(
+                DIAG_NAME,
+                phase,
+                records,
+                errors,
+                sampler,
+                workers=cfg.diagnostic_workers,
+                mode="processes, connect per query through a second PgBouncer using auth_query",
+                pgbouncer=diag.version,
+                pgbouncer_settings=diag.settings,
+                diagnostic=True,
+                note=DIAG_NOTE,
+            )
+        )
     return phase, scenarios
 
 
@@ -282,16 +381,24 @@ Change = Callable[[], tuple[str, str]]
 
 
 def _baseline_phase(
-    name: str, cfg: Config, cluster: Cluster, work: Path, sampler: SessionSampler,
-    initial: tuple[str, str], changes: list[tuple[str, Change]],
+    name: str,
+    cfg: Config,
+    cluster: Cluster,
+    work: Path,
+    sampler: SessionSampler,
+    initial: tuple[str, str],
+    changes: list[tuple[str, Change]],
 ) -> tuple[Phase, dict[str, Any]]:
     phase = Phase(name)
     creds_path = work / f"{name}-creds.json"
     write_creds(creds_path, *initial)
     go = MP.Event()
     workers = WorkerPool(
-        name, cfg.direct_workers,
-        Target(cluster.host, cluster.port, application_name="bench-baseline"), creds_path, work,
+        name,
+        cfg.direct_workers,
+        Target(cluster.host, cluster.port, application_name="bench-baseline"),
+        creds_path,
+        work,
     )
     workers.start(go)
     wait_ready([workers])
@@ -306,19 +413,30 @@ def _baseline_phase(
             phase.events[-1]["duration_s"] = round(t_db - t_change, 3)
             _sleep_until(t_db + cfg.lag_s)
             write_creds(creds_path, user, password)
-            t_switch = phase.mark("app switch", rotation=n, incoming=user,
-                                  lag_s=round(time.time() - t_db, 3))
+            t_switch = phase.mark(
+                "app switch", rotation=n, incoming=user, lag_s=round(time.time() - t_db, 3)
+            )
             phase.windows.append((t_change, t_switch + 1.0))
+            phase.rotations = n
             time.sleep(cfg.steady_s)
     finally:
         phase.ended = time.time()
         workers.stop()
     records, errors = workers.join()
-    return phase, _scenario(name, phase, records, errors, sampler, workers=cfg.direct_workers,
-                            mode="processes, connect per query")
+    return phase, _scenario(
+        name,
+        phase,
+        records,
+        errors,
+        sampler,
+        workers=cfg.direct_workers,
+        mode="processes, connect per query",
+    )
 
 
-def _single_user(cfg: Config, cluster: Cluster, work: Path, sampler: SessionSampler) -> tuple[Phase, dict[str, Any]]:
+def _single_user(
+    cfg: Config, cluster: Cluster, work: Path, sampler: SessionSampler
+) -> tuple[Phase, dict[str, Any]]:
     password = generate_password()
     _execute(cluster, f"CREATE ROLE {SINGLE_USER} LOGIN")
     _set_password(cluster, SINGLE_USER, password)
@@ -329,13 +447,19 @@ def _single_user(cfg: Config, cluster: Cluster, work: Path, sampler: SessionSamp
         return SINGLE_USER, new
 
     return _baseline_phase(
-        "baseline-single-user-alter-password", cfg, cluster, work, sampler,
-        (SINGLE_USER, password), [("alter password", change)] * cfg.baseline_changes,
+        "baseline-single-user-alter-password",
+        cfg,
+        cluster,
+        work,
+        sampler,
+        (SINGLE_USER, password),
+        [("alter password", change)] * cfg.baseline_changes,
     )
 
 
-def _liquibase(cfg: Config, cluster: Cluster, project: Project, work: Path,
-               sampler: SessionSampler) -> tuple[Phase, dict[str, Any]]:
+def _liquibase(
+    cfg: Config, cluster: Cluster, project: Project, work: Path, sampler: SessionSampler
+) -> tuple[Phase, dict[str, Any]]:
     """The seed's ``allow_login_for_my_app`` changeset, flipped in one batch."""
     passwords = {m: project.password(m) for m in MEMBERS}
     active = project.creds()[0]
@@ -350,8 +474,13 @@ def _liquibase(cfg: Config, cluster: Cluster, project: Project, work: Path,
 
         changes.append(("one-step flip", flip))
     return _baseline_phase(
-        "baseline-liquibase-one-step-flip", cfg, cluster, work, sampler,
-        (active, passwords[active]), changes,
+        "baseline-liquibase-one-step-flip",
+        cfg,
+        cluster,
+        work,
+        sampler,
+        (active, passwords[active]),
+        changes,
     )
 
 
@@ -392,9 +521,19 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
             scenarios.append(scenario)
         finally:
             sampler.stop()
+            shutil.rmtree(work, ignore_errors=True)  # holds the project's passwords
+    rolekit_attempts = sum(
+        s["attempts"] for s in scenarios if s["phase"] == "rolekit" and not s.get("diagnostic")
+    )
     data = {
         "machine": info,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "rolekit_attempts_total": rolekit_attempts,
+        "rolekit_failures_total": sum(
+            s["failed_connections"] + s["failed_queries"]
+            for s in scenarios
+            if s["phase"] == "rolekit" and not s.get("diagnostic")
+        ),
         "scenarios": scenarios,
         "rolekit_status_after_rotations": _json_or_text(status.stdout),
         "phases": {name: p.to_json(sampler) for name, p in phases.items()},

@@ -82,7 +82,9 @@ def generate(root: Path, n: int, url: str) -> Project:
     state = {"version": 1, "families": {g: {"dev": {"login": [f"{g}_tom"]}} for g in names}}
     (migrations / "rotation.json").write_text(json.dumps(state, indent=1))
     # 2N passwords: written as one dotenv file (SecretsFile.set per key would rewrite it 2N times)
-    lines = [f"{g}_{m}.password.dev={generate_password()}\n" for g in names for m in ("tom", "jerry")]
+    lines = [
+        f"{g}_{m}.password.dev={generate_password()}\n" for g in names for m in ("tom", "jerry")
+    ]
     fd = os.open(root / "passwords.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         file.writelines(lines)
@@ -112,7 +114,9 @@ def measure(n: int, major: int | None, work: Path, noop_runs: int) -> dict[str, 
             times.append(time.perf_counter() - started)
             trips.append(count_statements(cluster.log_since(offset)))
             if "rolekit: running" in proc.stderr:
-                raise RuntimeError(f"the no-op upgrade with {n} families ran something:\n{proc.stderr[-3000:]}")
+                raise RuntimeError(
+                    f"the no-op upgrade with {n} families ran something:\n{proc.stderr[-3000:]}"
+                )
         with cluster.connect() as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'fam%%' AND rolcanlogin")
             row = cur.fetchone()

@@ -8,10 +8,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from rolekit.sandbox import Cluster
-
 from bench.common import percentile, rounded
 from bench.load import CONNECT_FAILED, OK, QUERY_FAILED
+from rolekit.sandbox import Cluster
 
 Record = tuple[float, float, int, str]
 Window = tuple[float, float]
@@ -64,7 +63,9 @@ def summarize(
         "rotation_p99_ms": rounded(percentile(lat_rot, 99)),
         "rotation_attempts": sum(1 for r in records if _inside(r[0], windows)),
         "failure_window_s": (
-            rounded(last_fail - first_fail, 3) if first_fail is not None and last_fail is not None else None
+            rounded(last_fail - first_fail, 3)
+            if first_fail is not None and last_fail is not None
+            else None
         ),
         "first_failure_at_s": rounded(first_fail - started, 3) if first_fail is not None else None,
         "succeeded_by_user": dict(sorted(users.items())),

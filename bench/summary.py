@@ -19,7 +19,7 @@ def _load(name: str) -> dict[str, Any] | None:
 
 def _fmt(value: Any) -> str:
     if value is None:
-        return "–"
+        return "-"
     if isinstance(value, float):
         return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
     if isinstance(value, int):
@@ -38,7 +38,7 @@ def _machine(m: dict[str, Any]) -> str:
         f"nproc {m.get('nproc')}, RAM {m.get('ram_gib')} GiB, CPU {m.get('cpu_model')}, "
         f"PostgreSQL {m.get('postgresql')}"
         + (f", {m['pgbouncer']}" if m.get("pgbouncer") else "")
-        + f", Python {m.get('python')}, load average at start {m.get('loadavg_start', '–')}, "
+        + f", Python {m.get('python')}, load average at start {m.get('loadavg_start', '-')}, "
         f"date {m.get('date')}"
     )
 
@@ -63,14 +63,37 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = [
-        [s["name"], s["attempts"], s["failed_connections"], s["failed_queries"],
-         s["connects_per_s"], s["p50_ms"], s["p99_ms"], s["steady_p50_ms"], s["steady_p99_ms"],
-         s["rotation_p50_ms"], s["rotation_p99_ms"], s.get("failure_window_s")]
+        [
+            s["name"],
+            s["attempts"],
+            s["failed_connections"],
+            s["failed_queries"],
+            s["connects_per_s"],
+            s["p50_ms"],
+            s["p99_ms"],
+            s["steady_p50_ms"],
+            s["steady_p99_ms"],
+            s["rotation_p50_ms"],
+            s["rotation_p99_ms"],
+            s.get("failure_window_s"),
+        ]
         for s in data["scenarios"]
     ]
     lines += _table(
-        ["scenario", "attempts", "failed conn.", "failed queries", "ok/s", "p50 ms", "p99 ms",
-         "steady p50", "steady p99", "rotation p50", "rotation p99", "failure window s"],
+        [
+            "scenario",
+            "attempts",
+            "failed conn.",
+            "failed queries",
+            "ok/s",
+            "p50 ms",
+            "p99 ms",
+            "steady p50",
+            "steady p99",
+            "rotation p50",
+            "rotation p99",
+            "failure window s",
+        ],
         rows,
     )
     rolekit_total = sum(s["attempts"] for s in data["scenarios"] if s.get("phase") == "rolekit")
@@ -88,7 +111,7 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         lines += ["", "Errors seen:", ""]
         for name, errs in errors.items():
             for message, n in errs.items():
-                lines.append(f"- `{name}`: {n:,} × `{message}`")
+                lines.append(f"- `{name}`: {n:,} x `{message}`")
     if phase.get("errors"):
         lines += ["", "rolekit CLI errors:", ""] + [f"- {e}" for e in phase["errors"]]
     lines += ["", "![timeline](rotation_timeline.png)", ""]
@@ -104,9 +127,21 @@ def _overhead(data: dict[str, Any]) -> list[str]:
         *_table(
             ["", "rolekit example project", "plain Alembic"],
             [
-                ["no-op `upgrade head`, median s", data["noop_median_s"], data["alembic_noop_median_s"]],
-                ["statements sent in the no-op", data["noop_statements"], data["alembic_noop_statements"]],
-                ["upgrade from base on a fresh cluster, s", data["full_apply_s"], data["alembic_full_apply_s"]],
+                [
+                    "no-op `upgrade head`, median s",
+                    data["noop_median_s"],
+                    data["alembic_noop_median_s"],
+                ],
+                [
+                    "statements sent in the no-op",
+                    data["noop_statements"],
+                    data["alembic_noop_statements"],
+                ],
+                [
+                    "upgrade from base on a fresh cluster, s",
+                    data["full_apply_s"],
+                    data["alembic_full_apply_s"],
+                ],
             ],
         ),
         "",
@@ -119,8 +154,14 @@ def _overhead(data: dict[str, Any]) -> list[str]:
 
 def _scale(data: dict[str, Any]) -> list[str]:
     rows = [
-        [r["families"], r["secrets"], r["full_apply_s"], r["noop_s"], r["noop_round_trips"],
-         r["full_apply_round_trips"]]
+        [
+            r["families"],
+            r["secrets"],
+            r["full_apply_s"],
+            r["noop_s"],
+            r["noop_round_trips"],
+            r["full_apply_round_trips"],
+        ]
         for r in data["rows"]
     ]
     constant = "constant" if data["noop_round_trips_constant"] else "**NOT constant**"
@@ -129,8 +170,17 @@ def _scale(data: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {_machine(data['machine'])}.",
         "",
-        *_table(["families", "secrets", "full apply s", "no-op s", "no-op round trips",
-                 "full-apply statements"], rows),
+        *_table(
+            [
+                "families",
+                "secrets",
+                "full apply s",
+                "no-op s",
+                "no-op round trips",
+                "full-apply statements",
+            ],
+            rows,
+        ),
         "",
         f"No-op round trips (statements the server logged) are {constant} across sizes. "
         f"The no-op time grows with the number of secrets: every secret's changelog checksum "

@@ -140,8 +140,28 @@ def wait_idle(cluster: Cluster, *, keep: Iterable[int] = (), timeout: float = 60
         if not left:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"backends still running after {timeout}s: {left}")
+            raise AssertionError(
+                f"backends still running after {timeout}s: {left}\n{_diagnose(cluster, left)}"
+            )
         time.sleep(0.05)
+
+
+def _diagnose(cluster: Cluster, left: list[tuple[int, str, str]]) -> str:
+    """Who holds the other end of a lingering backend's connection."""
+    lines = []
+    with cluster.connect() as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT pid, state, client_port, backend_start, state_change, application_name"
+            " FROM pg_stat_activity WHERE pid = ANY(%s)",
+            ([b[0] for b in left],),
+        )
+        lines += [repr(r) for r in cur.fetchall()]
+    ss = subprocess.run(["ss", "-tnp"], capture_output=True, text=True, check=False).stdout
+    lines += [line for line in ss.splitlines() if f":{cluster.port}" in line]
+    log = cluster.log_text().splitlines()
+    for pid, *_ in left:
+        lines += [line for line in log if f"[{pid}]" in line][-8:]
+    return "\n".join(lines)
 
 
 def backend_pids(cluster: Cluster) -> set[int]:
