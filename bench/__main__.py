@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "which",
         nargs="*",
-        choices=["rotation", "overhead", "scale"],
+        metavar="{rotation,overhead,scale}",
         help="benchmarks to run (default: all three)",
     )
     parser.add_argument(
@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL major version (default: system 15, else the newest cached)",
     )
     args = parser.parse_args(argv)
-    which = args.which or ["rotation", "overhead", "scale"]
+    known = ["rotation", "overhead", "scale"]
+    unknown = [w for w in args.which if w not in known]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(known)})")
+    which = args.which or known
     timings: dict[str, float] = {}
     for name in which:
         started = time.monotonic()

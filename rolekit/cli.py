@@ -27,8 +27,7 @@ from rolekit import inspection
 from rolekit.contexts import parse_contexts
 from rolekit.errors import RolekitError
 from rolekit.family import RoleFamily
-from rolekit.repeatable import changelog
-from rolekit.repeatable import SetPasswords
+from rolekit.repeatable import SetPasswords, changelog
 from rolekit.repeatable.engine import RunContext, load_repeatables, login_members, plan
 from rolekit.rotation import workflow
 from rolekit.rotation.state import RotationState
