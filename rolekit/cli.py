@@ -278,7 +278,9 @@ def cmd_gen_password(args: argparse.Namespace, out: _Output) -> int:
     password = generate_password(max(args.length, settings.min_length(context)))
     path = settings.secrets_file(context)
     if args.write:
-        SecretsFile(path, repo_root=settings.root).set(args.role, context, password)
+        secrets = SecretsFile(path, repo_root=settings.root)
+        secrets.set(args.role, context, password)
+        secrets.ensure_fingerprint_key()
     shown = password if args.show or not args.write else None
     text = f"wrote a new password for {args.role} ({context}) to {path}" if args.write else ""
     if shown:

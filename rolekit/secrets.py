@@ -271,8 +271,18 @@ _fingerprint_cache: OrderedDict[tuple[bytes, bytes, str], str] = OrderedDict()
 _fingerprint_lock = threading.Lock()
 
 
-def fingerprint(secret: Secret, *, salt: bytes, label: str) -> str:
-    """Return a slow, salted fingerprint of ``secret`` for changelog checksums.
+#: the dotenv key of the file's fingerprint key (no role key has this shape)
+FINGERPRINT_KEY: Final = "rolekit.fingerprint_key"
+
+
+def fingerprint(secret: Secret, *, salt: bytes, label: str, key: bytes | None = None) -> str:
+    """Return a salted fingerprint of ``secret`` for changelog checksums.
+
+    With *key* (the random key rolekit keeps in the secrets file itself, see
+    :meth:`SecretsFile.fingerprint_key`) it is HMAC-SHA256 keyed with it: fast,
+    and useless to whoever reads the changelog without the secrets file, since
+    without the key no guess can be tested.  Without a key it falls back to
+    the slow scrypt fingerprint described below.
 
     A changed password must change the checksum of the changeset that sets
     it, but the checksum is stored in the database and must not let anyone
@@ -290,6 +300,9 @@ def fingerprint(secret: Secret, *, salt: bytes, label: str) -> str:
     if not salt:
         raise ValueError("fingerprint salt must not be empty")
     raw = secret.reveal().encode("utf-8")
+    if key is not None:
+        message = b"\0".join((bytes(salt), label.encode("utf-8"), raw))
+        return "hmac:" + hmac.new(key, message, hashlib.sha256).hexdigest()
     cache_key = (hashlib.sha256(raw).digest(), bytes(salt), label)
     with _fingerprint_lock:
         cached = _fingerprint_cache.get(cache_key)
@@ -1022,6 +1035,31 @@ class SecretsFile:
         key = secret_key(role, context)
         ctx = context.lower()
         _check_value(value, key, ctx)
+        self._store(key, ctx, value)
+        logger.info("stored the password %s in %s", _where(key, ctx), self.path)
+
+    def fingerprint_key(self) -> bytes | None:
+        """The file's random fingerprint key, if it has one (see :func:`fingerprint`)."""
+        if not self.path.exists() and not self.path.is_symlink():
+            return None
+        value = self._load(None).values.get(FINGERPRINT_KEY)
+        try:
+            return bytes.fromhex(value) if value else None
+        except ValueError:
+            raise _Errors(self.path, None)(
+                f"{FINGERPRINT_KEY} is not hex; delete the line to have a new one made"
+            ) from None
+
+    def ensure_fingerprint_key(self) -> None:
+        """Give the file a random fingerprint key if it has none.
+
+        rolekit's own writers (``gen-password --write``, ``rotate begin``) call
+        it.  Every deploy host reads the same file, so they agree on checksums.
+        """
+        if self.fingerprint_key() is None:
+            self._store(FINGERPRINT_KEY, "", _stdlib_secrets.token_hex(32))
+
+    def _store(self, key: str, ctx: str, value: str) -> None:
         err = _Errors(self.path, (key, ctx))
         with _flocked(self.lock_path), self._lock:
             self._cache = self._cache_key = None
@@ -1054,7 +1092,6 @@ class SecretsFile:
             if self.encrypted:
                 new_data = self._encrypt(new_data, old_stanzas, armored, err)
             _atomic_write(self.path, new_data)
-        logger.info("stored the password %s in %s", _where(key, ctx), self.path)
 
     def _encrypt(self, plaintext: bytes, old_stanzas: int, armored: bool, err: _Errors) -> bytes:
         """Encrypt for :meth:`set`, refusing to drop recipients."""

@@ -40,6 +40,7 @@ class Project:
         for ctx in ("dev", "local"):
             for role in ("my_app_tom", "my_app_jerry"):
                 project.set_password(role, ctx)
+        project.secrets.ensure_fingerprint_key()
         return project
 
     # -- files ---------------------------------------------------------------

@@ -946,3 +946,19 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
 def test_has_raises_on_a_broken_file(tmp_path: Path) -> None:
     path = write(tmp_path / "passwords.env", "a.password.dev=x\na.password.dev=y\n")
     assert_names(error_of(SecretsFile(path).has, "a", "dev"), str(path), "duplicate")
+
+
+def test_fingerprint_key_makes_fingerprints_keyed_and_fast(tmp_path: Path) -> None:
+    path = write(tmp_path / "passwords.env", f"my_app_tom.password.dev={PASSWORD}\n")
+    secrets = SecretsFile(path)
+    assert secrets.fingerprint_key() is None
+    secrets.ensure_fingerprint_key()
+    key = secrets.fingerprint_key()
+    assert key is not None and len(key) == 32
+    secrets.ensure_fingerprint_key()
+    assert secrets.fingerprint_key() == key  # created once
+    value = secrets.get("my_app_tom", "dev")
+    keyed = fingerprint(value, salt=b"s" * 16, label="l", key=key)
+    assert keyed.startswith("hmac:") and PASSWORD not in keyed
+    assert keyed != fingerprint(value, salt=b"s" * 16, label="l", key=b"k" * 32)
+    assert keyed != fingerprint(value, salt=b"s" * 16, label="l")  # the scrypt fallback

@@ -77,6 +77,7 @@ class RunContext:
     progress: Progress = stderr_progress
     password_roles: set[str] = field(default_factory=set)
     _secrets: SecretsFile | None = None
+    _fingerprint_key: bytes | None = None
 
     @property
     def secrets_file(self) -> SecretsFile:
@@ -87,6 +88,22 @@ class RunContext:
                 self.settings.secrets_file(self.primary), repo_root=self.settings.root
             )
         return self._secrets
+
+    @property
+    def fingerprint_key(self) -> bytes | None:
+        """The secrets file's fingerprint key; without one, checksums fall back
+        to slow scrypt fingerprints (about 50 ms per password per run)."""
+        if self._fingerprint_key is None:
+            key = self.secrets_file.fingerprint_key()
+            if key is None:
+                log.warning(
+                    "rolekit: %s has no fingerprint key, so checksums use slow scrypt "
+                    "fingerprints; 'rolekit gen-password ROLE --context %s --write' adds one",
+                    self.secrets_file.path,
+                    self.primary,
+                )
+            self._fingerprint_key = key or b""
+        return self._fingerprint_key or None
 
     def has_secret(self, role: str) -> bool:
         return self.primary is not None and self.secrets_file.has(role, self.primary)

@@ -85,7 +85,12 @@ class Repeatable:
             if step.secret is not None and step.secret_key is not None:
                 digest.update(b" PASSWORD ")
                 digest.update(
-                    fingerprint(step.secret, salt=run.salt, label=step.secret_key).encode()
+                    fingerprint(
+                        step.secret,
+                        salt=run.salt,
+                        label=step.secret_key,
+                        key=run.fingerprint_key,
+                    ).encode()
                 )
             digest.update(b"\n")
         return digest.hexdigest()

@@ -43,9 +43,9 @@ def begin(settings: Settings, family: RoleFamily, context: str, *, length: int =
             )
         (active,) = current.login
         standby = family.other(active)
-        SecretsFile(settings.secrets_file(context), repo_root=settings.root).set(
-            standby, context, generate_password(max(length, settings.min_length(context)))
-        )
+        secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
+        secrets.set(standby, context, generate_password(max(length, settings.min_length(context))))
+        secrets.ensure_fingerprint_key()
         after = FamilyState((active, standby), incoming=standby, retire=current.retire)
         state.set(family.group, context, after)
         state.save()
