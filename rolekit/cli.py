@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg2
@@ -36,6 +36,8 @@ from rolekit.runtime.session import Session
 from rolekit.secrets import SecretsFile, generate_password
 
 EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 5
+
+Command = Callable[[argparse.Namespace, "_Output"], int]
 
 _EXAMPLES = {
     "plan": "rolekit plan --context prod          # what the next upgrade would run, and why",
@@ -322,29 +324,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(
-        name: str, help: str, parents: list[argparse.ArgumentParser]
-    ) -> argparse.ArgumentParser:
-        return sub.add_parser(
+    def add(name: str, help: str, fn: Command, description: str = "") -> argparse.ArgumentParser:
+        parser = sub.add_parser(
             name,
             help=help,
-            description=help,
-            parents=parents,
+            description=f"{help}.\n\n{description}".strip(),
+            parents=[common, ctx],
             epilog="example:\n  " + _EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        parser.set_defaults(fn=fn)
+        return parser
 
-    p = add(
+    add(
         "plan",
         "show which repeatables the next upgrade would run, and why; changes nothing",
-        [common, ctx],
+        cmd_plan,
     )
-    p.set_defaults(fn=cmd_plan)
-
     p = add(
         "rotate",
-        "move a family to the next rotation phase (begin: overlap; finish: steady)",
-        [common, ctx],
+        "move a family to the next rotation phase",
+        cmd_rotate,
+        "begin: the standby member gets a fresh password in the context's secrets file and\n"
+        "  the state file lets both members log in (overlap). Hand out 'rolekit creds'.\n"
+        "finish: the state file lets only the new member log in; the upgrade waits until\n"
+        "  the old member has no sessions (showing who is left), then disables it.\n"
+        "Without --apply only the files change: commit them and let the deploy run\n"
+        "'alembic -x context=C upgrade head' (GitOps).",
     )
     p.add_argument("family", help="the group role, e.g. my_app")
     p.add_argument("phase", choices=["begin", "finish"])
@@ -358,36 +364,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--terminate", action="store_true", help="finish: end sessions left after the drain timeout"
     )
-    p.set_defaults(fn=cmd_rotate)
-
-    p = add("creds", "print the credentials applications should use now", [common, ctx])
-    p.add_argument("family")
-    p.set_defaults(fn=cmd_creds)
-
-    p = add(
+    add("creds", "print the credentials applications should use now", cmd_creds).add_argument(
+        "family"
+    )
+    add(
         "status",
-        "members, logins, sessions, password expiry, membership options, last runs",
-        [common, ctx],
+        "members, logins, sessions, password age and expiry, membership options, last runs",
+        cmd_status,
     )
-    p.set_defaults(fn=cmd_status)
-
-    p = add(
-        "check",
-        "compare the catalog with what the migrations declare; exit 1 on drift",
-        [common, ctx],
-    )
-    p.set_defaults(fn=cmd_check)
-
+    add("check", "compare the catalog with what the migrations declare; exit 1 on drift", cmd_check)
     p = add(
         "gen-password",
         "generate a strong password, optionally into the secrets file",
-        [common, ctx],
+        cmd_gen_password,
     )
     p.add_argument("role")
     p.add_argument("--write", action="store_true", help="store it under <role>.password.<context>")
     p.add_argument("--show", action="store_true", help="print it even with --write")
     p.add_argument("--length", type=int, default=32)
-    p.set_defaults(fn=cmd_gen_password)
     return parser
 
 
