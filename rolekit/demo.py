@@ -244,6 +244,7 @@ def demo(work: Path) -> int:
         secrets = SecretsFile(root / "passwords.env")
         for member in MEMBERS:
             secrets.set(member, CONTEXT, generate_password())
+        secrets.ensure_fingerprint_key()  # as `rolekit gen-password --write` does
         say(f"    generated dev passwords for {', '.join(MEMBERS)} into passwords.env")
         runner = Demo(cluster, root, cluster.url(migrator, password))
 

@@ -89,6 +89,17 @@ class Project:
             raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    def spawn(self, *cmd: str, **env: str) -> subprocess.Popen[str]:
+        """Start a command in the background (for concurrency and fault tests)."""
+        return subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def alembic(
         self,
         *args: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 
 import pytest
@@ -165,17 +164,7 @@ def test_older_changelog_schema_is_migrated(project: Project) -> None:
 
 def test_concurrent_upgrades_are_serialised(project: Project) -> None:
     cmd = [sys.executable, "-m", "alembic", "-x", "context=dev", "upgrade", "head"]
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=project.root,
-            env=project.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    procs = [project.spawn(*cmd) for _ in range(4)]
     results = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], results
     assert sorted(history(project)) == sorted(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import subprocess
 import sys
 import threading
 import time
+from subprocess import CompletedProcess
 from typing import Any
 
 import psycopg2
@@ -15,6 +15,21 @@ import pytest
 
 from tests.catalog_snapshot import role_snapshot
 from tests.project import Project
+
+
+def rotate(project: Project, phase: str, *extra: str, check: bool = True) -> CompletedProcess[str]:
+    """``rolekit rotate my_app PHASE --context dev --apply [extra]``."""
+    return project.rolekit(
+        "rotate", "my_app", phase, "--context", "dev", "--apply", *extra, check=check
+    )
+
+
+def begin_with_old_app(project: Project, app: str = "billing") -> tuple[dict[str, str], Any]:
+    """Upgrade, begin a rotation, and connect an application still on the old member."""
+    project.upgrade("dev")
+    old = creds(project)
+    rotate(project, "begin")
+    return old, project.cluster.connect(old["user"], old["password"], application_name=app)
 
 
 def creds(project: Project) -> dict[str, str]:
@@ -49,15 +64,13 @@ def test_two_full_rotations_under_load_have_zero_failed_connections(any_project:
     seen_users = set()
     try:
         for expected in ("my_app_jerry", "my_app_tom"):
-            project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
+            rotate(project, "begin")
             time.sleep(0.5)  # applications redeploy with the new credentials
             handed_out = creds(project)
             shared["creds"] = (handed_out["user"], handed_out["password"])
             assert handed_out["user"] == expected
             seen_users.add(expected)
-            project.rolekit(
-                "rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "30"
-            )
+            rotate(project, "finish", "--drain-timeout", "30")
             time.sleep(0.5)
     finally:
         stop.set()
@@ -87,17 +100,7 @@ def test_begin_twice_and_finish_without_begin_are_refused(project: Project) -> N
 def test_concurrent_begin_exactly_one_wins(project: Project) -> None:
     project.upgrade("dev")
     cmd = [sys.executable, "-m", "rolekit.cli", "rotate", "my_app", "begin", "--context", "dev"]
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=project.root,
-            env=project.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [project.spawn(*cmd) for _ in range(2)]
     for p in procs:
         p.communicate(timeout=60)
     assert sorted(p.returncode for p in procs) == [0, 4]
@@ -131,53 +134,25 @@ def test_password_guard(project: Project) -> None:
 
 
 def test_drain_timeout_changes_nothing_and_shows_progress(project: Project) -> None:
-    project.upgrade("dev")
-    old = creds(project)
-    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
-    app = project.cluster.connect(old["user"], old["password"], application_name="billing")
+    _, app = begin_with_old_app(project)
     try:
         before, state = role_snapshot(project.cluster), project.state()
-        proc = project.rolekit(
-            "rotate",
-            "my_app",
-            "finish",
-            "--context",
-            "dev",
-            "--apply",
-            "--drain-timeout",
-            "2",
-            check=False,
-        )
+        proc = rotate(project, "finish", "--drain-timeout", "2", check=False)
         assert proc.returncode == 3
         assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
         assert "nothing was changed" in proc.stderr
         assert role_snapshot(project.cluster) == before
         assert project.state() == state  # the state file is back to overlap
-        project.rolekit(
-            "rotate",
-            "my_app",
-            "finish",
-            "--context",
-            "dev",
-            "--apply",
-            "--drain-timeout",
-            "1",
-            "--terminate",
-        )
+        rotate(project, "finish", "--drain-timeout", "1", "--terminate")
         assert app.closed or _is_dead(app)
     finally:
         app.close()
 
 
 def test_drain_waits_until_the_last_session_leaves(project: Project) -> None:
-    project.upgrade("dev")
-    old = creds(project)
-    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
-    app = project.cluster.connect(old["user"], old["password"], application_name="billing")
+    _, app = begin_with_old_app(project)
     threading.Timer(3.0, app.close).start()  # the application moves over mid-drain
-    proc = project.rolekit(
-        "rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "60"
-    )
+    proc = rotate(project, "finish", "--drain-timeout", "60")
     assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
     assert "drain: my_app_tom drained after" in proc.stderr
     assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
@@ -195,10 +170,7 @@ def _is_dead(conn: Any) -> bool:
 
 
 def test_session_that_comes_back_during_drain_is_caught(project: Project) -> None:
-    project.upgrade("dev")
-    old = creds(project)
-    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
-    first = project.cluster.connect(old["user"], old["password"])
+    old, first = begin_with_old_app(project)
     holder: list[Any] = [first]
 
     def late_app() -> None:
@@ -210,17 +182,7 @@ def test_session_that_comes_back_during_drain_is_caught(project: Project) -> Non
 
     thread = threading.Thread(target=late_app)
     thread.start()
-    proc = project.rolekit(
-        "rotate",
-        "my_app",
-        "finish",
-        "--context",
-        "dev",
-        "--apply",
-        "--drain-timeout",
-        "6",
-        check=False,
-    )
+    proc = rotate(project, "finish", "--drain-timeout", "6", check=False)
     thread.join()
     try:
         assert len(holder) == 2, "the late application could still log in during the drain"
@@ -234,31 +196,9 @@ def test_session_that_comes_back_during_drain_is_caught(project: Project) -> Non
 
 
 def test_restart_during_drain_then_rerun_resumes(project: Project) -> None:
-    project.upgrade("dev")
-    old = creds(project)
-    project.rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
-    app = project.cluster.connect(old["user"], old["password"])
-    cmd = [
-        sys.executable,
-        "-m",
-        "rolekit.cli",
-        "rotate",
-        "my_app",
-        "finish",
-        "--context",
-        "dev",
-        "--apply",
-        "--drain-timeout",
-        "30",
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=project.root,
-        env=project.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    _, app = begin_with_old_app(project)
+    finish = ("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "30")
+    proc = project.spawn(sys.executable, "-m", "rolekit.cli", *finish)
     time.sleep(3)
     project.cluster.restart("fast")
     _, err = proc.communicate(timeout=60)
@@ -268,9 +208,7 @@ def test_restart_during_drain_then_rerun_resumes(project: Project) -> None:
     assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
         (True,)
     ]
-    project.rolekit(
-        "rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "10"
-    )
+    rotate(project, "finish", "--drain-timeout", "10")
     assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
         (False,)
     ]

@@ -22,6 +22,7 @@ from rolekit._names import check_role_name
 from rolekit.contexts import ContextExpression
 from rolekit.errors import LockoutError, PasswordMissingError, RepeatableError
 from rolekit.family import RoleFamily
+from rolekit.rotation.guard import drain
 from rolekit.runtime.session import render_offline
 from rolekit.secrets import Secret, fingerprint
 
@@ -277,8 +278,6 @@ class FamilyLogin(Repeatable):
         return steps
 
     def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
-        from rolekit.rotation.guard import drain
-
         super().apply(session, run, steps)
         state = run.rotation.get(self.family.group, run.primary or "")
         assert state is not None
