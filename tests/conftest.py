@@ -24,6 +24,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         majors = list(FULL_VERSIONS)
         if metafunc.definition.get_closest_marker("compat"):
             majors += [m for m in COMPAT_VERSIONS if m not in majors]
+        # A test of a feature that only exists from some major runs only there.
+        since = metafunc.definition.get_closest_marker("since")
+        if since:
+            majors = [m for m in majors if m >= since.args[0]]
         metafunc.parametrize("pg_major", majors, ids=[f"pg{m}" for m in majors], indirect=True)
 
 

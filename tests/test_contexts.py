@@ -148,9 +148,7 @@ def test_text_and_names() -> None:
     ],
 )
 def test_explain(active: set[str], expected: str) -> None:
-    assert (
-        ContextExpression.parse("dev or local").explain(frozenset(active)) == expected
-    )
+    assert ContextExpression.parse("dev or local").explain(frozenset(active)) == expected
 
 
 def test_explain_truncates_long_expressions() -> None:
@@ -298,9 +296,7 @@ def _expressions(draw: st.DrawFn, depth: int = 0) -> tuple[str, str, int]:
     operands = draw(st.lists(_expressions(depth + 1), min_size=2, max_size=3))
     level = 1 if kind == "or" else 2
     spellings = (
-        [" or ", " OR ", ",", " , ", "\nor "]
-        if kind == "or"
-        else [" and ", " AND ", "\tand "]
+        [" or ", " OR ", ",", " , ", "\nor "] if kind == "or" else [" and ", " AND ", "\tand "]
     )
     text, python = "", ""
     for i, (sub_text, sub_python, sub_level) in enumerate(operands):
@@ -318,9 +314,7 @@ def _expressions(draw: st.DrawFn, depth: int = 0) -> tuple[str, str, int]:
     expression=_expressions(),
     active=st.frozensets(st.sampled_from(POOL), min_size=1),
 )
-def test_agrees_with_python_eval(
-    expression: tuple[str, str, int], active: frozenset[str]
-) -> None:
+def test_agrees_with_python_eval(expression: tuple[str, str, int], active: frozenset[str]) -> None:
     text, python, _ = expression
     assume(len(text) <= MAX_EXPRESSION_LENGTH)
     env = {f"n{i}": name in active for i, name in enumerate(POOL)}

@@ -121,10 +121,10 @@ def test_conflicting_roles_fail_clearly_and_change_nothing(
     assert project.query("SELECT to_regclass('alembic_version')") == [(None,)]
 
 
+@pytest.mark.compat
+@pytest.mark.since(16)  # membership options exist from PostgreSQL 16
 def test_pg16_membership_without_set_is_repaired(project: Project) -> None:
     cluster = project.cluster
-    if cluster.major < 16:
-        pytest.skip("membership options exist from PostgreSQL 16")
     with cluster.connect() as conn, conn.cursor() as cur:
         cur.execute("CREATE ROLE my_app NOLOGIN")
         cur.execute("CREATE ROLE my_app_tom NOLOGIN")

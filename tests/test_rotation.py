@@ -7,7 +7,7 @@ import multiprocessing as mp
 import sys
 import threading
 import time
-from subprocess import CompletedProcess
+from subprocess import CompletedProcess, Popen
 from typing import Any
 
 import psycopg2
@@ -149,12 +149,29 @@ def test_drain_timeout_changes_nothing_and_shows_progress(project: Project) -> N
         app.close()
 
 
+FINISH = ("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout")
+
+
+def wait_for_output(proc: Popen[str], needle: str) -> str:
+    """Read *proc*'s stderr until a line holds *needle* (the drain's progress lines)."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"{needle!r} never appeared:\n{''.join(seen)}")
+
+
 def test_drain_waits_until_the_last_session_leaves(project: Project) -> None:
     _, app = begin_with_old_app(project)
-    threading.Timer(3.0, app.close).start()  # the application moves over mid-drain
-    proc = rotate(project, "finish", "--drain-timeout", "60")
-    assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
-    assert "drain: my_app_tom drained after" in proc.stderr
+    proc = project.spawn(sys.executable, "-m", "rolekit.cli", *FINISH, "60")
+    waiting = wait_for_output(proc, "drain: waiting")
+    app.close()  # the application moves over mid-drain
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 0, waiting + rest
+    assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in waiting
+    assert "drain: my_app_tom drained after" in rest
     assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
         (False,)
     ]
@@ -197,9 +214,8 @@ def test_session_that_comes_back_during_drain_is_caught(project: Project) -> Non
 
 def test_restart_during_drain_then_rerun_resumes(project: Project) -> None:
     _, app = begin_with_old_app(project)
-    finish = ("rotate", "my_app", "finish", "--context", "dev", "--apply", "--drain-timeout", "30")
-    proc = project.spawn(sys.executable, "-m", "rolekit.cli", *finish)
-    time.sleep(3)
+    proc = project.spawn(sys.executable, "-m", "rolekit.cli", *FINISH, "30")
+    wait_for_output(proc, "drain: waiting")
     project.cluster.restart("fast")
     _, err = proc.communicate(timeout=60)
     app.close()

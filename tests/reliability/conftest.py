@@ -1,19 +1,21 @@
 """Counters for the reliability suite, and a cluster shared by a module.
 
-Every test adds what it did to :data:`COUNTS` (through the ``counts``
-fixture); the totals are printed at the end of the session as::
+Each test adds what it did to its ``counts`` fixture; the numbers travel in
+the test's report (so they also come back from pytest-xdist workers) and are
+summed at the end of the session into one line::
 
     RELIABILITY: faults_injected=N inputs_tried=M leak_hits=0 ...
 
-and written to ``counts.json`` in pytest's base temporary directory.
+which is also written to ``counts.json`` in pytest's base temporary directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,12 @@ import pytest
 from rolekit.sandbox import Cluster
 
 FULL_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_PG_VERSIONS", "15").split()]
+_PROPERTY = "reliability_counts"
 
 
 @dataclass
 class Counts:
-    """What the suite did; the first three are the headline numbers."""
+    """What one test did; the first three are the headline numbers."""
 
     #: SIGKILLs, server restarts, terminated or cancelled backends
     faults_injected: int = 0
@@ -37,21 +40,18 @@ class Counts:
     kill_points: int = 0
     #: rule applications of the stateful property test
     stateful_steps: int = 0
-    #: distinct plaintext passwords and verifiers searched for
+    #: distinct plaintexts and verifiers the leak searches looked for
     secrets_searched: int = 0
-    #: places (log, outputs, tables, files) searched, summed over audits
-    places_searched: int = 0
+    #: (secret, place) pairs searched: the server log, each output, tables, files
+    leak_checks: int = 0
 
 
-COUNTS = Counts()
-_session: dict[str, Path | bool] = {}
-
-
-@pytest.fixture(scope="session")
-def counts(tmp_path_factory: pytest.TempPathFactory) -> Counts:
-    """The session's accumulator."""
-    _session["dir"] = tmp_path_factory.getbasetemp()
-    return COUNTS
+@pytest.fixture
+def counts(request: pytest.FixtureRequest) -> Iterator[Counts]:
+    """This test's counters, reported with its result (also when it fails)."""
+    mine = Counts()
+    yield mine
+    request.node.user_properties.append((_PROPERTY, asdict(mine)))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -77,16 +77,32 @@ def shared_cluster(shared_major: int) -> Iterator[Cluster]:
         yield cluster
 
 
+def _totals(terminalreporter: pytest.TerminalReporter) -> dict[str, int] | None:
+    totals = dict.fromkeys((f.name for f in fields(Counts)), 0)
+    found = False
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "teardown":
+                continue  # every report of a test carries the properties
+            for key, value in getattr(report, "user_properties", ()):
+                if key == _PROPERTY:
+                    found = True
+                    for name, n in value.items():
+                        totals[name] = totals.get(name, 0) + int(n)
+    return totals if found else None
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if "dir" not in _session:
+    totals = _totals(terminalreporter)
+    if totals is None:
         return
-    data = asdict(COUNTS)
-    line = "RELIABILITY: " + " ".join(f"{k}={v}" for k, v in data.items())
     terminalreporter.write_sep("-", "reliability counts")
-    terminalreporter.write_line(line)
-    target = Path(_session["dir"]) / "counts.json"  # type: ignore[arg-type]
+    terminalreporter.write_line("RELIABILITY: " + " ".join(f"{k}={v}" for k, v in totals.items()))
+    factory = getattr(terminalreporter.config, "_tmp_path_factory", None)
     try:
-        target.write_text(json.dumps(data, indent=2) + "\n")
+        base = factory.getbasetemp() if factory is not None else Path(tempfile.gettempdir())
+        target = Path(base) / "counts.json"
+        target.write_text(json.dumps(totals, indent=2) + "\n")
         terminalreporter.write_line(f"written to {target}")
     except OSError as exc:  # the numbers are printed above anyway
-        terminalreporter.write_line(f"could not write {target}: {exc}")
+        terminalreporter.write_line(f"could not write counts.json: {exc}")

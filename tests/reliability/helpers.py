@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import io
 import os
@@ -38,17 +39,28 @@ from tests.catalog_snapshot import role_snapshot
 from tests.project import Project
 
 TRACEBACK = "Traceback (most recent call last)"
-#: alembic's ``FAILED:`` line or the rolekit CLI's ``rolekit: ... error``
-CLEAN_ERROR = re.compile(r"^(FAILED: |rolekit: (database )?error: )", re.M)
+#: alembic's ``FAILED:`` line (on stdout; its log line on stderr) or the
+#: rolekit CLI's ``rolekit: error:`` line; search stdout and stderr together
+CLEAN_ERROR = re.compile(
+    r"^(FAILED: |ERROR \[alembic\.util\.messaging\] |rolekit: (database )?error: )", re.M
+)
 #: what a message about a lost server connection says, in any of its forms
 CONNECTION_LOST = re.compile(
     r"terminat|server closed the connection|connection (was )?(lost|closed|reset)"
     r"|could not (connect|receive)|shutting down|connection to server|cancel",
     re.I,
 )
-#: a pause whose length comes from ``PGOPTIONS=-c rolekit_test.sleep=S``: a
-#: re-run without the option runs the very same files without pausing
-TUNABLE_SLEEP = "pg_sleep(coalesce(current_setting('rolekit_test.sleep', true), '0')::float)"
+
+
+def tunable_sleep(name: str) -> str:
+    """A pause whose length comes from ``PGOPTIONS=-c rolekit_test.<name>=S``:
+    a re-run without the option runs the very same files without pausing."""
+    return f"pg_sleep(coalesce(current_setting('rolekit_test.{name}', true), '0')::float)"
+
+
+def slow_options(name: str, seconds: float = 60) -> dict[str, str]:
+    """Environment that makes :func:`tunable_sleep` *name* pause."""
+    return {"PGOPTIONS": f"-c rolekit_test.{name}={seconds}"}
 
 
 # -- catalog and changelog ------------------------------------------------------
@@ -64,10 +76,11 @@ def db_state(cluster: Cluster, *, exact_verifiers: bool = True) -> dict[str, Any
     stored verifier, else only whether a role has one (verifiers carry a
     random salt, so two clean runs differ there)."""
     state: dict[str, Any] = dict(role_snapshot(cluster))
-    with cluster.connect() as conn, conn.cursor() as cur:
+    with contextlib.closing(cluster.connect()) as conn, conn.cursor() as cur:
         cur.execute("SELECT rolname, rolpassword FROM pg_authid ORDER BY 1")
         state["passwords"] = [
-            (name, _digest(pw) if exact_verifiers else pw is not None) for name, pw in cur.fetchall()
+            (name, _digest(pw) if exact_verifiers else pw is not None)
+            for name, pw in cur.fetchall()
         ]
         cur.execute(
             "SELECT nspname, pg_get_userbyid(nspowner), nspacl::text FROM pg_namespace"
@@ -112,31 +125,52 @@ def state_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 
 
 def history(cluster: Cluster) -> list[tuple[str, str]]:
-    with cluster.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL")
-        if not cur.fetchone()[0]:  # type: ignore[index]
-            return []
-        cur.execute("SELECT id, exec_type FROM rolekit_changelog_history ORDER BY seq")
-        return cur.fetchall()
+    if not _query(cluster, "SELECT to_regclass('rolekit_changelog_history') IS NOT NULL")[0][0]:
+        return []
+    return _query(cluster, "SELECT id, exec_type FROM rolekit_changelog_history ORDER BY seq")  # type: ignore[return-value]
 
 
-def client_backends(cluster: Cluster) -> list[tuple[int, str, str]]:
-    """(pid, user, query) of every other client backend."""
-    with cluster.connect() as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT pid, coalesce(usename::text, ''), coalesce(query, '') FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-        )
-        return cur.fetchall()
+def _query(
+    cluster: Cluster, text: str, params: Sequence[Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """A superuser query on a connection closed at once (``with conn`` alone
+    would leave it open until garbage collection, looking like a client)."""
+    with contextlib.closing(cluster.connect()) as conn, conn.cursor() as cur:
+        cur.execute(text, params)
+        return cur.fetchall() if cur.description else []
 
 
-def wait_idle(cluster: Cluster, *, keep: Iterable[int] = (), timeout: float = 60) -> None:
-    """Wait until no client backend is left but ours and *keep*: a killed
-    client's backend may still be finishing (or committing) its statement."""
+def server_now(cluster: Cluster) -> datetime.datetime:
+    """The server's clock, to tell the backends started after this moment."""
+    return _query(cluster, "SELECT clock_timestamp()")[0][0]  # type: ignore[no-any-return]
+
+
+def client_backends(
+    cluster: Cluster, since: datetime.datetime | None = None
+) -> list[tuple[int, str, str]]:
+    """(pid, user, query) of every other client backend (started after *since*)."""
+    return _query(  # type: ignore[return-value]
+        cluster,
+        "SELECT pid, coalesce(usename::text, ''), coalesce(query, '') FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        " AND (%s::timestamptz IS NULL OR backend_start >= %s::timestamptz)",
+        (since, since),
+    )
+
+
+def wait_idle(
+    cluster: Cluster,
+    *,
+    since: datetime.datetime | None = None,
+    keep: Iterable[int] = (),
+    timeout: float = 60,
+) -> None:
+    """Wait until the backends started after *since* (but *keep*) are gone: a
+    killed client's backend may still be finishing (or committing) its statement."""
     keep = set(keep)
     deadline = time.monotonic() + timeout
     while True:
-        left = [b for b in client_backends(cluster) if b[0] not in keep]
+        left = [b for b in client_backends(cluster, since) if b[0] not in keep]
         if not left:
             return
         if time.monotonic() > deadline:
@@ -148,24 +182,19 @@ def wait_idle(cluster: Cluster, *, keep: Iterable[int] = (), timeout: float = 60
 
 def _diagnose(cluster: Cluster, left: list[tuple[int, str, str]]) -> str:
     """Who holds the other end of a lingering backend's connection."""
-    lines = []
-    with cluster.connect() as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT pid, state, client_port, backend_start, state_change, application_name"
-            " FROM pg_stat_activity WHERE pid = ANY(%s)",
-            ([b[0] for b in left],),
-        )
-        lines += [repr(r) for r in cur.fetchall()]
+    rows = _query(
+        cluster,
+        "SELECT pid, state, client_port, backend_start, state_change, application_name"
+        " FROM pg_stat_activity WHERE pid = ANY(%s)",
+        ([b[0] for b in left],),
+    )
+    lines = [repr(r) for r in rows]
     ss = subprocess.run(["ss", "-tnp"], capture_output=True, text=True, check=False).stdout
     lines += [line for line in ss.splitlines() if f":{cluster.port}" in line]
     log = cluster.log_text().splitlines()
     for pid, *_ in left:
         lines += [line for line in log if f"[{pid}]" in line][-8:]
     return "\n".join(lines)
-
-
-def backend_pids(cluster: Cluster) -> set[int]:
-    return {b[0] for b in client_backends(cluster)}
 
 
 def reset_to_base(project: Project) -> None:
@@ -193,7 +222,9 @@ def set_fingerprint_salt(project: Project, salt: str) -> None:
 # -- processes --------------------------------------------------------------------
 
 
-def alembic_cmd(*args: str, context: str | None = None, x: Mapping[str, str] | None = None) -> list[str]:
+def alembic_cmd(
+    *args: str, context: str | None = None, x: Mapping[str, str] | None = None
+) -> list[str]:
     xs: list[str] = []
     if context is not None:
         xs += ["-x", f"context={context}"]
@@ -313,7 +344,9 @@ def wait_for_output(proc: Spawned, needle: str, *, timeout: float = 60) -> None:
     while needle not in proc.stderr_so_far():
         if not proc.running():
             res = proc.finish()
-            raise AssertionError(f"process ended ({res.returncode}) before {needle!r}:\n{res.stderr}")
+            raise AssertionError(
+                f"process ended ({res.returncode}) before {needle!r}:\n{res.stderr}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"{needle!r} not printed after {timeout}s")
         time.sleep(0.02)
@@ -337,7 +370,9 @@ def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def cli(project: Project, *args: str, record: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    project: Project, *args: str, record: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
     """``rolekit ARGS --config <project>/alembic.ini`` run in this process.
 
     An exception escaping ``main`` is written to stderr as a traceback, as the
@@ -387,7 +422,7 @@ def pause(mark):
 def upgrade():
     pause("a")
     op.create_role_family("billing", ["billing_a", "billing_b"])
-    pause("b")
+    pause("b"){slow}
     op.execute("CREATE SCHEMA billing_schema AUTHORIZATION billing")
     pause("c")
     op.execute("CREATE TABLE billing_schema.invoices (id int)")
@@ -435,31 +470,46 @@ REPEATABLES = [
 '''
 
 BILLING_IDS = {
-    "set_passwords_billing", "grant_billing", "billing_settings", "grant_my_app_billing",
-    "allow_login_for_billing", *(f"pause_{n:02d}" for n in range(1, 9)),
+    "set_passwords_billing",
+    "grant_billing",
+    "billing_settings",
+    "grant_my_app_billing",
+    "allow_login_for_billing",
+    *(f"pause_{n:02d}" for n in range(1, 9)),
 }
-SLOW_REPEATABLE = (
-    f'\n    Sql("slow_step", "SELECT {TUNABLE_SLEEP}, \'slow-step\'", context=CTX),'
-)
+SLOW_REVISION = f"""
+    op.execute("SELECT {tunable_sleep("revision_sleep")}, 'slow-revision'")"""
+SLOW_REPEATABLE = f"""
+    Sql("slow_step", "SELECT {tunable_sleep("sleep")}, 'slow-step'", context=CTX),"""
 
 
 def install_billing(
     project: Project,
     *,
     pause_sql: str = "pg_sleep(0.05)",
-    slow_step: bool = False,
+    slow: bool = False,
     passwords: bool = True,
 ) -> None:
     """Add revision 0003 (family billing), its repeatables, its rotation state
-    (billing_a logs in, in dev and local) and its passwords."""
+    (billing_a logs in, in dev and local) and its passwords.
+
+    With *slow*, the revision and the repeatables each get a step that pauses
+    as long as :func:`slow_options` says: ``slow-revision`` right after the
+    family is created, ``slow-step`` after every password and grant.
+    """
     versions = project.root / "migrations" / "versions"
-    (versions / "0003_billing_family.py").write_text(REVISION_0003.format(pause_sql=pause_sql))
+    (versions / "0003_billing_family.py").write_text(
+        REVISION_0003.format(pause_sql=pause_sql, slow=SLOW_REVISION if slow else "")
+    )
     project.write_repeatables(
-        BILLING_REPEATABLES.format(pause_sql=pause_sql, slow=SLOW_REPEATABLE if slow_step else ""),
+        BILLING_REPEATABLES.format(pause_sql=pause_sql, slow=SLOW_REPEATABLE if slow else ""),
         name="zz_billing.py",
     )
     data = project.state()
-    data["families"]["billing"] = {"dev": {"login": ["billing_a"]}, "local": {"login": ["billing_a"]}}
+    data["families"]["billing"] = {
+        "dev": {"login": ["billing_a"]},
+        "local": {"login": ["billing_a"]},
+    }
     project.write_state(data)
     if passwords:
         for ctx in ("dev", "local"):
@@ -520,7 +570,9 @@ def project_files(project: Project) -> dict[str, str]:
             continue
         if path.name.endswith((".age",)) or "passwords" in path.name:
             continue
-        found[f"file {path.relative_to(project.root)}"] = path.read_bytes().decode("utf-8", "replace")
+        found[f"file {path.relative_to(project.root)}"] = path.read_bytes().decode(
+            "utf-8", "replace"
+        )
     return found
 
 

@@ -27,6 +27,7 @@ from tests.reliability.helpers import (
     history,
     install_billing,
     reset_to_base,
+    server_now,
     set_fingerprint_salt,
     state_diff,
     wait_idle,
@@ -35,15 +36,18 @@ from tests.reliability.helpers import (
 KILLS_BY_STATEMENT = 20
 KILL_DELAYS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0)  # fractions of a clean run
 MIN_DISTINCT_POINTS = 15
-RERUN_AFTER = {2, 9, 17}  # kills after which the re-run is checked right away
+RERUN_AFTER = {2, 9, 17}
+MAX_KILLS = 45  # kills after which the re-run is checked right away
 
 
 def _kill_once(project: Project, kind: str, value: float) -> tuple[bool, str]:
-    """Start the upgrade and SIGKILL it after *value* statements or seconds.
+    """Start the upgrade and SIGKILL it after *value* statements or seconds,
+    then wait until its backends are gone.
 
     Returns whether it was killed (rather than finished) and the kill point:
     the last statement the server received before the kill.
     """
+    since = server_now(project.cluster)
     with LogTail(project.cluster) as tail:
         proc = Spawned(project, alembic_cmd("upgrade", "head", context="dev"))
         if kind == "statements":
@@ -57,6 +61,7 @@ def _kill_once(project: Project, kind: str, value: float) -> tuple[bool, str]:
         proc.kill()
         result = proc.finish()
         received = tail.statements()  # before our own queries reach the log
+    wait_idle(project.cluster, since=since)
     killed = result.returncode == -9
     if not received:
         return killed, "(before the first statement)"
@@ -105,10 +110,11 @@ def test_sigkill_at_many_points_is_all_or_nothing_and_rerun_converges(
     points: dict[str, set[str]] = {}
     problems: list[str] = []
     kills = 0
-    for n, (kind, value) in enumerate(plan):
+    n = 0
+    while n < len(plan):
+        kind, value = plan[n]
         killed, point = _kill_once(project, kind, value)
         kills += killed
-        wait_idle(cluster)
         state = db_state(cluster, exact_verifiers=False)
         outcome = "before" if state == before else "after" if state == after else "IN BETWEEN"
         if killed:
@@ -131,11 +137,13 @@ def test_sigkill_at_many_points_is_all_or_nothing_and_rerun_converges(
                         f"{state_diff(after, rerun)}"
                     )
             rebuild_before()
+        n += 1
+        if n == len(plan) and len(points) < MIN_DISTINCT_POINTS + 3 and n < MAX_KILLS:
+            # Under load kills land late and bunch up: aim at more statements.
+            plan.append(("statements", rng.randint(1, total + 2)))
 
     # Finally from a killed run: re-run, then once more (a no-op).
-    _kill_once(project, "statements", total // 2)
-    kills += 1
-    wait_idle(cluster)
+    kills += _kill_once(project, "statements", total // 2)[0]
     project.upgrade("dev")
     assert db_state(cluster, exact_verifiers=False) == after
     runs = history(cluster)
@@ -146,8 +154,10 @@ def test_sigkill_at_many_points_is_all_or_nothing_and_rerun_converges(
     counts.faults_injected += kills
     counts.kill_points += len(points)
     report = "\n".join(f"  {sorted(o)} {p}" for p, o in sorted(points.items()))
-    print(f"\ncrash safety: {kills} kills on {len(points)} distinct statements "
-          f"({total} statements per run):\n{report}")
+    print(
+        f"\ncrash safety: {kills} kills on {len(points)} distinct statements "
+        f"({total} statements per run):\n{report}"
+    )
     assert not problems, "\n\n".join(problems)
     assert len(points) >= MIN_DISTINCT_POINTS, report
     assert any("before" in o for o in points.values())
