@@ -56,6 +56,18 @@ def test_changing_one_password_reruns_only_its_repeatable(project: Project) -> N
     assert "running set_passwords_dev (changed: its checksum changed)" in proc.stderr
 
 
+def test_rerun_sets_only_the_password_that_changed(project: Project) -> None:
+    project.upgrade("dev")
+    verifier = "SELECT rolpassword FROM pg_authid WHERE rolname = 'my_app_tom'"
+    tom_before = project.query(verifier)
+    project.set_password("my_app_jerry", "dev")
+    proc = project.upgrade("dev")
+    assert "ALTER ROLE my_app_jerry PASSWORD <redacted>" in proc.stderr
+    # The member in use keeps its verifier: caches of it (PgBouncer) stay valid.
+    assert "ALTER ROLE my_app_tom PASSWORD" not in proc.stderr
+    assert project.query(verifier) == tom_before
+
+
 def test_reformatting_source_does_not_rerun_but_a_changed_statement_does(project: Project) -> None:
     project.upgrade("dev")
     source = (project.root / "migrations/repeatable/my_app.py").read_text()
@@ -156,7 +168,7 @@ def test_older_changelog_schema_is_migrated(project: Project) -> None:
     project.query("UPDATE rolekit_meta SET value = '1' WHERE key = 'schema_version'")
     project.set_password("my_app_tom", "dev")
     project.upgrade("dev")
-    assert project.query("SELECT value FROM rolekit_meta WHERE key = 'schema_version'") == [("2",)]
+    assert project.query("SELECT value FROM rolekit_meta WHERE key = 'schema_version'") == [("3",)]
     project.query("UPDATE rolekit_meta SET value = '99' WHERE key = 'schema_version'")
     proc = project.upgrade("dev", check=False)
     assert "newer than this rolekit" in proc.stderr

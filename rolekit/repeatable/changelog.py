@@ -16,7 +16,7 @@ from psycopg2 import sql
 from rolekit.errors import ChangelogError
 from rolekit.runtime.session import Session
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _CREATE = [
     "CREATE TABLE rolekit_meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -29,7 +29,8 @@ _CREATE = [
         applied_at timestamptz NOT NULL DEFAULT now(),
         applied_by text NOT NULL DEFAULT session_user,
         duration_ms double precision NOT NULL,
-        target_oids bigint[] NOT NULL DEFAULT '{}')""",
+        target_oids bigint[] NOT NULL DEFAULT '{}',
+        step_digests text[] NOT NULL DEFAULT '{}')""",
     """CREATE TABLE rolekit_changelog_history (
         seq bigserial PRIMARY KEY,
         id text NOT NULL,
@@ -51,8 +52,10 @@ _CREATE = [
 
 # Schema 1 (rolekit 0.1) had no target_oids: repeatables then could not notice
 # that a downgrade dropped and re-created their roles.
+# Schema 2 had no step_digests: a re-run then re-sent every password.
 _MIGRATE = {
-    1: ["ALTER TABLE rolekit_changelog ADD COLUMN target_oids bigint[] NOT NULL DEFAULT '{}'"],
+    1: ["ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS target_oids bigint[] NOT NULL DEFAULT '{}'"],
+    2: ["ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS step_digests text[] NOT NULL DEFAULT '{}'"],
 }
 
 
@@ -63,6 +66,7 @@ class Entry:
     id: str
     checksum: str
     target_oids: tuple[int, ...]
+    step_digests: tuple[str, ...] = ()
 
 
 @dataclass
@@ -101,8 +105,10 @@ def read(session: Session) -> Changelog:
     salt = bytes.fromhex(meta.get("fingerprint_salt", ""))
     if version < SCHEMA_VERSION:
         return Changelog(True, salt, {}, version)  # migrated (and then read) by ensure()
-    rows = session.fetchall(sql.SQL("SELECT id, checksum, target_oids FROM rolekit_changelog"))
-    return Changelog(True, salt, {r[0]: Entry(r[0], r[1], tuple(r[2])) for r in rows})
+    rows = session.fetchall(
+        sql.SQL("SELECT id, checksum, target_oids, step_digests FROM rolekit_changelog")
+    )
+    return Changelog(True, salt, {r[0]: Entry(r[0], r[1], tuple(r[2]), tuple(r[3])) for r in rows})
 
 
 def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
@@ -144,20 +150,23 @@ def record(
     exec_type: str,
     duration_ms: float,
     target_oids: list[int],
+    step_digests: list[str],
 ) -> None:
     """Upsert the current row and append to the history."""
     values = (id, checksum, context_expression, context_used, exec_type, duration_ms)
     session.execute(
         sql.SQL(
             "INSERT INTO rolekit_changelog (id, checksum, context_expression, context_used,"
-            " exec_type, duration_ms, target_oids) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " exec_type, duration_ms, target_oids, step_digests)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (id) DO UPDATE SET checksum = EXCLUDED.checksum,"
             " context_expression = EXCLUDED.context_expression,"
             " context_used = EXCLUDED.context_used, exec_type = EXCLUDED.exec_type,"
             " applied_at = now(), applied_by = session_user,"
-            " duration_ms = EXCLUDED.duration_ms, target_oids = EXCLUDED.target_oids"
+            " duration_ms = EXCLUDED.duration_ms, target_oids = EXCLUDED.target_oids,"
+            " step_digests = EXCLUDED.step_digests"
         ),
-        (*values, target_oids),
+        (*values, target_oids, step_digests),
         echo=False,
     )
     session.execute(

@@ -134,7 +134,10 @@ class PlanItem:
     status: str
     reason: str
     checksum: str | None = None
+    #: the steps to send (on a re-run, possibly only those that changed)
     steps: list[Step] = field(default_factory=list)
+    #: digests of all the repeatable's steps, recorded in the changelog
+    step_digests: list[str] = field(default_factory=list)
 
     @property
     def will_run(self) -> bool:
@@ -189,7 +192,8 @@ def plan(
             items.append(PlanItem(rep, PENDING, "its roles do not exist yet"))
             continue
         steps = rep.steps(run)
-        checksum = rep.checksum(steps, run)
+        digests = rep.step_digests(steps, run)
+        checksum = rep.checksum(digests)
         entry = log_state.entries.get(rep.id)
         oids = tuple(existing[t].oid for t in rep.targets()) if not session.offline else ()
         if entry is None:
@@ -202,7 +206,10 @@ def plan(
             status, reason = CHANGED, "run_always"
         else:
             status, reason = UNCHANGED, "checksum unchanged"
-        items.append(PlanItem(rep, status, reason, checksum, steps))
+        if reason == "its checksum changed" and rep.rerun_changed_steps_only and entry:
+            sent_before = set(entry.step_digests)
+            steps = [s for s, d in zip(steps, digests, strict=True) if d not in sent_before]
+        items.append(PlanItem(rep, status, reason, checksum, steps, digests))
     order = {id(rep): n for n, (_, rep) in enumerate(ordered)}
     items.sort(key=lambda i: order[id(i.repeatable)])
     return items
@@ -247,6 +254,7 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
             exec_type="executed" if item.status == PENDING else "reran",
             duration_ms=(time.monotonic() - started) * 1000,
             target_oids=[oids[t].oid for t in rep.targets()],
+            step_digests=item.step_digests,
         )
         if isinstance(rep, SetPasswords):
             report.to_verify += [

@@ -79,22 +79,26 @@ class Repeatable:
     def steps(self, run: RunContext) -> list[Step]:
         raise NotImplementedError
 
-    def checksum(self, steps: Iterable[Step], run: RunContext) -> str:
-        digest = hashlib.sha256(f"rolekit-checksum-{CHECKSUM_VERSION}\n".encode())
+    #: on a re-run, send only the steps whose digest changed (see SetPasswords)
+    rerun_changed_steps_only = False
+
+    def step_digests(self, steps: Iterable[Step], run: RunContext) -> list[str]:
+        """One digest per step: its SQL, and a fingerprint of its secret."""
+        digests = []
         for step in steps:
-            digest.update(render_offline(step.stmt).encode())
+            text = render_offline(step.stmt)
             if step.secret is not None and step.secret_key is not None:
-                digest.update(b" PASSWORD ")
-                digest.update(
-                    fingerprint(
-                        step.secret,
-                        salt=run.salt,
-                        label=step.secret_key,
-                        key=run.fingerprint_key,
-                    ).encode()
+                text += " PASSWORD " + fingerprint(
+                    step.secret, salt=run.salt, label=step.secret_key, key=run.fingerprint_key
                 )
-            digest.update(b"\n")
-        return digest.hexdigest()
+            digests.append(hashlib.sha256(text.encode()).hexdigest())
+        return digests
+
+    @staticmethod
+    def checksum(step_digests: Iterable[str]) -> str:
+        """The changelog checksum: what the repeatable would send, as a whole."""
+        text = f"rolekit-checksum-{CHECKSUM_VERSION}\n" + "\n".join(step_digests)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
         for step in steps:
@@ -213,6 +217,11 @@ class SetPasswords(Repeatable):
 
     def targets(self) -> tuple[str, ...]:
         return self.roles
+
+    # A password that did not change is not set again: a fresh verifier of the
+    # same password (new SCRAM salt) would still invalidate what caches the old
+    # one, such as PgBouncer's SCRAM pass-through keys for the member in use.
+    rerun_changed_steps_only = True
 
     def roles_with_passwords(self, run: RunContext) -> list[str]:
         return [r for r in self.roles if run.has_secret(r) or run.must_log_in(r)]
