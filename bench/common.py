@@ -127,6 +127,8 @@ class Project:
         for context in contexts:
             for role in MEMBERS:
                 secrets.set(role, context, generate_password())
+        # as `rolekit gen-password --write` does: fast keyed checksums, not scrypt
+        secrets.ensure_fingerprint_key()
         return cls(root, url)
 
     def env(self) -> dict[str, str]:

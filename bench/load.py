@@ -74,10 +74,10 @@ class Target:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's first line, without the varying "connection to server at ... failed:"."""
     text = str(exc).strip()
-    line = text.splitlines()[-1] if text else type(exc).__name__
-    # drop the varying "connection to server at ..., port N failed:" prefix
-    return line.split("failed: ", 1)[-1].strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line.split(" failed: ", 1)[-1].strip()
 
 
 def connect_worker(

@@ -11,6 +11,7 @@ subprocess, as in a deploy.
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -125,6 +126,7 @@ def count_statements(log_text: str) -> int:
 
 def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rolekit-bench-overhead-"))
+    bench_started = time.monotonic()
     with Cluster(major) as cluster:
         log(f"overhead: {cluster!r}")
         info = machine(cluster)
@@ -167,6 +169,7 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
             f"alembic {median(times['alembic']):.3f}s"
         )
 
+    shutil.rmtree(work, ignore_errors=True)
     med_rolekit = median(times["rolekit"]) or 0.0
     med_alembic = median(times["alembic"]) or 1e-9
     data: dict[str, Any] = {
@@ -191,5 +194,6 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
         ),
         "python": sys.version.split()[0],
     }
+    data["bench_duration_s"] = round(time.monotonic() - bench_started, 1)
     write_json("upgrade_overhead.json", data)
     return data

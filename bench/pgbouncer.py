@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -29,6 +30,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -244,6 +246,17 @@ class PgBouncer:
             self.stop()
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def log_summary(self, limit: int = 10) -> dict[str, int]:
+        """WARNING/ERROR lines of the log, counted with addresses and ids stripped."""
+        counts: Counter[str] = Counter()
+        for line in self.log_text().splitlines():
+            match = re.search(r"\b(WARNING|ERROR|FATAL)\b (.*)", line)
+            if match:
+                text = re.sub(r"[CS]-0x[0-9a-f]+: ", "", match.group(2))
+                text = re.sub(r"@127\.0\.0\.1:\d+", "", text)
+                counts[f"{match.group(1)} {text}"] += 1
+        return dict(counts.most_common(limit))
 
     def log_text(self) -> str:
         try:

@@ -24,7 +24,7 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
     scenarios = {s["name"]: s for s in data["scenarios"] if s.get("phase") == "rolekit"}
     direct = scenarios["rolekit-direct"]
     fig, (ax_sess, ax_rate, ax_fail) = plt.subplots(
-        3, 1, figsize=(12, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.4]}
+        3, 1, figsize=(14, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.4]}
     )
     samples = phase["session_samples"]
     ts = [s["t"] for s in samples]
@@ -38,9 +38,9 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
             linewidth=1.4,
         )
     ax_sess.set_ylabel("live sessions\n(pg_stat_activity, 0.25 s)")
-    ax_sess.legend(loc="upper right", fontsize=8)
+    ax_sess.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
     ax_sess.set_title(
-        "rolekit rotation under load: all apps (direct x{}, pooled client, PgBouncer); "
+        "rolekit rotation under load: all apps (direct x{}, pooled client, 2 PgBouncers); "
         "lag {:.1f} s".format(direct.get("workers"), data["config"]["lag_s"]),
         fontsize=10,
     )
@@ -48,6 +48,7 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
     for name, color in (
         ("rolekit-direct", "tab:blue"),
         ("rolekit-pgbouncer", "tab:brown"),
+        ("rolekit-pgbouncer-auth-query", "tab:olive"),
         ("rolekit-client-pooled", "tab:gray"),
     ):
         if name not in scenarios:
@@ -63,13 +64,14 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
             linewidth=1.2,
         )
     ax_rate.set_ylabel("successes per s")
-    ax_rate.legend(loc="lower right", fontsize=8)
+    ax_rate.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
     ax_rate.set_ylim(bottom=0)
 
     total_failed = 0
     for name, color in (
         ("rolekit-direct", "tab:red"),
         ("rolekit-pgbouncer", "tab:pink"),
+        ("rolekit-pgbouncer-auth-query", "tab:olive"),
         ("rolekit-client-pooled", "black"),
     ):
         if name not in scenarios:
@@ -87,10 +89,16 @@ def timeline(data: dict[str, Any], path: Path) -> Path:
     ax_fail.set_ylabel("failures per s")
     ax_fail.set_ylim(bottom=0, top=max(1, ax_fail.get_ylim()[1]))
     ax_fail.set_xlabel("seconds since the load started")
+    note = f"total failures: {total_failed}"
     ax_fail.text(
-        0.01, 0.8, f"total failures: {total_failed}", transform=ax_fail.transAxes, fontsize=9
+        0.01,
+        0.8,
+        note,
+        transform=ax_fail.transAxes,
+        fontsize=9,
+        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"},
     )
-    ax_fail.legend(loc="upper right", fontsize=8)
+    ax_fail.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
 
     top = ax_sess.get_ylim()[1]
     for event in phase["events"]:

@@ -43,13 +43,15 @@ from rolekit.sandbox import Cluster
 from rolekit.secrets import generate_password
 
 SINGLE_USER = "app_single"
-DIAG_NAME = "diagnostic-pgbouncer-auth-query"
-DIAG_NOTE = (
-    "Not one of the rolekit setups: the same rotation through a PgBouncer that authenticates "
-    "with auth_query (SCRAM pass-through). `rotate begin` re-sets the password of the member "
-    "still in use (same password, new SCRAM salt, so a new verifier); PgBouncer's cached SCRAM "
-    "keys for that user go stale, its next server login fails and the pool refuses that user "
-    "for server_login_retry (15 s), until the apps have moved to the new member."
+AUTH_QUERY_NAME = "rolekit-pgbouncer-auth-query"
+AUTH_QUERY_NOTE = (
+    "The same rotations through a second PgBouncer that authenticates with auth_query "
+    "(SCRAM pass-through: PgBouncer logs in to the server with SCRAM keys cached from the "
+    "clients' logins). This works only because `rotate begin` leaves the password of the "
+    "member in use alone: rewriting it, even to the same password, gives it a new SCRAM "
+    "salt, so PgBouncer's cached keys go stale and the pool refuses that member for "
+    "server_login_retry. rolekit did that before commit b30c90e; "
+    "`python -m bench.pgbouncer_control` reproduces both behaviours by hand."
 )
 
 
@@ -71,9 +73,9 @@ class Config:
     steady_s: float = 4.0
     drain_timeout_s: float = 60.0
     baseline_changes: int = 2
-    #: also run the auth_query PgBouncer (documents a rolekit issue; see DIAG_NOTE)
-    pgbouncer_auth_query_diagnostic: bool = True
-    diagnostic_workers: int = 2
+    #: also run a PgBouncer using auth_query (see AUTH_QUERY_NOTE)
+    pgbouncer_auth_query: bool = True
+    auth_query_workers: int = 2
 
 
 @dataclass
@@ -183,7 +185,7 @@ def _rolekit_phase(
     cluster: Cluster,
     project: Project,
     bouncer: PgBouncer,
-    diag: PgBouncer | None,
+    auth_query: PgBouncer | None,
     work: Path,
     sampler: SessionSampler,
 ) -> tuple[Phase, list[dict[str, Any]]]:
@@ -214,16 +216,16 @@ def _rolekit_phase(
         pool_size=cfg.pool_size,
     )
     pools: list[Any] = [direct, through_bouncer, app]
-    diag_pool = None
-    if diag is not None:
-        diag_pool = WorkerPool(
-            DIAG_NAME,
-            cfg.diagnostic_workers,
-            Target(diag.host, diag.port, application_name="bench-pgbouncer-auth-query"),
+    aq_pool = None
+    if auth_query is not None:
+        aq_pool = WorkerPool(
+            AUTH_QUERY_NAME,
+            cfg.auth_query_workers,
+            Target(auth_query.host, auth_query.port, application_name="bench-pgbouncer-auth-query"),
             creds_path,
             work,
         )
-        pools.append(diag_pool)
+        pools.append(aq_pool)
     for pool in pools:
         pool.start(go)
     wait_ready(pools)
@@ -233,7 +235,7 @@ def _rolekit_phase(
 
     def attempts() -> int:
         """Connection attempts (the pooled app's queries are not connection attempts)."""
-        return direct.attempts() + through_bouncer.attempts()
+        return sum(p.attempts() for p in pools if p is not app)
 
     def rolekit(*args: str) -> tuple[bool, str]:
         proc = project.rolekit(*args, check=False)
@@ -300,6 +302,7 @@ def _rolekit_phase(
             n += 1
             if not rotate(n):
                 break
+            phase.rotations = n
             longest = max(longest, time.time() - started)
         while attempts() < cfg.min_attempts and time.time() < deadline:
             time.sleep(0.5)
@@ -353,23 +356,24 @@ def _rolekit_phase(
             pgbouncer=bouncer.version,
             pgbouncer_settings=bouncer.settings,
             pgbouncer_reloads=bouncer.reloads,
+            pgbouncer_log=bouncer.log_summary(),
         )
     )
-    if diag is not None and diag_pool is not None:
-        records, errors = diag_pool.join()
+    if auth_query is not None and aq_pool is not None:
+        records, errors = aq_pool.join()
         scenarios.append(
             _scenario(
-                DIAG_NAME,
+                AUTH_QUERY_NAME,
                 phase,
                 records,
                 errors,
                 sampler,
-                workers=cfg.diagnostic_workers,
+                workers=cfg.auth_query_workers,
                 mode="processes, connect per query through a second PgBouncer using auth_query",
-                pgbouncer=diag.version,
-                pgbouncer_settings=diag.settings,
-                diagnostic=True,
-                note=DIAG_NOTE,
+                pgbouncer=auth_query.version,
+                pgbouncer_settings=auth_query.settings,
+                pgbouncer_log=auth_query.log_summary(),
+                note=AUTH_QUERY_NOTE,
             )
         )
     return phase, scenarios
@@ -489,6 +493,7 @@ def _liquibase(
 
 def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
     cfg = cfg or Config()
+    bench_started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="rolekit-bench-rotation-"))
     # log_statement=all would log every SELECT 1 of the load: measure without it
     with Cluster(major, log_statement="none") as cluster:
@@ -505,11 +510,13 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
             users = {m: project.password(m) for m in MEMBERS}
             with contextlib.ExitStack() as stack:
                 bouncer = stack.enter_context(PgBouncer(cluster, auth="file", users=users))
-                diag = None
-                if cfg.pgbouncer_auth_query_diagnostic:
-                    diag = stack.enter_context(PgBouncer(cluster, auth="query"))
+                auth_query = None
+                if cfg.pgbouncer_auth_query:
+                    auth_query = stack.enter_context(PgBouncer(cluster, auth="query"))
                 info["pgbouncer"] = bouncer.version
-                phase, found = _rolekit_phase(cfg, cluster, project, bouncer, diag, work, sampler)
+                phase, found = _rolekit_phase(
+                    cfg, cluster, project, bouncer, auth_query, work, sampler
+                )
             phases[phase.name] = phase
             scenarios += found
             status = project.rolekit("status", "--context", "dev", "--json", check=False)
@@ -522,9 +529,7 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
         finally:
             sampler.stop()
             shutil.rmtree(work, ignore_errors=True)  # holds the project's passwords
-    rolekit_attempts = sum(
-        s["attempts"] for s in scenarios if s["phase"] == "rolekit" and not s.get("diagnostic")
-    )
+    rolekit_attempts = sum(s["attempts"] for s in scenarios if s["phase"] == "rolekit")
     data = {
         "machine": info,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
@@ -532,12 +537,13 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
         "rolekit_failures_total": sum(
             s["failed_connections"] + s["failed_queries"]
             for s in scenarios
-            if s["phase"] == "rolekit" and not s.get("diagnostic")
+            if s["phase"] == "rolekit"
         ),
         "scenarios": scenarios,
         "rolekit_status_after_rotations": _json_or_text(status.stdout),
         "phases": {name: p.to_json(sampler) for name, p in phases.items()},
     }
+    data["bench_duration_s"] = round(time.monotonic() - bench_started, 1)
     write_json("rotation_under_load.json", data)
     from bench.plot import timeline
 

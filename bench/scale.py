@@ -20,7 +20,7 @@ from typing import Any
 from bench.common import REPO, Project, log, machine, median, rounded, write_json
 from bench.overhead import count_statements
 from rolekit.sandbox import Cluster
-from rolekit.secrets import Secret, fingerprint, generate_password
+from rolekit.secrets import Secret, SecretsFile, fingerprint, generate_password
 
 SIZES = (1, 10, 100, 500)
 
@@ -70,7 +70,7 @@ def families(n: int) -> list[str]:
     return [f"fam{i:04d}" for i in range(n)]
 
 
-def generate(root: Path, n: int, url: str) -> Project:
+def generate(root: Path, n: int, url: str, *, keyed: bool = True) -> Project:
     names = families(n)
     migrations = root / "migrations"
     (migrations / "versions").mkdir(parents=True)
@@ -88,6 +88,8 @@ def generate(root: Path, n: int, url: str) -> Project:
     fd = os.open(root / "passwords.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         file.writelines(lines)
+    if keyed:  # what `rolekit gen-password --write` and `rotate begin` add
+        SecretsFile(root / "passwords.env").ensure_fingerprint_key()
     return Project(root, url)
 
 
@@ -98,9 +100,13 @@ def scrypt_ms() -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def measure(n: int, major: int | None, work: Path, noop_runs: int) -> dict[str, Any]:
+def measure(
+    n: int, major: int | None, work: Path, noop_runs: int, *, keyed: bool = True
+) -> dict[str, Any]:
     with Cluster(major) as cluster:
-        project = generate(work / f"n{n}", n, cluster.url())
+        project = generate(
+            work / f"n{n}-{'hmac' if keyed else 'scrypt'}", n, cluster.url(), keyed=keyed
+        )
         offset = cluster.log_size()
         started = time.perf_counter()
         project.alembic("upgrade", "head")
@@ -131,29 +137,40 @@ def measure(n: int, major: int | None, work: Path, noop_runs: int) -> dict[str, 
             "full_apply_round_trips": full_statements,
             "login_members_after": int(row[0]) if row else None,
         }
-        log(f"scale: {row_out}")
+        log(f"scale ({'keyed HMAC' if keyed else 'scrypt fallback'}): {row_out}")
         return row_out
 
 
-def run(major: int | None = None, sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
+def run(
+    major: int | None = None,
+    sizes: tuple[int, ...] = SIZES,
+    fallback_sizes: tuple[int, ...] = SIZES,
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rolekit-bench-scale-"))
+    bench_started = time.monotonic()
     with Cluster(major) as probe:
         info = machine(probe)
     per_secret = [scrypt_ms() for _ in range(5)]
-    rows = [measure(n, major, work, noop_runs=3 if n <= 100 else 1) for n in sizes]
-    trips = [r["noop_round_trips"] for r in rows]
+    rows = [measure(n, major, work, noop_runs=3) for n in sizes]
+    fallback = [measure(n, major, work, noop_runs=1, keyed=False) for n in fallback_sizes]
+    trips = [r["noop_round_trips"] for r in rows + fallback]
     data = {
         "machine": info,
         "rows": rows,
         "noop_round_trips_constant": len(set(trips)) == 1,
+        "scrypt_fallback_rows": fallback,
         "scrypt_fingerprint_ms_per_secret": rounded(median(per_secret), 1),
         "method": (
             "fresh cluster per size with log_statement=all; full_apply_s = `alembic -x context=dev "
-            "upgrade head` from base (subprocess); noop_s = the same at head (median of 3 runs, "
-            "1 run for 500); noop_round_trips = `LOG:  statement:` lines the server logged "
-            "during the first no-op run"
+            "upgrade head` from base (subprocess); noop_s = the same at head (median of 3 runs); "
+            "noop_round_trips = `LOG:  statement:` lines the server logged during the first "
+            "no-op run. rows: the secrets file has a fingerprint key (keyed HMAC checksums, what "
+            "`rolekit gen-password --write` and `rotate begin` set up); scrypt_fallback_rows: "
+            "the same without a key, so every secret costs an scrypt fingerprint per run "
+            "(one no-op run each)"
         ),
     }
     shutil.rmtree(work, ignore_errors=True)
+    data["bench_duration_s"] = round(time.monotonic() - bench_started, 1)
     write_json("scale.json", data)
     return data

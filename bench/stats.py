@@ -44,7 +44,7 @@ def summarize(
     duration = max(ended - started, 1e-9)
     users = Counter(r[3] for r in ok)
     first_fail = min((r[0] for r in failed), default=None)
-    last_fail = max((r[0] for r in failed), default=None)
+    bursts = failure_bursts(failed, started)
     return {
         "name": name,
         "latency_of": latency_of,
@@ -62,15 +62,35 @@ def summarize(
         "rotation_p50_ms": rounded(percentile(lat_rot, 50)),
         "rotation_p99_ms": rounded(percentile(lat_rot, 99)),
         "rotation_attempts": sum(1 for r in records if _inside(r[0], windows)),
-        "failure_window_s": (
-            rounded(last_fail - first_fail, 3)
-            if first_fail is not None and last_fail is not None
-            else None
-        ),
+        # the longest burst of failures (failures less than 2 s apart): the outage an app sees
+        "failure_window_s": max((b["duration_s"] for b in bursts), default=None),
         "first_failure_at_s": rounded(first_fail - started, 3) if first_fail is not None else None,
+        "failure_bursts": bursts,
         "succeeded_by_user": dict(sorted(users.items())),
+        "failed_by_user": dict(sorted(Counter(r[3] for r in failed).items())),
         "errors": dict(errors.most_common(10)),
     }
+
+
+def failure_bursts(
+    failed: Sequence[Record], started: float, gap: float = 2.0
+) -> list[dict[str, Any]]:
+    """Group failed attempts into bursts separated by more than *gap* seconds."""
+    groups: list[list[Record]] = []
+    for record in sorted(failed):
+        if groups and record[0] - groups[-1][-1][0] <= gap:
+            groups[-1].append(record)
+        else:
+            groups.append([record])
+    return [
+        {
+            "at_s": rounded(g[0][0] - started, 3),
+            "duration_s": rounded(g[-1][0] - g[0][0], 3),
+            "failures": len(g),
+            "users": dict(Counter(r[3] for r in g)),
+        }
+        for g in groups
+    ]
 
 
 def per_second(records: Sequence[Record], started: float, ended: float) -> list[dict[str, Any]]:

@@ -52,10 +52,14 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         "",
         f"Application lag {cfg['lag_s']} s (apps switch credentials {cfg['lag_s']} s after the "
         f"database changed); {cfg['direct_workers']} worker processes per direct scenario, "
-        f"{cfg['pgbouncer_workers']} through PgBouncer, a pooled `rolekit.client` app with "
+        f"{cfg['pgbouncer_workers']} through PgBouncer (auth_file, reloaded after `begin`), "
+        f"{cfg.get('auth_query_workers', 0)} through a second PgBouncer (auth_query), "
+        "a pooled `rolekit.client` app with "
         f"{cfg['pooled_threads']} threads (pool size {cfg['pool_size']}); "
-        f"{cfg['rotations']} full rolekit rotations (tom → jerry → tom) driven by the CLI, "
-        f"{cfg['baseline_changes']} changes per baseline. The three rolekit scenarios run "
+        f"{data['phases']['rolekit']['rotations']} full rolekit rotations (tom → jerry → tom → …) "
+        "driven by the CLI (`rotate begin --apply`, lag, app switch, "
+        "`rotate finish --apply --drain-timeout 60`), "
+        f"{cfg['baseline_changes']} changes per baseline. The rolekit scenarios run "
         "together through the same rotations; each baseline runs alone afterwards on the same "
         "cluster. Latencies are of successful attempts: connect for the connect-per-query "
         "scenarios, checkout+query for the pooled app; the rotation window is begin → finish "
@@ -97,7 +101,16 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         rows,
     )
     rolekit_total = sum(s["attempts"] for s in data["scenarios"] if s.get("phase") == "rolekit")
-    lines += ["", f"rolekit scenarios together: {rolekit_total:,} attempts."]
+    lines += [
+        "",
+        f"rolekit scenarios together: {rolekit_total:,} attempts "
+        "(the pooled app's are queries, the others' connections), "
+        f"{data.get('rolekit_failures_total', '?')} failures. Benchmark wall time: "
+        f"{data.get('bench_duration_s', '?')} s.",
+    ]
+    for s in data["scenarios"]:
+        if s.get("note"):
+            lines += ["", f"`{s['name']}`: {s['note']}"]
     phase = data["phases"].get("rolekit", {})
     events = [e for e in phase.get("events", []) if e["name"] in ("begin", "finish")]
     if events:
@@ -147,12 +160,14 @@ def _overhead(data: dict[str, Any]) -> list[str]:
         "",
         f"**ratio_noop_vs_alembic = {data['ratio_noop_vs_alembic']}** "
         f"({data['runs_each']} interleaved runs each, {data['revisions_each']} revisions each; "
-        "each run is a fresh `alembic` subprocess, so Python start-up and imports are included).",
+        "each run is a fresh `alembic` subprocess, so Python start-up and imports are included). "
+        f"Benchmark wall time: {data.get('bench_duration_s', '?')} s.",
         "",
     ]
 
 
 def _scale(data: dict[str, Any]) -> list[str]:
+    fallback = {r["families"]: r for r in data.get("scrypt_fallback_rows", [])}
     rows = [
         [
             r["families"],
@@ -161,6 +176,9 @@ def _scale(data: dict[str, Any]) -> list[str]:
             r["noop_s"],
             r["noop_round_trips"],
             r["full_apply_round_trips"],
+            fallback.get(r["families"], {}).get("full_apply_s"),
+            fallback.get(r["families"], {}).get("noop_s"),
+            fallback.get(r["families"], {}).get("noop_round_trips"),
         ]
         for r in data["rows"]
     ]
@@ -170,6 +188,11 @@ def _scale(data: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {_machine(data['machine'])}.",
         "",
+        "One revision with N `op.create_role_family` calls; per family a `SetPasswords` (dev) "
+        "and a `FamilyLogin` repeatable, a rotation state entry and two passwords. Left: the "
+        "secrets file has a fingerprint key (keyed HMAC checksums; `gen-password --write` and "
+        "`rotate begin` add one). Right: the same project without a key (scrypt fallback).",
+        "",
         *_table(
             [
                 "families",
@@ -178,14 +201,19 @@ def _scale(data: dict[str, Any]) -> list[str]:
                 "no-op s",
                 "no-op round trips",
                 "full-apply statements",
+                "scrypt: full apply s",
+                "scrypt: no-op s",
+                "scrypt: no-op round trips",
             ],
             rows,
         ),
         "",
-        f"No-op round trips (statements the server logged) are {constant} across sizes. "
-        f"The no-op time grows with the number of secrets: every secret's changelog checksum "
-        f"needs an scrypt fingerprint ({data['scrypt_fingerprint_ms_per_secret']} ms each here), "
-        "cached in-process only, so each `alembic` run pays it again.",
+        f"No-op round trips (statements the server logged during the no-op run) are {constant} "
+        "across sizes. Without a fingerprint key every secret's changelog checksum needs an "
+        f"scrypt fingerprint ({data['scrypt_fingerprint_ms_per_secret']} ms each here), cached "
+        "in-process only, so every `alembic` run pays it again: the scrypt no-op grows linearly "
+        "with the number of secrets. Benchmark wall time: "
+        f"{data.get('bench_duration_s', '?')} s.",
         "",
     ]
 

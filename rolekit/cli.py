@@ -27,7 +27,7 @@ from rolekit import inspection
 from rolekit.contexts import parse_contexts
 from rolekit.errors import RolekitError
 from rolekit.family import RoleFamily
-from rolekit.repeatable import SetPasswords, changelog
+from rolekit.repeatable import changelog
 from rolekit.repeatable.engine import RunContext, load_repeatables, login_members, plan
 from rolekit.rotation import workflow
 from rolekit.rotation.state import RotationState
@@ -221,14 +221,8 @@ def _reports(
     context = _context(args, required=False)
     rotation = RotationState.load(settings.state_file)
     repeatables = load_repeatables(settings.repeatables_dir)
-    contexts = parse_contexts(context)
-    password_repeatables = {
-        r.id: r.roles
-        for r in repeatables
-        if isinstance(r, SetPasswords) and (r.context is None or r.context.matches(contexts))
-    }
     with _session(settings) as session:
-        set_at = inspection.password_set_times(session, password_repeatables)
+        set_at = inspection.password_set_times(session)
         reports = [
             inspection.inspect_family(
                 session,

@@ -59,9 +59,7 @@ def parse_contexts(value: str | None) -> frozenset[str]:
                 "use 1-63 letters, digits, '_', '-' or '.'"
             )
         if name.lower() in _KEYWORDS:
-            raise ContextExpressionError(
-                f"invalid context name {_quote(name)}: it is an operator"
-            )
+            raise ContextExpressionError(f"invalid context name {_quote(name)}: it is an operator")
         names.add(name.lower())
     return frozenset(names)
 
@@ -85,8 +83,7 @@ def _fail(text: str, problem: str, pos: int) -> NoReturn:
     """Raise with an 80-character window of *text* and a caret under *pos*."""
     start = max(0, min(pos - 40, len(text) - 80))
     window = "".join(
-        c if c.isprintable() else " " if c.isspace() else "?"
-        for c in text[start : start + 80]
+        c if c.isprintable() else " " if c.isspace() else "?" for c in text[start : start + 80]
     )
     lead = "..." if start else ""
     tail = "..." if start + 80 < len(text) else ""
@@ -166,9 +163,7 @@ class _Parser:
         if tok.kind == "(":
             self.depth += 1
             if self.depth > MAX_NESTING_DEPTH:
-                self.fail(
-                    f"parentheses nested deeper than {MAX_NESTING_DEPTH}", tok.pos
-                )
+                self.fail(f"parentheses nested deeper than {MAX_NESTING_DEPTH}", tok.pos)
             node, close = self._binary(), self.tokens[self.i]
             if close.kind == "end":
                 self.fail("'(' is never closed", tok.pos)

@@ -126,25 +126,14 @@ def last_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
     ]
 
 
-def password_set_times(
-    session: Session, roles_by_repeatable: dict[str, tuple[str, ...]]
-) -> dict[str, str]:
-    """When each role's password was last set, from the runs of the repeatables
-    that set it (*roles_by_repeatable*: repeatable id -> roles)."""
-    if not roles_by_repeatable or not session.scalar(
-        sql.SQL("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL")
-    ):
+def password_set_times(session: Session) -> dict[str, str]:
+    """When rolekit last set each role's password, from the history."""
+    if not session.scalar(sql.SQL("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL")):
         return {}
     rows = session.fetchall(
         sql.SQL(
-            "SELECT id, max(applied_at) FROM rolekit_changelog_history"
-            " WHERE id = ANY(%s) GROUP BY id"
-        ),
-        (list(roles_by_repeatable),),
+            "SELECT role, max(applied_at) FROM rolekit_changelog_history,"
+            " unnest(passwords_set) AS role GROUP BY role"
+        )
     )
-    latest: dict[str, dt.datetime] = {}
-    for rep_id, applied_at in rows:
-        for role in roles_by_repeatable[rep_id]:
-            if role not in latest or applied_at > latest[role]:
-                latest[role] = applied_at
-    return {role: at.isoformat() for role, at in latest.items()}
+    return {role: at.isoformat() for role, at in rows}

@@ -744,6 +744,11 @@ def _git_tracks(path: Path) -> bool:
     unsafe repository, a timeout: all mean "cannot tell", which is not an
     error -- the check is a safety net, not a requirement to use git.
     """
+    if "GIT_DIR" not in os.environ and not any(
+        (folder / ".git").exists()
+        for folder in (path.parent.resolve(), *path.parent.resolve().parents)
+    ):
+        return False  # not in a work tree: spare every run a git process
     try:
         result = subprocess.run(
             [

@@ -241,10 +241,21 @@ def test_status_and_check_report_drift_with_exit_codes(project: Project) -> None
         "my_app_jerry": False,
     }
     assert status["last_runs"]
-    project.query("ALTER ROLE my_app_jerry LOGIN")
+    set_at = {m["name"]: m["password_set_at"] for m in family["members"]}
+    assert set_at["my_app_tom"] and set_at["my_app_jerry"]
+    rotate(project, "begin")  # sets only jerry's password
+    family = json.loads(project.rolekit("status", "--context", "dev", "--json").stdout)["families"][
+        0
+    ]
+    after = {m["name"]: m["password_set_at"] for m in family["members"]}
+    assert (
+        after["my_app_tom"] == set_at["my_app_tom"]
+        and after["my_app_jerry"] > set_at["my_app_jerry"]
+    )
+    project.query("ALTER ROLE my_app_jerry NOLOGIN")  # drift against the overlap state
     proc = project.rolekit("check", "--context", "dev", "--json", check=False)
     assert proc.returncode == 1
-    assert any("drift: 'my_app_jerry' is LOGIN" in p for p in json.loads(proc.stdout)["problems"])
+    assert any("drift: 'my_app_jerry' is NOLOGIN" in p for p in json.loads(proc.stdout)["problems"])
     assert project.rolekit("status", "--context", "dev", check=False).returncode == 1
 
 

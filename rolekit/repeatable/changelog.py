@@ -40,7 +40,8 @@ _CREATE = [
         exec_type text NOT NULL,
         applied_at timestamptz NOT NULL DEFAULT now(),
         applied_by text NOT NULL DEFAULT session_user,
-        duration_ms double precision NOT NULL)""",
+        duration_ms double precision NOT NULL,
+        passwords_set text[] NOT NULL DEFAULT '{}')""",
     """CREATE FUNCTION rolekit_history_append_only() RETURNS trigger
         LANGUAGE plpgsql AS $$ BEGIN
         RAISE EXCEPTION 'rolekit_changelog_history is append-only';
@@ -52,10 +53,17 @@ _CREATE = [
 
 # Schema 1 (rolekit 0.1) had no target_oids: repeatables then could not notice
 # that a downgrade dropped and re-created their roles.
-# Schema 2 had no step_digests: a re-run then re-sent every password.
+# Schema 2 had no step_digests (a re-run re-sent every password) and did not
+# record whose password a run set.
 _MIGRATE = {
-    1: ["ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS target_oids bigint[] NOT NULL DEFAULT '{}'"],
-    2: ["ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS step_digests text[] NOT NULL DEFAULT '{}'"],
+    1: [
+        "ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS target_oids bigint[] NOT NULL DEFAULT '{}'"
+    ],
+    2: [
+        "ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS step_digests text[] NOT NULL DEFAULT '{}'",
+        "ALTER TABLE rolekit_changelog_history"
+        " ADD COLUMN IF NOT EXISTS passwords_set text[] NOT NULL DEFAULT '{}'",
+    ],
 }
 
 
@@ -151,6 +159,7 @@ def record(
     duration_ms: float,
     target_oids: list[int],
     step_digests: list[str],
+    passwords_set: list[str],
 ) -> None:
     """Upsert the current row and append to the history."""
     values = (id, checksum, context_expression, context_used, exec_type, duration_ms)
@@ -172,8 +181,9 @@ def record(
     session.execute(
         sql.SQL(
             "INSERT INTO rolekit_changelog_history (id, checksum, context_expression,"
-            " context_used, exec_type, duration_ms) VALUES (%s, %s, %s, %s, %s, %s)"
+            " context_used, exec_type, duration_ms, passwords_set)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
         ),
-        values,
+        (*values, passwords_set),
         echo=False,
     )

@@ -255,6 +255,7 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
             duration_ms=(time.monotonic() - started) * 1000,
             target_oids=[oids[t].oid for t in rep.targets()],
             step_digests=item.step_digests,
+            passwords_set=[s.secret_role for s in item.steps if s.secret_role],
         )
         if isinstance(rep, SetPasswords):
             report.to_verify += [
