@@ -24,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
 from rolekit import inspection
+from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts
 from rolekit.errors import RolekitError
 from rolekit.family import RoleFamily
@@ -271,6 +272,7 @@ def cmd_gen_password(args: argparse.Namespace, out: _Output) -> int:
     settings = _settings(args)
     context = _context(args)
     assert context is not None
+    check_role_name(args.role)
     password = generate_password(max(args.length, settings.min_length(context)))
     path = settings.secrets_file(context)
     if args.write:

@@ -50,6 +50,13 @@ def parse_contexts(value: str | None) -> frozenset[str]:
     """
     if value is None or not value.strip():
         return frozenset()
+    if len(value) > MAX_EXPRESSION_LENGTH:
+        # A list this long is a mistake, and it would be logged and stored in
+        # the changelog history on every run.
+        raise ContextExpressionError(
+            f"context list of {len(value)} characters is longer than "
+            f"{MAX_EXPRESSION_LENGTH}: {_quote(value)}"
+        )
     names = set()
     for item in value.split(","):
         name = item.strip()

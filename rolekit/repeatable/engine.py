@@ -198,17 +198,17 @@ def plan(
         oids = tuple(existing[t].oid for t in rep.targets()) if not session.offline else ()
         if entry is None:
             status, reason = PENDING, "never ran"
-        elif entry.checksum != checksum:
-            status, reason = CHANGED, "its checksum changed"
         elif entry.target_oids != oids:
             status, reason = CHANGED, "its roles were dropped and re-created"
+        elif entry.checksum != checksum:
+            status, reason = CHANGED, "its checksum changed"
+            if rep.rerun_changed_steps_only:  # same roles: skip what they already got
+                sent_before = set(entry.step_digests)
+                steps = [s for s, d in zip(steps, digests, strict=True) if d not in sent_before]
         elif rep.run_always:
             status, reason = CHANGED, "run_always"
         else:
             status, reason = UNCHANGED, "checksum unchanged"
-        if reason == "its checksum changed" and rep.rerun_changed_steps_only and entry:
-            sent_before = set(entry.step_digests)
-            steps = [s for s, d in zip(steps, digests, strict=True) if d not in sent_before]
         items.append(PlanItem(rep, status, reason, checksum, steps, digests))
     order = {id(rep): n for n, (_, rep) in enumerate(ordered)}
     items.sort(key=lambda i: order[id(i.repeatable)])

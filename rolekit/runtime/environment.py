@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import psycopg2
+import sqlalchemy.exc
 from alembic.runtime.environment import EnvironmentContext
 from psycopg2 import sql
 from sqlalchemy import create_engine, pool
@@ -122,6 +123,22 @@ def verify_logins(url: str, report: RunReport) -> None:
         log.info("rolekit: verified login as %s (session runs as %s)", role, row[0] if row else "?")
 
 
+def database_error(exc: BaseException) -> RolekitError:
+    """A server error (a failed statement, a restart, a dropped connection) as
+    one clear line instead of a traceback.
+
+    Only the first line of the server's message is kept: later lines can
+    quote the statement, which must not carry a verifier into the output.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    first = lines[0] if lines else type(orig).__name__
+    return RolekitError(
+        f"database error: {first}. The migration transaction did not commit, so nothing "
+        "changed; fix the cause and re-run"
+    )
+
+
 def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
     """Run Alembic's migrations and rolekit's repeatables in one transaction."""
     settings = Settings.from_alembic_config(env.config)
@@ -139,14 +156,18 @@ def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
         return
     engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
     report: RunReport | None = None
-    with engine.connect() as connection:
-        env.configure(connection=connection, transaction_per_migration=False, **configure_kw)
-        with env.begin_transaction():
-            # Serialise concurrent deploys: the second waits, then finds the
-            # revisions and repeatables already applied and does nothing.
-            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-            env.run_migrations()
-            report = apply_repeatables(env, settings)
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            env.configure(connection=connection, transaction_per_migration=False, **configure_kw)
+            with env.begin_transaction():
+                # Serialise concurrent deploys: the second waits, then finds the
+                # revisions and repeatables already applied and does nothing.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+                env.run_migrations()
+                report = apply_repeatables(env, settings)
+    except (sqlalchemy.exc.DBAPIError, psycopg2.Error) as exc:
+        raise database_error(exc) from None
+    finally:
+        engine.dispose()
     if report is not None and report.to_verify:
         verify_logins(settings.require_url(), report)

@@ -29,6 +29,17 @@ log = logging.getLogger("rolekit")
 
 Params = Sequence[Any] | None
 
+#: settings that make the server log a statement's text, and the values that
+#: stop them for one statement (the duration and sampling settings log the
+#: text too, not only ``log_statement``)
+QUIET_SETTINGS = {
+    "log_statement": "none",
+    "log_min_error_statement": "panic",
+    "log_min_duration_statement": "-1",
+    "log_min_duration_sample": "-1",
+    "log_transaction_sample_rate": "0",
+}
+
 
 def render_offline(stmt: sql.Composable) -> str:
     """Render *stmt* without a connection, for Alembic's ``--sql`` mode.
@@ -120,25 +131,34 @@ class Session:
 
     @property
     def can_suppress_logging(self) -> bool:
-        """Whether this user may ``SET LOCAL log_statement``.
+        """Whether this user may switch off every log that could show a statement.
 
         Superusers may; from PostgreSQL 15 a superuser can also ``GRANT SET ON
-        PARAMETER log_statement`` to the migration user.  Managed services
-        usually allow neither, and rolekit then carries on without suppression.
+        PARAMETER`` each of :data:`QUIET_SETTINGS` to the migration user.
+        Managed services usually allow neither, and rolekit then carries on
+        without suppression.
         """
         if self._can_suppress is None:
             if self.offline:
                 self._can_suppress = False
-            else:
-                query = (
-                    "SELECT rolsuper OR (current_setting('server_version_num')::int >= 150000"
-                    " AND has_parameter_privilege('log_statement', 'SET')"
-                    " AND has_parameter_privilege('log_min_error_statement', 'SET'))"
-                    " FROM pg_roles WHERE rolname = current_user"
+            elif self.server_version < 150000:  # no parameter privileges before 15
+                self._can_suppress = bool(
+                    self.scalar(
+                        sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                    )
                 )
-                if self.server_version < 150000:
-                    query = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-                self._can_suppress = bool(self.scalar(sql.SQL(query)))
+            else:
+                checks = sql.SQL(" AND ").join(
+                    sql.SQL("has_parameter_privilege({}, 'SET')").format(sql.Literal(name))
+                    for name in QUIET_SETTINGS
+                )
+                self._can_suppress = bool(
+                    self.scalar(
+                        sql.SQL(
+                            "SELECT rolsuper OR ({}) FROM pg_roles WHERE rolname = current_user"
+                        ).format(checks)
+                    )
+                )
         return self._can_suppress
 
     # -- statements ----------------------------------------------------------
@@ -177,32 +197,31 @@ class Session:
         if not self.can_suppress_logging:
             self._cursor_execute(stmt, params).close()
             return
+        names = list(QUIET_SETTINGS)
+        if self.scalar(sql.SQL("SELECT current_setting('pg_stat_statements.track_utility', true)")):
+            names.append("pg_stat_statements.track_utility")  # it would keep the statement text
         saved = self.fetchone(
-            sql.SQL(
-                "SELECT current_setting('log_statement'), current_setting('log_min_error_statement')"
-            )
+            sql.SQL("SELECT {}").format(
+                sql.SQL(", ").join(sql.SQL("current_setting(%s)") for _ in names)
+            ),
+            names,
         )
         assert saved is not None
-        self._cursor_execute(
-            sql.SQL(
-                "SELECT set_config('log_statement', 'none', true),"
-                " set_config('log_min_error_statement', 'panic', true)"
-            ),
-            None,
-        ).close()
+        self._set_local(dict(zip(names, [*QUIET_SETTINGS.values(), "off"], strict=False)))
         try:
             self._cursor_execute(stmt, params).close()
         finally:
             # Restore for the rest of the transaction; if the statement failed
             # the transaction is aborted and rolls back the settings anyway.
             if self.dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_INERROR:
-                self._cursor_execute(
-                    sql.SQL(
-                        "SELECT set_config('log_statement', %s, true),"
-                        " set_config('log_min_error_statement', %s, true)"
-                    ),
-                    saved,
-                ).close()
+                self._set_local(dict(zip(names, saved, strict=True)))
+
+    def _set_local(self, values: dict[str, str]) -> None:
+        """``SET LOCAL`` several settings in one round trip."""
+        stmt = sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(sql.SQL("set_config(%s, %s, true)") for _ in values)
+        )
+        self._cursor_execute(stmt, [x for pair in values.items() for x in pair]).close()
 
 
 def session_for(migration_context: MigrationContext) -> Session:

@@ -27,6 +27,7 @@ def test_four_concurrent_upgrades_with_a_pending_family_run_each_repeatable_once
     project: Project,
 ) -> None:
     install_billing(project, pause_sql="pg_sleep(0.02)")
+    offset = project.cluster.log_size()
     procs = [Spawned(project, alembic_cmd("upgrade", "head", context="dev")) for _ in range(4)]
     results = [p.finish(timeout=180) for p in procs]
     assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr[-2000:] for r in results]
@@ -42,8 +43,8 @@ def test_four_concurrent_upgrades_with_a_pending_family_run_each_repeatable_once
     assert all(n == 1 for n in per_id.values()), per_id
     assert {e for _, e in runs} == {"executed"}
     # Exactly one process created the family; the others found it done.
-    created = [r for r in results if 'CREATE ROLE "billing" NOLOGIN' in r.stderr]
-    assert len(created) == 1
+    log = project.cluster.log_since(offset)
+    assert log.count('statement: CREATE ROLE "billing" NOLOGIN') == 1
     assert_logins(project)
     members = project.query(
         "SELECT u.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"

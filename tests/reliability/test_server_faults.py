@@ -76,11 +76,11 @@ def assert_clean_error(
     output = result.stdout + stderr
     assert CLEAN_ERROR.search(output), f"no FAILED:/rolekit: error line:\n{output[-3000:]}"
     if problem == "connection":
-        assert CONNECTION_LOST.search(stderr), (
-            f"the error does not say the connection was lost:\n{stderr}"
+        assert CONNECTION_LOST.search(output), (
+            f"the error does not say the connection was lost:\n{output[-3000:]}"
         )
     else:
-        assert problem in stderr.lower(), stderr
+        assert problem in output.lower(), output[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_restart_during_drain_of_a_plain_alembic_upgrade(
         proc = Spawned(
             project, alembic_cmd("upgrade", "head", context="dev", x={"drain_timeout": "60"})
         )
-        wait_for_output(proc, "drain: waiting for 1 session(s) (my_app_tom: billing-worker")
+        wait_for_output(proc, "billing-worker")  # the drain shows who it waits for
         cluster.restart(mode)
         counts.faults_injected += 1
         result = proc.finish(timeout=90)

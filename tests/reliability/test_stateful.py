@@ -262,3 +262,22 @@ def test_rotation_state_machine(project: Project, counts: Counts, tmp_path: Path
             print_blob=True,
         ),
     )
+
+
+def test_recreated_family_gets_every_password_when_one_changed(project: Project) -> None:
+    """Found by the state machine: the family is dropped and created again
+    while one password changed.  Every member is a new role without a
+    password, so every password must be sent, not only the changed one."""
+    project.upgrade("dev")
+    project.downgrade(x={"terminate": "true"})
+    cli(project, "gen-password", "my_app_jerry", "--context", "dev", "--write")
+    project.upgrade("dev")
+    rows = project.query(
+        "SELECT rolname, rolcanlogin, rolpassword IS NOT NULL FROM pg_authid"
+        " WHERE rolname IN ('my_app_tom', 'my_app_jerry') ORDER BY 1"
+    )
+    assert rows == [("my_app_jerry", False, True), ("my_app_tom", True, True)]
+    creds = json.loads(
+        cli(project, "creds", "my_app", "--context", "dev", "--json", record=False).stdout
+    )
+    assert login_works(project.cluster, creds["user"], creds["password"])
