@@ -20,7 +20,7 @@ import psycopg2
 import sqlalchemy.exc
 from alembic.runtime.environment import EnvironmentContext
 from psycopg2 import sql
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, event, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
 from rolekit.contexts import parse_contexts
@@ -123,6 +123,21 @@ def verify_logins(url: str, report: RunReport) -> None:
         log.info("rolekit: verified login as %s (session runs as %s)", role, row[0] if row else "?")
 
 
+def _unsample_transactions(dbapi_connection: Any, _record: Any) -> None:
+    """Keep ``log_transaction_sample_rate`` from logging the migration transaction.
+
+    The server decides whether to log every statement of a transaction when
+    the transaction starts, so the ``SET LOCAL`` rolekit does around a
+    password is too late for it; a superuser turns it off for the session.
+    """
+    with dbapi_connection.cursor() as cur:
+        cur.execute(
+            "SELECT set_config('log_transaction_sample_rate', '0', false)"
+            " FROM pg_roles WHERE rolname = current_user AND rolsuper"
+        )
+    dbapi_connection.commit()
+
+
 def database_error(exc: BaseException) -> RolekitError:
     """A server error (a failed statement, a restart, a dropped connection) as
     one clear line instead of a traceback.
@@ -130,6 +145,13 @@ def database_error(exc: BaseException) -> RolekitError:
     Only the first line of the server's message is kept: later lines can
     quote the statement, which must not carry a verifier into the output.
     """
+    # When the connection broke, the rollback fails too ("connection already
+    # closed") and hides the cause: report the first database error raised.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, sqlalchemy.exc.DBAPIError | psycopg2.Error):
+            exc = cause
+        cause = cause.__context__
     orig = getattr(exc, "orig", None) or exc
     lines = str(orig).strip().splitlines()
     first = lines[0] if lines else type(orig).__name__
@@ -155,6 +177,7 @@ def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
             apply_repeatables(env, settings)
         return
     engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
+    event.listen(engine, "connect", _unsample_transactions)
     report: RunReport | None = None
     try:
         with engine.connect() as connection:
