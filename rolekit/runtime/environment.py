@@ -130,12 +130,15 @@ def _unsample_transactions(dbapi_connection: Any, _record: Any) -> None:
     the transaction starts, so the ``SET LOCAL`` rolekit does around a
     password is too late for it; a superuser turns it off for the session.
     """
-    with dbapi_connection.cursor() as cur:
-        cur.execute(
-            "SELECT set_config('log_transaction_sample_rate', '0', false)"
-            " FROM pg_roles WHERE rolname = current_user AND rolsuper"
-        )
-    dbapi_connection.commit()
+    dbapi_connection.autocommit = True  # one round trip, no BEGIN/COMMIT
+    try:
+        with dbapi_connection.cursor() as cur:
+            cur.execute(
+                "SELECT set_config('log_transaction_sample_rate', '0', false)"
+                " FROM pg_roles WHERE rolname = current_user AND rolsuper"
+            )
+    finally:
+        dbapi_connection.autocommit = False
 
 
 def database_error(exc: BaseException) -> RolekitError:
