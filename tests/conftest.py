@@ -13,6 +13,7 @@ import pytest
 
 from rolekit.sandbox import Cluster
 from tests.project import Project
+from tests.reliability.conftest import report_totals
 
 FULL_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_PG_VERSIONS", "15").split()]
 COMPAT_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_COMPAT_VERSIONS", "").split()]
@@ -76,6 +77,7 @@ def any_project(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    report_totals(terminalreporter)
     for reports in terminalreporter.stats.values():
         for report in reports:
             for key, value in getattr(report, "user_properties", ()):

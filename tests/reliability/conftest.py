@@ -92,7 +92,9 @@ def _totals(terminalreporter: pytest.TerminalReporter) -> dict[str, int] | None:
     return totals if found else None
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def report_totals(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print and save the totals; called by the root conftest's summary hook,
+    since under pytest-xdist the controller never loads this conftest."""
     totals = _totals(terminalreporter)
     if totals is None:
         return
