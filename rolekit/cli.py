@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, pool
 
 from rolekit import inspection
 from rolekit._names import check_role_name
-from rolekit.contexts import parse_contexts
+from rolekit.contexts import parse_contexts, primary_context
 from rolekit.errors import RolekitError
 from rolekit.family import RoleFamily
 from rolekit.repeatable import changelog
@@ -68,16 +68,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(args.config)
 
 
+def _raw_context(args: argparse.Namespace) -> str:
+    return str(args.context or os.environ.get("ROLEKIT_CONTEXT") or "")
+
+
 def _context(args: argparse.Namespace, *, required: bool = True) -> str | None:
-    raw = args.context or os.environ.get("ROLEKIT_CONTEXT") or ""
-    contexts = parse_contexts(raw)
-    if not contexts:
-        if required:
-            raise RolekitError(
-                "no context given: pass --context (e.g. --context prod) or set ROLEKIT_CONTEXT"
-            )
-        return None
-    return raw.split(",")[0].strip().lower()
+    """The first context given (it picks secrets and login state)."""
+    primary = primary_context(_raw_context(args))
+    if primary is None and required:
+        raise RolekitError(
+            "no context given: pass --context (e.g. --context prod) or set ROLEKIT_CONTEXT"
+        )
+    return primary
 
 
 def _family(settings: Settings, group: str) -> RoleFamily:
@@ -129,7 +131,7 @@ def cmd_plan(args: argparse.Namespace, out: _Output) -> int:
     repeatables = load_repeatables(settings.repeatables_dir)
     run = RunContext(
         settings=settings,
-        contexts=parse_contexts(args.context or ""),
+        contexts=parse_contexts(_raw_context(args)),
         primary=context,
         rotation=RotationState.load(settings.state_file),
     )

@@ -71,6 +71,13 @@ def parse_contexts(value: str | None) -> frozenset[str]:
     return frozenset(names)
 
 
+def primary_context(value: str | None) -> str | None:
+    """The first of the active contexts: it picks the passwords and login state."""
+    if value is None or not parse_contexts(value):
+        return None
+    return value.split(",")[0].strip().lower()
+
+
 class _Token(NamedTuple):
     kind: str  # "name", "and", "or", "not", "(", ")" or "end"
     value: str  # as written, for messages

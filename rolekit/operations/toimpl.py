@@ -13,6 +13,7 @@ from rolekit.catalog import PG16, Membership, RoleInfo
 from rolekit.errors import FamilyConflictError, LiveSessionsError
 from rolekit.family import RoleFamily
 from rolekit.operations.ops import CreateRoleFamilyOp, DropRoleFamilyOp
+from rolekit.runtime.config import x_flag
 from rolekit.runtime.session import Session, session_for
 
 
@@ -138,9 +139,7 @@ def drop_role_family(operations: Operations, operation: DropRoleFamilyOp) -> Non
         if live:
             terminate = operation.terminate
             if terminate is None:
-                env = migration_context.environment_context
-                raw = env.get_x_argument(as_dictionary=True).get("terminate", "") if env else ""
-                terminate = raw.lower() in ("1", "true", "yes")
+                terminate = x_flag(migration_context.environment_context, "terminate")
             if not terminate:
                 counts = Counter(s.user for s in live)
                 listed = ", ".join(f"{user}: {n}" for user, n in sorted(counts.items()))

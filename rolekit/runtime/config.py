@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 
 from rolekit.errors import RolekitError
 
@@ -84,6 +85,16 @@ class Settings:
         if not self.database_url:
             raise RolekitError("no database URL: set DATABASE_URL or sqlalchemy.url in alembic.ini")
         return self.database_url
+
+
+def x_argument(env: EnvironmentContext | None, name: str) -> str:
+    """An ``alembic -x name=value`` argument ('' when absent or outside Alembic)."""
+    return env.get_x_argument(as_dictionary=True).get(name, "") if env is not None else ""
+
+
+def x_flag(env: EnvironmentContext | None, name: str) -> bool:
+    """Whether ``-x name=true`` (or 1, yes) was given."""
+    return x_argument(env, name).lower() in ("1", "true", "yes")
 
 
 def _int(key: str, value: str) -> int:

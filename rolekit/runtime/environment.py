@@ -23,11 +23,11 @@ from psycopg2 import sql
 from sqlalchemy import create_engine, event, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
-from rolekit.contexts import parse_contexts
+from rolekit.contexts import parse_contexts, primary_context
 from rolekit.errors import RolekitError
 from rolekit.repeatable.engine import RunContext, RunReport, apply, load_repeatables
 from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import Settings
+from rolekit.runtime.config import Settings, x_argument, x_flag
 from rolekit.runtime.session import session_for
 
 log = logging.getLogger("rolekit")
@@ -36,16 +36,10 @@ log = logging.getLogger("rolekit")
 ADVISORY_LOCK_KEY = 0x726F6C656B6974  # "rolekit"
 
 
-def _x(env: EnvironmentContext) -> dict[str, str]:
-    return env.get_x_argument(as_dictionary=True)
-
-
 def active_contexts(env: EnvironmentContext) -> tuple[frozenset[str], str | None]:
     """Contexts from ``-x context=...`` or ``ROLEKIT_CONTEXT``, and the first one."""
-    raw = _x(env).get("context") or os.environ.get("ROLEKIT_CONTEXT") or ""
-    contexts = parse_contexts(raw)
-    primary = raw.split(",")[0].strip().lower() if contexts else None
-    return contexts, primary
+    raw = x_argument(env, "context") or os.environ.get("ROLEKIT_CONTEXT") or ""
+    return parse_contexts(raw), primary_context(raw)
 
 
 def _is_upgrade(env: EnvironmentContext) -> bool:
@@ -55,13 +49,9 @@ def _is_upgrade(env: EnvironmentContext) -> bool:
     return getattr(fn, "__name__", "") == "upgrade"
 
 
-def _flag(env: EnvironmentContext, name: str) -> bool:
-    return _x(env).get(name, "").lower() in ("1", "true", "yes")
-
-
 def run_context(env: EnvironmentContext, settings: Settings) -> RunContext:
     contexts, primary = active_contexts(env)
-    raw_timeout = _x(env).get("drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT")
+    raw_timeout = x_argument(env, "drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT")
     try:
         timeout = float(raw_timeout) if raw_timeout else settings.drain_timeout
     except ValueError:
@@ -72,7 +62,7 @@ def run_context(env: EnvironmentContext, settings: Settings) -> RunContext:
         primary=primary,
         rotation=RotationState.load(settings.state_file),
         drain_timeout=timeout,
-        terminate=_flag(env, "terminate"),
+        terminate=x_flag(env, "terminate"),
     )
 
 
