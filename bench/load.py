@@ -135,7 +135,36 @@ def connect_worker(
     Path(out_path).write_text(json.dumps({"records": records, "errors": dict(errors)}))
 
 
-class WorkerPool:
+class _Workers:
+    """Shared counters of a load generator: how many are ready, attempts, stop."""
+
+    def __init__(self, expected: int) -> None:
+        self.ready = MP.Value("i", 0)
+        self.count = MP.Value("q", 0)
+        self.stop_event = MP.Event()
+        self._expected = expected
+
+    def is_ready(self) -> bool:
+        with self.ready.get_lock():
+            return bool(self.ready.value >= self._expected)
+
+    def attempts(self) -> int:
+        with self.count.get_lock():
+            return int(self.count.value)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def reap(proc: Any) -> None:
+    """Join a load process, killing it if it hangs."""
+    proc.join(120)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+class WorkerPool(_Workers):
     """N connect workers against one target, sharing one credentials file."""
 
     def __init__(self, name: str, n: int, target: Target, creds_path: Path, out_dir: Path) -> None:
@@ -143,9 +172,7 @@ class WorkerPool:
         self.target = target
         self.creds_path = creds_path
         self.out_paths = [out_dir / f"{name}-{i}.json" for i in range(n)]
-        self.ready = MP.Value("i", 0)
-        self.count = MP.Value("q", 0)
-        self.stop_event = MP.Event()
+        super().__init__(n)
         self.procs: list[Any] = []
         self.n = n
 
@@ -167,26 +194,12 @@ class WorkerPool:
             proc.start()
             self.procs.append(proc)
 
-    def is_ready(self) -> bool:
-        with self.ready.get_lock():
-            return bool(self.ready.value >= self.n)
-
-    def attempts(self) -> int:
-        with self.count.get_lock():
-            return int(self.count.value)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
     def join(self) -> tuple[list[tuple[float, float, int, str]], Counter[str]]:
         records: list[tuple[float, float, int, str]] = []
         errors: Counter[str] = Counter()
         started = time.monotonic()
         for proc in self.procs:
-            proc.join(120)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+            reap(proc)
         for path in self.out_paths:
             if not path.exists():
                 errors["worker died without results"] += 1

@@ -17,7 +17,16 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-from bench.load import CONNECT_FAILED, MP, OK, QUERY_FAILED, _first_line, lower_priority
+from bench.load import (
+    CONNECT_FAILED,
+    MP,
+    OK,
+    QUERY_FAILED,
+    _first_line,
+    _Workers,
+    lower_priority,
+    reap,
+)
 from rolekit.sandbox import Cluster
 
 
@@ -128,7 +137,7 @@ def _app_main(
     )
 
 
-class PooledApp:
+class PooledApp(_Workers):
     """Same interface as :class:`bench.load.WorkerPool`, one process with threads."""
 
     def __init__(
@@ -149,9 +158,7 @@ class PooledApp:
         self.threads = threads
         self.pool_size = pool_size
         self.think_s = think_s
-        self.ready = MP.Value("i", 0)
-        self.count = MP.Value("q", 0)
-        self.stop_event = MP.Event()
+        super().__init__(1)
         self.proc: Any = None
         self.physical_connects: dict[str, int] = {}
         self.provider_stats: dict[str, int] = {}
@@ -175,22 +182,8 @@ class PooledApp:
         )
         self.proc.start()
 
-    def is_ready(self) -> bool:
-        with self.ready.get_lock():
-            return bool(self.ready.value >= 1)
-
-    def attempts(self) -> int:
-        with self.count.get_lock():
-            return int(self.count.value)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
     def join(self) -> tuple[list[tuple[float, float, int, str]], Counter[str]]:
-        self.proc.join(120)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
+        reap(self.proc)
         if not self.out_path.exists():
             return [], Counter({"pooled app died without results": 1})
         data = json.loads(self.out_path.read_text())
