@@ -1,21 +1,35 @@
 """Catalog reads: what the server holds about roles, memberships and sessions.
 
 Each function reads many roles in one round trip, so a run over hundreds of
-families costs the same number of queries as a run over one.
+families costs the same number of queries as a run over one.  They take any
+:class:`Reader`: the migration's own connection (inside its transaction) or
+rolekit's control connection (outside it, holding no locks).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from psycopg2 import sql
 
-from rolekit.runtime.session import Session
-
 #: PostgreSQL 16 split membership into ADMIN, INHERIT and SET options.
 PG16 = 160000
+#: PostgreSQL 15 added parameter privileges (GRANT SET ON PARAMETER).
+PG15 = 150000
+
+
+class Reader(Protocol):
+    """Something that runs a catalog query: a migration session or a control connection."""
+
+    @property
+    def server_version(self) -> int: ...
+
+    def fetchall(
+        self, stmt: sql.Composable, params: Sequence[Any] | None = None
+    ) -> list[tuple[Any, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -28,12 +42,25 @@ class RoleInfo:
     superuser: bool
     replication: bool
     bypassrls: bool
-    inherit: bool
     valid_until: dt.datetime | None
     #: ``VALID UNTIL`` lies in the past, so password logins are refused
     expired: bool
     #: values of ``ALTER ROLE ... SET`` for all databases, e.g. ``role=my_app``
     settings: tuple[str, ...]
+    #: ``role`` set by ``ALTER ROLE ... IN DATABASE d SET role = r``: {d: r}
+    database_login_roles: dict[str, str]
+    #: ``COMMENT ON ROLE`` (a cluster-wide place: rolekit keeps its claim there)
+    comment: str | None
+
+    @property
+    def login_role(self) -> str | None:
+        """The role its sessions switch to at login (``ALTER ROLE ... SET role``)."""
+        return setting_value(self.settings, "role")
+
+    @property
+    def can_log_in_now(self) -> bool:
+        """LOGIN and a password that has not expired."""
+        return self.can_login and not self.expired
 
 
 @dataclass(frozen=True)
@@ -49,25 +76,47 @@ class Membership:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A live backend of a role, as ``pg_stat_activity`` shows it."""
+    """A live backend of a role, as ``pg_stat_activity`` shows it to us.
+
+    Without ``pg_read_all_stats`` (or the privileges of the role) PostgreSQL
+    shows only pid, user, database and application name of another user's
+    backend; the address and start time are then ``None`` and
+    :attr:`details_visible` is false.  The session still counts.
+    """
 
     pid: int
     user: str
     application_name: str
     client_addr: str | None
     backend_start: dt.datetime | None
+    details_visible: bool
 
 
-def roles(session: Session, names: Iterable[str]) -> dict[str, RoleInfo]:
+def setting_value(settings: Iterable[str], name: str) -> str | None:
+    """The value of *name* in ``setconfig`` entries like ``role=my_app``."""
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if key == name:
+            return value.strip('"')
+    return None
+
+
+def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
     """Return the roles among *names* that exist, keyed by name."""
-    rows = session.fetchall(
+    rows = reader.fetchall(
         sql.SQL(
             "SELECT r.rolname, r.oid::bigint, r.rolcanlogin, r.rolsuper, r.rolreplication,"
-            " r.rolbypassrls, r.rolinherit,"
+            " r.rolbypassrls,"
             " CASE WHEN r.rolvaliduntil = 'infinity' THEN NULL ELSE r.rolvaliduntil END,"
             " coalesce(r.rolvaliduntil <= now(), false),"
             " coalesce((SELECT s.setconfig FROM pg_db_role_setting s"
-            "           WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}')"
+            "           WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}'),"
+            " coalesce((SELECT array_agg(d.datname || '=' || c.value) FROM pg_db_role_setting s"
+            "   JOIN pg_database d ON d.oid = s.setdatabase,"
+            "   LATERAL (SELECT substr(x, 6) AS value FROM unnest(s.setconfig) x"
+            "            WHERE x LIKE 'role=%%') c"
+            "   WHERE s.setrole = r.oid), '{}'),"
+            " shobj_description(r.oid, 'pg_authid')"
             " FROM pg_roles r WHERE r.rolname = ANY(%s)"
         ),
         (list(names),),
@@ -80,23 +129,24 @@ def roles(session: Session, names: Iterable[str]) -> dict[str, RoleInfo]:
             superuser=row[3],
             replication=row[4],
             bypassrls=row[5],
-            inherit=row[6],
-            valid_until=row[7],
-            expired=row[8],
-            settings=tuple(row[9]),
+            valid_until=row[6],
+            expired=row[7],
+            settings=tuple(row[8]),
+            database_login_roles=dict(item.split("=", 1) for item in row[9]),
+            comment=row[10],
         )
         for row in rows
     }
 
 
-def memberships(session: Session, groups: Iterable[str]) -> list[Membership]:
+def memberships(reader: Reader, groups: Iterable[str]) -> list[Membership]:
     """Return the memberships in *groups* (who is a member of each group)."""
     options = (
         "m.admin_option, m.inherit_option, m.set_option"
-        if session.server_version >= PG16
+        if reader.server_version >= PG16
         else "m.admin_option, true, true"
     )
-    rows = session.fetchall(
+    rows = reader.fetchall(
         sql.SQL(
             "SELECT g.rolname, u.rolname, {options}"
             " FROM pg_auth_members m"
@@ -109,36 +159,108 @@ def memberships(session: Session, groups: Iterable[str]) -> list[Membership]:
     return [Membership(*row) for row in rows]
 
 
-def sessions(session: Session, users: Iterable[str]) -> list[SessionInfo]:
-    """Return the live client backends of *users*, excluding our own."""
-    # PostgreSQL freezes pg_stat_activity for the rest of a transaction at its
-    # first read; clear that snapshot so a drain poll sees sessions leave.
-    rows = session.fetchall(
-        sql.SQL(
-            "SELECT pg_stat_clear_snapshot();"
-            " SELECT pid, usename::text, coalesce(application_name, ''), host(client_addr),"
-            " backend_start FROM pg_stat_activity"
-            " WHERE usename = ANY(%s) AND pid <> pg_backend_pid()"
-            " AND backend_type = 'client backend'"
-        ),
-        (list(users),),
-    )
+#: one statement: clear the statistics snapshot, then read the backends.
+#: PostgreSQL freezes pg_stat_activity for the rest of a transaction at its
+#: first read; clearing it lets a poll inside a transaction see sessions leave.
+#: ``backend_type`` is NOT filtered on: without pg_read_all_stats it is NULL
+#: for other users' backends, and a filter on it would hide every session.
+_SESSIONS = (
+    "SELECT pg_stat_clear_snapshot();"
+    " SELECT pid, usename::text, coalesce(application_name, ''), host(client_addr),"
+    " backend_start, backend_type IS NOT NULL FROM pg_stat_activity"
+    " WHERE usename = ANY(%s) AND pid <> pg_backend_pid()"
+)
+
+
+def sessions(reader: Reader, users: Iterable[str]) -> list[SessionInfo]:
+    """Return every live backend of *users* but our own, visible or not in detail.
+
+    ``pid`` and the user of a backend are shown to every role, so the count is
+    exact whatever the migration user's privileges.
+    """
+    rows = reader.fetchall(sql.SQL(_SESSIONS), (list(users),))
     return [SessionInfo(*row) for row in rows]
 
 
-def current_user_is_superuser(session: Session) -> bool:
-    return bool(
-        session.scalar(sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+def sessions_of_oids(reader: Reader, oids: Iterable[int]) -> list[int]:
+    """Backends still running as roles that no longer exist (by their old OIDs)."""
+    rows = reader.fetchall(
+        sql.SQL(
+            "SELECT pid FROM pg_stat_activity WHERE usesysid = ANY(%s::oid[])"
+            " AND pid <> pg_backend_pid()"
+        ),
+        (list(oids),),
+    )
+    return [row[0] for row in rows]
+
+
+@dataclass(frozen=True)
+class Privileges:
+    """What the current user may see and do, read from the server.
+
+    Guards consult this before deciding: a drain that cannot see, or a
+    terminate that cannot act, refuses instead of passing.
+    """
+
+    user: str
+    superuser: bool
+    createrole: bool
+    read_all_stats: bool
+    signal_backend: bool
+    #: roles whose privileges the current user has (membership with INHERIT)
+    acts_for: frozenset[str]
+    #: roles the current user may administer (grant, alter, comment on)
+    administers: frozenset[str]
+
+    def sees_details_of(self, role: str) -> bool:
+        """Address, state and start time of *role*'s backends are visible."""
+        return self.superuser or self.read_all_stats or role in self.acts_for
+
+    def may_signal(self, role: str) -> bool:
+        """``pg_terminate_backend`` works on *role*'s backends."""
+        return self.superuser or self.signal_backend or role in self.acts_for
+
+
+def privileges(reader: Reader, roles_of_interest: Iterable[str]) -> Privileges:
+    """Read the current user's privileges over *roles_of_interest* in one round trip."""
+    # Before 16, CREATEROLE administers every role but superusers; from 16 it
+    # needs ADMIN OPTION, which the creator of a role gets.
+    admin = (
+        "pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')"
+        if reader.server_version >= PG16
+        else "(me.rolcreaterole AND NOT r.rolsuper)"
+    )
+    rows = reader.fetchall(
+        sql.SQL(
+            "SELECT me.rolname, me.rolsuper, me.rolcreaterole,"
+            " pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),"
+            " pg_has_role(current_user, 'pg_signal_backend', 'USAGE'),"
+            " coalesce((SELECT array_agg(r.rolname) FROM pg_roles r WHERE r.rolname = ANY(%s)"
+            "   AND pg_has_role(current_user, r.oid, 'USAGE')), '{{}}'),"
+            " coalesce((SELECT array_agg(r.rolname) FROM pg_roles r WHERE r.rolname = ANY(%s)"
+            "   AND (me.rolsuper OR {admin})), '{{}}')"
+            " FROM pg_roles me WHERE me.rolname = current_user"
+        ).format(admin=sql.SQL(admin)),
+        (list(roles_of_interest), list(roles_of_interest)),
+    )
+    name, superuser, createrole, stats, signal, acts_for, administers = rows[0]
+    return Privileges(
+        name, superuser, createrole, stats, signal, frozenset(acts_for), frozenset(administers)
     )
 
 
-def roles_without_admin(session: Session, names: Iterable[str]) -> list[str]:
+def current_user_is_superuser(reader: Reader) -> bool:
+    rows = reader.fetchall(sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+    return bool(rows and rows[0][0])
+
+
+def roles_without_admin(reader: Reader, names: Iterable[str]) -> list[str]:
     """Existing roles among *names* that the current user may not administer.
 
     From PostgreSQL 16, CREATEROLE alone no longer lets a user grant or alter
     roles: it needs ADMIN OPTION, which it gets only on roles it created.
     """
-    rows = session.fetchall(
+    rows = reader.fetchall(
         sql.SQL(
             "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)"
             " AND NOT pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION')"

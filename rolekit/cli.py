@@ -1,42 +1,33 @@
-"""The ``rolekit`` command line.
+"""The ``rolekit`` command line: parses arguments, calls :mod:`rolekit.command`, renders.
 
-Exit codes: 0 success; 1 ``status``/``check`` found a problem; 2 bad input
-or configuration; 3 a guard refused (nothing changed); 4 the rotation state
-does not allow the step; 5 the database could not be reached.
+Exit codes (:class:`rolekit.errors.ExitCode`): 0 success; 1 ``status``/``check``
+found a problem, or a check after a commit failed; 2 bad input or
+configuration; 3 a guard refused (nothing changed); 4 the rotation state does
+not allow the step, or another run holds the lock; 5 the database could not
+be reached; 143 interrupted by SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from types import FrameType
 from typing import Any
 
 import psycopg2
 import sqlalchemy
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, pool
 
-from rolekit import inspection
-from rolekit._names import check_role_name
-from rolekit.contexts import parse_contexts, primary_context
-from rolekit.errors import RolekitError
-from rolekit.family import RoleFamily
-from rolekit.repeatable import changelog
-from rolekit.repeatable.engine import RunContext, load_repeatables, login_members, plan
-from rolekit.rotation import workflow
-from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import Settings
-from rolekit.runtime.session import Session
-from rolekit.secrets import SecretsFile, generate_password
-
-EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 5
+from rolekit import command
+from rolekit.contexts import primary_context
+from rolekit.errors import ExitCode, RolekitError, first_line
+from rolekit.rotation.workflow import Transition
 
 Command = Callable[[argparse.Namespace, "_Output"], int]
 
@@ -51,7 +42,16 @@ _EXAMPLES = {
     "status": "rolekit status --context prod --json",
     "check": "rolekit check --context prod || echo drift",
     "gen-password": "rolekit gen-password my_app_tom --context dev --write",
+    "clear-checksums": "rolekit clear-checksums allow_login_for_my_app   # next upgrade re-runs it",
 }
+
+
+class Interrupted(BaseException):
+    """SIGTERM (a cancelled CI job): unwinds so connections close and nothing half-writes."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted
 
 
 class _Output:
@@ -64,237 +64,150 @@ class _Output:
         print(json.dumps(data, indent=2, default=str) if self.as_json else text)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.load(args.config)
-
-
 def _raw_context(args: argparse.Namespace) -> str:
     return str(args.context or os.environ.get("ROLEKIT_CONTEXT") or "")
 
 
-def _context(args: argparse.Namespace, *, required: bool = True) -> str | None:
-    """The first context given (it picks secrets and login state)."""
-    primary = primary_context(_raw_context(args))
-    if primary is None and required:
-        raise RolekitError(
-            "no context given: pass --context (e.g. --context prod) or set ROLEKIT_CONTEXT"
-        )
-    return primary
-
-
-def _family(settings: Settings, group: str) -> RoleFamily:
-    families = login_members(load_repeatables(settings.repeatables_dir))
-    if group not in families:
-        known = ", ".join(sorted(families)) or "none"
-        raise RolekitError(
-            f"no FamilyLogin repeatable declares family {group!r} in {settings.repeatables_dir} "
-            f"(known: {known})"
-        )
-    return families[group].family
-
-
-@contextlib.contextmanager
-def _session(settings: Settings) -> Iterator[Session]:
-    """A read-only session on the project's database, rolled back at the end."""
-    engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
-    try:
-        connection = engine.connect()
-    except sqlalchemy.exc.OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
-        raise _Unreachable(f"cannot connect to the database: {reason}") from None
-    try:
-        with connection.begin() as tx:
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-            yield Session(MigrationContext.configure(connection))
-            tx.rollback()
-    finally:
-        connection.close()
-        engine.dispose()
-
-
-class _Unreachable(RolekitError):
-    exit_code = EXIT_UNREACHABLE
-
-
-def _upgrade(settings: Settings, context: str, extra: Sequence[str] = ()) -> None:
-    config = Config(str(settings.root / "alembic.ini"))
-    config.cmd_opts = argparse.Namespace(x=[f"context={context}", *extra])
-    command.upgrade(config, "head")
+def _context(args: argparse.Namespace) -> str:
+    return command.require_context(_raw_context(args))
 
 
 # -- commands -------------------------------------------------------------------
 
 
 def cmd_plan(args: argparse.Namespace, out: _Output) -> int:
-    settings = _settings(args)
-    context = _context(args, required=False)
-    repeatables = load_repeatables(settings.repeatables_dir)
-    run = RunContext(
-        settings=settings,
-        contexts=parse_contexts(_raw_context(args)),
-        primary=context,
-        rotation=RotationState.load(settings.state_file),
+    context = _raw_context(args) or None
+    rows = command.plan(args.config, context)
+    width = max((len(r.id) for r in rows), default=10)
+    text = "\n".join(f"{r.id:<{width}}  {r.status:<9}  {r.reason}" for r in rows)
+    primary = primary_context(context)
+    out.emit(
+        {"context": primary, "repeatables": [asdict(r) for r in rows]},
+        text or "no repeatables declared",
     )
-    with _session(settings) as session:
-        state = changelog.read(session)
-        run.salt = state.salt
-        items = plan(session, run, repeatables, state, roles_must_exist=False)
-    rows: list[dict[str, str | None]] = [
+    return ExitCode.OK
+
+
+def _render_transition(step: Transition, out: _Output) -> None:
+    after, group, context = step.after, step.family, step.context
+    next_step = {
+        "overlap": f"hand out the new credentials (rolekit creds {group} --context {context}), "
+        f"then: rolekit rotate {group} finish --context {context}",
+        "steady": "done",
+    }.get(after.phase.value, "")
+    if not step.applied:
+        next_step = f"run: alembic -x context={context} upgrade head (or re-run with --apply); then {next_step}"
+    resumed = "; completed an earlier run interrupted after its commit" if step.resumed else ""
+    out.emit(
         {
-            "id": i.repeatable.id,
-            "kind": type(i.repeatable).__name__,
-            "status": i.status,
-            "reason": i.reason,
-            "context": i.repeatable.context.text if i.repeatable.context else None,
-            "source": i.repeatable.source,
-        }
-        for i in items
-    ]
-    width = max((len(i.repeatable.id) for i in items), default=10)
-    text = "\n".join(f"{r['id']:<{width}}  {r['status']:<9}  {r['reason']}" for r in rows)
-    out.emit({"context": context, "repeatables": rows}, text or "no repeatables declared")
-    return 0
+            "family": group,
+            "context": context,
+            "phase": after.phase.value,
+            "login": list(after.login),
+            "incoming": after.incoming,
+            "applied": step.applied,
+            "resumed": step.resumed,
+            "next": next_step,
+        },
+        f"{group} ({context}): {step.before.phase.value} -> {after.phase.value}; "
+        f"login: {', '.join(after.login)}{'; applied' if step.applied else ''}{resumed}\n"
+        f"next: {next_step}",
+    )
 
 
 def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
-    settings = _settings(args)
     context = _context(args)
-    assert context is not None
-    family = _family(settings, args.family)
     if args.phase == "begin":
-        step = workflow.begin(settings, family, context)
-        extra: list[str] = []
+        step = command.rotate_begin(args.config, args.family, context, apply=args.apply)
     else:
-        step = workflow.finish(settings, family, context)
-        extra = [f"drain_timeout={args.drain_timeout}"] if args.drain_timeout is not None else []
-        extra += ["terminate=true"] if args.terminate else []
-    applied = False
-    if args.apply:
-        try:
-            _upgrade(settings, context, extra)
-        except BaseException:
-            # The upgrade rolled back: put the state back so files and database agree.
-            workflow.restore(settings, step)
-            raise
-        applied = True
-    after = step.after
-    next_step = {
-        "overlap": f"hand out the new credentials (rolekit creds {family.group} --context {context}), "
-        f"then: rolekit rotate {family.group} finish --context {context}",
-        "steady": "done",
-    }.get(after.phase, "")
-    if not applied:
-        next_step = f"run: alembic -x context={context} upgrade head (or re-run with --apply); then {next_step}"
-    out.emit(
-        {
-            "family": family.group,
-            "context": context,
-            "phase": after.phase,
-            "login": list(after.login),
-            "incoming": after.incoming,
-            "applied": applied,
-            "next": next_step,
-        },
-        f"{family.group} ({context}): {step.before.phase} -> {after.phase}; "
-        f"login: {', '.join(after.login)}{'; applied' if applied else ''}\nnext: {next_step}",
-    )
-    return 0
+        step = command.rotate_finish(
+            args.config,
+            args.family,
+            context,
+            apply=args.apply,
+            drain_timeout=args.drain_timeout,
+            terminate=args.terminate,
+        )
+    _render_transition(step, out)
+    return ExitCode.OK
 
 
 def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
-    settings = _settings(args)
-    context = _context(args)
-    assert context is not None
-    state = RotationState.load(settings.state_file).get(args.family, context)
-    if state is None or state.preferred is None:
-        raise RolekitError(f"no member of {args.family!r} may log in in context {context!r}")
-    secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
-    password = secrets.get(state.preferred, context).reveal()
-    out.emit(
-        {"user": state.preferred, "password": password},
-        f"user={state.preferred}\npassword={password}",
-    )
-    return 0
-
-
-def _reports(
-    args: argparse.Namespace,
-) -> tuple[list[inspection.FamilyReport], list[dict[str, Any]]]:
-    settings = _settings(args)
-    context = _context(args, required=False)
-    rotation = RotationState.load(settings.state_file)
-    repeatables = load_repeatables(settings.repeatables_dir)
-    with _session(settings) as session:
-        set_at = inspection.password_set_times(session)
-        reports = [
-            inspection.inspect_family(
-                session,
-                rep.family,
-                rotation.get(group, context) if context else None,
-                context,
-                set_at,
-            )
-            for group, rep in sorted(login_members(repeatables).items())
-        ]
-        runs = inspection.last_runs(session)
-    return reports, runs
+    found = command.creds(args.config, args.family, _context(args))
+    password = found.password.reveal()
+    out.emit({"user": found.user, "password": password}, f"user={found.user}\npassword={password}")
+    return ExitCode.OK
 
 
 def cmd_status(args: argparse.Namespace, out: _Output) -> int:
-    reports, runs = _reports(args)
+    result = command.status(args.config, _raw_context(args) or None)
     lines = []
-    for r in reports:
+    for r in result.families:
         lines.append(
             f"{r.group}  context={r.context or '-'}  phase={r.phase or '-'}  apps use: {r.preferred or '-'}"
+            f"  managed from: {r.claimed_by or '-'}"
         )
         for m in r.members:
             login = "LOGIN  " if m.can_login else "NOLOGIN"
+            hidden = f" ({m.sessions_hidden} hidden)" if m.sessions_hidden else ""
             lines.append(
-                f"  {m.name:<24} {login} sessions={m.sessions:<4} password_set={m.password_set_at or '-'}"
-                f"  valid_until={m.valid_until or '-'}"
+                f"  {m.name:<24} {login} sessions={m.sessions}{hidden:<4} "
+                f"password_set={m.password_set_at or '-'}  valid_until={m.valid_until or '-'}"
                 f"  membership={'ok' if m.membership_ok else 'WRONG'}"
             )
         lines += [f"  problem: {p}" for p in r.problems]
     lines.append("last repeatable runs:")
     lines += [
-        f"  {x['applied_at']}  {x['id']} ({x['exec_type']}, {x['context'] or '-'})" for x in runs
+        f"  {x['applied_at']}  {x['id']} ({x['exec_type']}, {x['context'] or '-'})"
+        for x in result.last_runs
     ] or ["  none"]
-    out.emit({"families": [r.to_json() for r in reports], "last_runs": runs}, "\n".join(lines))
-    return EXIT_PROBLEM if any(r.problems for r in reports) else 0
+    out.emit(
+        {"families": [r.to_json() for r in result.families], "last_runs": result.last_runs},
+        "\n".join(lines),
+    )
+    return ExitCode.PROBLEM if result.problems else ExitCode.OK
 
 
 def cmd_check(args: argparse.Namespace, out: _Output) -> int:
-    reports, _ = _reports(args)
-    problems = [f"{r.group}: {p}" for r in reports for p in r.problems]
+    problems = command.check(args.config, _raw_context(args) or None)
     out.emit({"ok": not problems, "problems": problems}, "\n".join(problems) or "no drift")
-    return EXIT_PROBLEM if problems else 0
+    return ExitCode.PROBLEM if problems else ExitCode.OK
 
 
 def cmd_gen_password(args: argparse.Namespace, out: _Output) -> int:
-    settings = _settings(args)
-    context = _context(args)
-    assert context is not None
-    check_role_name(args.role)
-    password = generate_password(max(args.length, settings.min_length(context)))
-    path = settings.secrets_file(context)
-    if args.write:
-        secrets = SecretsFile(path, repo_root=settings.root)
-        secrets.set(args.role, context, password)
-        secrets.ensure_fingerprint_key()
-    shown = password if args.show or not args.write else None
-    text = f"wrote a new password for {args.role} ({context}) to {path}" if args.write else ""
+    made = command.gen_password(
+        args.config, args.role, _context(args), length=args.length, write=args.write
+    )
+    shown = made.password.reveal() if args.show or not args.write else None
+    text = (
+        f"wrote a new password for {made.role} ({made.context}) to {made.written_to}"
+        if args.write
+        else ""
+    )
+    if made.new_context:
+        text += f"\nnote: context {made.context!r} is new in this project"
     if shown:
         text = (text + "\n" if text else "") + shown
     out.emit(
         {
-            "role": args.role,
-            "context": context,
-            "written_to": str(path) if args.write else None,
+            "role": made.role,
+            "context": made.context,
+            "written_to": str(made.written_to) if made.written_to else None,
+            "new_context": made.new_context,
             "password": shown,
         },
         text,
     )
-    return 0
+    return ExitCode.OK
+
+
+def cmd_clear_checksums(args: argparse.Namespace, out: _Output) -> int:
+    cleared = command.clear_checksums(args.config, args.ids)
+    out.emit(
+        {"cleared": cleared},
+        f"cleared the checksum of {', '.join(cleared)}; the next upgrade runs them again",
+    )
+    return ExitCode.OK
 
 
 # -- parser ---------------------------------------------------------------------
@@ -318,7 +231,8 @@ def _parser() -> argparse.ArgumentParser:
         "over, finish waits for the old member to drain and disables it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit codes: 0 ok, 1 problem found, 2 bad input, 3 guard refused, "
-        "4 wrong rotation phase, 5 database unreachable\n\nexample:\n  " + _EXAMPLES["rotate"],
+        "4 wrong rotation phase or another run holds the lock, 5 database unreachable, "
+        "143 interrupted\n\nexample:\n  " + _EXAMPLES["rotate"],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -348,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
         "finish: the state file lets only the new member log in; the upgrade waits until\n"
         "  the old member has no sessions (showing who is left), then disables it.\n"
         "Without --apply only the files change: commit them and let the deploy run\n"
-        "'alembic -x context=C upgrade head' (GitOps).",
+        "'alembic -x context=C upgrade head' (GitOps). With --apply the state file changes\n"
+        "only once the database committed; an interrupted run is completed by re-running it.",
     )
     p.add_argument("family", help="the group role, e.g. my_app")
     p.add_argument("phase", choices=["begin", "finish"])
@@ -360,7 +275,9 @@ def _parser() -> argparse.ArgumentParser:
         help="finish: seconds to wait for the old member's sessions",
     )
     p.add_argument(
-        "--terminate", action="store_true", help="finish: end sessions left after the drain timeout"
+        "--terminate",
+        action="store_true",
+        help="finish: after the timeout, disable the old member, then end its sessions",
     )
     add("creds", "print the credentials applications should use now", cmd_creds).add_argument(
         "family"
@@ -370,7 +287,13 @@ def _parser() -> argparse.ArgumentParser:
         "members, logins, sessions, password age and expiry, membership options, last runs",
         cmd_status,
     )
-    add("check", "compare the catalog with what the migrations declare; exit 1 on drift", cmd_check)
+    add(
+        "check",
+        "compare the catalog with what the migrations declare; exit 1 on drift",
+        cmd_check,
+        "Reports exactly what the next 'alembic upgrade' would repair or refuse, and names\n"
+        "the rolekit step to re-run when a rotation was interrupted after its commit.",
+    )
     p = add(
         "gen-password",
         "generate a strong password, optionally into the secrets file",
@@ -380,6 +303,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="store it under <role>.password.<context>")
     p.add_argument("--show", action="store_true", help="print it even with --write")
     p.add_argument("--length", type=int, default=32)
+    p = add(
+        "clear-checksums",
+        "make the next upgrade run repeatables again, whatever their checksum",
+        cmd_clear_checksums,
+        "Like Liquibase's clear-checksums, for the repeatables you name; the history records\n"
+        "it. For one run only, 'alembic -x rerun=ID upgrade head' does the same.",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID", help="repeatable id(s)")
     return parser
 
 
@@ -387,21 +318,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = _Output(args.json)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        code: int = args.fn(args, out)
-        return code
+        return int(args.fn(args, out))
     except RolekitError as exc:
         if args.json:
-            print(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))
+            print(json.dumps({"ok": False, "error": str(exc), "exit_code": int(exc.exit_code)}))
         print(f"rolekit: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except psycopg2.Error as exc:
-        print(f"rolekit: database error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
-    except sqlalchemy.exc.DBAPIError as exc:
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        print(f"rolekit: database error: {first}", file=sys.stderr)
-        return 2
+        return int(exc.exit_code)
+    except (psycopg2.Error, sqlalchemy.exc.DBAPIError) as exc:
+        print(f"rolekit: database error: {first_line(exc)}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    except Interrupted:
+        print(
+            "rolekit: interrupted by SIGTERM; an open transaction rolled back and no state file "
+            "was written after it. 'rolekit check' tells whether to re-run the step",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

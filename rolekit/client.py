@@ -634,7 +634,7 @@ def _family_members(
             raise ValueError(f"family {family!r}: members must be two distinct role names")
         return (found[0], found[1])
     if repeatables_dir is not None:
-        from rolekit.repeatable.engine import load_repeatables, login_members
+        from rolekit.repeatable.loader import load_repeatables, login_members
 
         declared = login_members(load_repeatables(repeatables_dir)).get(family)
         if declared is not None:

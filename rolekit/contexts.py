@@ -28,8 +28,11 @@ from rolekit.errors import ContextExpressionError
 
 MAX_EXPRESSION_LENGTH = 1000
 MAX_NESTING_DEPTH = 50
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,63}")
-_WORD = re.compile(r"[A-Za-z0-9_.\-]+")
+# One rule for context names everywhere (expressions, -x context, rotation.json,
+# secrets keys): no dot, since a secrets key ``role.password.context`` must
+# split in one way only.
+_NAME = re.compile(r"[A-Za-z0-9_\-]{1,63}")
+_WORD = re.compile(r"[A-Za-z0-9_\-]+")
 _SPACE = " \t\r\n"
 _KEYWORDS = frozenset({"and", "or", "not"})
 _SYMBOLS = {"!": "not", ",": "or", "(": "(", ")": ")"}
@@ -57,18 +60,22 @@ def parse_contexts(value: str | None) -> frozenset[str]:
             f"context list of {len(value)} characters is longer than "
             f"{MAX_EXPRESSION_LENGTH}: {_quote(value)}"
         )
-    names = set()
-    for item in value.split(","):
-        name = item.strip()
-        if not _NAME.fullmatch(name):
-            raise ContextExpressionError(
-                f"invalid context name {_quote(name)} in {_quote(value)}: "
-                "use 1-63 letters, digits, '_', '-' or '.'"
-            )
-        if name.lower() in _KEYWORDS:
-            raise ContextExpressionError(f"invalid context name {_quote(name)}: it is an operator")
-        names.add(name.lower())
-    return frozenset(names)
+    return frozenset(check_context_name(item.strip(), within=value) for item in value.split(","))
+
+
+def check_context_name(name: str, *, within: str | None = None) -> str:
+    """Return *name* lowered if it is a valid context name, else raise.
+
+    :raises ContextExpressionError: naming the problem, the name escaped.
+    """
+    where = f" in {_quote(within)}" if within is not None and within != name else ""
+    if not _NAME.fullmatch(name):
+        raise ContextExpressionError(
+            f"invalid context name {_quote(name)}{where}: use 1-63 letters, digits, '_' or '-'"
+        )
+    if name.lower() in _KEYWORDS:
+        raise ContextExpressionError(f"invalid context name {_quote(name)}: it is an operator")
+    return name.lower()
 
 
 def primary_context(value: str | None) -> str | None:

@@ -45,6 +45,25 @@ def grant_to_current_user(role: str, server_version: int) -> sql.Composed:
     return sql.SQL("GRANT {} TO CURRENT_USER").format(_id(role))
 
 
+def grant_member_to_current_user(member: str, server_version: int) -> sql.Composed:
+    """Let a non-superuser migration user see and end *member*'s sessions.
+
+    ``pg_stat_activity`` shows the address and state of a backend, and
+    ``pg_terminate_backend`` ends it, for users that have the privileges of
+    the backend's role.  Membership with INHERIT gives exactly that, without
+    ``pg_read_all_stats`` or ``pg_signal_backend``; SET is not needed, so on
+    16+ it is not granted.
+    """
+    if server_version >= PG16:
+        return sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET FALSE").format(_id(member))
+    return sql.SQL("GRANT {} TO CURRENT_USER").format(_id(member))
+
+
+def comment_on_role(role: str) -> sql.Composed:
+    """``COMMENT ON ROLE ... IS %s``: the cluster-wide place of rolekit's claim."""
+    return sql.SQL("COMMENT ON ROLE {} IS %s").format(_id(role))
+
+
 def set_login_role(member: str, group: str) -> sql.Composed:
     return sql.SQL("ALTER ROLE {} SET role = {}").format(_id(member), _id(group))
 
@@ -83,3 +102,10 @@ def drop_owned(roles: list[str]) -> sql.Composed:
 
 def drop_roles(roles: list[str]) -> sql.Composed:
     return sql.SQL("DROP ROLE {}").format(sql.SQL(", ").join(map(_id, roles)))
+
+
+def terminate_backends() -> sql.Composed:
+    """End the backends whose pids are the parameter (an array)."""
+    return sql.SQL("SELECT pg_terminate_backend(pid) FROM unnest({}::int[]) AS pid").format(
+        sql.Placeholder()
+    )

@@ -1,4 +1,4 @@
-"""Exceptions rolekit raises.
+"""Exceptions rolekit raises, and the exit codes of the command line.
 
 Every error a user can provoke derives from :class:`RolekitError`, so the CLI
 and the Alembic integration can show its message without a traceback and map
@@ -8,7 +8,36 @@ and never carry a secret.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 from alembic.util import CommandError
+
+
+class ExitCode(IntEnum):
+    """What the ``rolekit`` command's exit status means."""
+
+    OK = 0
+    #: ``status``/``check`` found drift or a risk, or a check after a commit failed
+    PROBLEM = 1
+    #: bad input or configuration; nothing changed
+    BAD_INPUT = 2
+    #: a guard refused; nothing changed
+    GUARD = 3
+    #: the rotation phase does not allow the step, or another run holds the lock
+    PHASE = 4
+    #: the database could not be reached
+    UNREACHABLE = 5
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none.
+
+    Server errors can quote the failing statement on later lines, which must
+    not carry a verifier into rolekit's output.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
 
 
 class RolekitError(CommandError):
@@ -19,7 +48,13 @@ class RolekitError(CommandError):
     """
 
     #: exit code used by the ``rolekit`` command line for this kind of error
-    exit_code = 2
+    exit_code: int = ExitCode.BAD_INPUT
+
+
+class UnreachableError(RolekitError):
+    """The database could not be reached."""
+
+    exit_code = ExitCode.UNREACHABLE
 
 
 class RoleNameError(RolekitError):
@@ -31,7 +66,7 @@ class FamilyConflictError(RolekitError):
 
 
 class ContextExpressionError(RolekitError):
-    """A context name or expression that cannot be parsed."""
+    """A context name or expression that cannot be parsed, or an unknown context."""
 
 
 class SecretsError(RolekitError):
@@ -49,7 +84,7 @@ class RepeatableError(RolekitError):
 class GuardError(RolekitError):
     """A rotation guard refused a change; nothing was changed."""
 
-    exit_code = 3
+    exit_code = ExitCode.GUARD
 
 
 class LockoutError(GuardError):
@@ -65,10 +100,36 @@ class PasswordMissingError(GuardError):
 
 
 class LiveSessionsError(GuardError):
-    """A role that still has sessions would be dropped."""
+    """A role that still has sessions would be dropped or disabled."""
+
+
+class PrivilegeError(GuardError):
+    """The migration user cannot see or do what a guard needs; nothing was changed."""
+
+
+class ClaimError(GuardError):
+    """A role is managed from another database of the cluster."""
+
+
+class LogExposureError(GuardError):
+    """A password verifier would reach the server log and rolekit cannot prevent it."""
+
+
+class VerificationError(RolekitError):
+    """A check after the commit failed: the change is in, but something is wrong."""
+
+    exit_code = ExitCode.PROBLEM
 
 
 class RotationStateError(RolekitError):
-    """The rotation state does not allow the requested phase."""
+    """The rotation state does not allow the requested phase, or is invalid."""
 
-    exit_code = 4
+    exit_code = ExitCode.PHASE
+
+
+class StateFileError(RolekitError):
+    """``rotation.json`` is not valid: wrong types, duplicate keys, a dead-end state..."""
+
+
+class BusyError(RotationStateError):
+    """Another rolekit run holds the lock this one needs; nothing was changed."""

@@ -1,21 +1,27 @@
-"""Compares what the project declares with what the catalog holds.
+"""What ``rolekit status`` and ``rolekit check`` report, per family.
 
-``rolekit status`` and ``rolekit check`` print this; both exit non-zero when
-a family drifted or risks a lockout.
+Everything comes from :class:`~rolekit.family_catalog.FamilyCatalog`, the
+same comparison the upgrade repairs from, so ``check`` reports exactly what
+the next ``alembic upgrade`` would repair or refuse.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from psycopg2 import sql
 
-from rolekit import catalog
+from rolekit import catalog, claims
+from rolekit.catalog import Reader
 from rolekit.family import RoleFamily
-from rolekit.rotation.state import FamilyState
-from rolekit.runtime.session import Session
+from rolekit.family_catalog import FamilyCatalog
+from rolekit.rotation.state import FamilyState, Phase
+
+#: checks a member's password by logging in: None if it works, else why not
+PasswordCheck = Callable[[str], "str | None"]
 
 
 @dataclass
@@ -25,6 +31,8 @@ class MemberReport:
     can_login: bool = False
     declared_login: bool | None = None
     sessions: int = 0
+    #: sessions whose address PostgreSQL hides from the migration user
+    sessions_hidden: int = 0
     valid_until: str | None = None
     #: when a SetPasswords repeatable last set its password (from the history)
     password_set_at: str | None = None
@@ -38,22 +46,44 @@ class FamilyReport:
     phase: str | None
     preferred: str | None
     members: list[MemberReport]
+    claimed_by: str | None = None
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _resume_hint(family: RoleFamily, state: FamilyState, found: FamilyCatalog, context: str) -> str:
+    """Name the rolekit step that explains a state/catalog difference, if one does."""
+    can = set(found.can_log_in())
+    if state.phase == Phase.STEADY and can == set(family.members):
+        return (
+            f"; the catalog is in the overlap of a rotation: a 'rolekit rotate {family.group} "
+            f"begin --context {context} --apply' was interrupted after its commit. Re-run it to "
+            "record the overlap (the password is kept), or run alembic upgrade to undo it"
+        )
+    if state.phase == Phase.OVERLAP and state.incoming and can == {state.incoming}:
+        return (
+            f"; the catalog finished the rotation: a 'rolekit rotate {family.group} finish "
+            f"--context {context} --apply' was interrupted after its commit. Re-run it to record "
+            "it, or run alembic upgrade to return to the overlap"
+        )
+    return "; run alembic upgrade to repair it"
+
+
 def inspect_family(
-    session: Session,
+    reader: Reader,
     family: RoleFamily,
     state: FamilyState | None,
     context: str | None,
+    *,
+    database: str,
     password_set_at: dict[str, str] | None = None,
+    state_missing: bool = False,
+    check_password: PasswordCheck | None = None,
 ) -> FamilyReport:
-    roles = catalog.roles(session, family.roles)
-    members_of_group = {m.member: m for m in catalog.memberships(session, [family.group])}
-    live = catalog.sessions(session, family.members)
+    found = FamilyCatalog.read(reader, family)
+    live = catalog.sessions(reader, family.members)
     report = FamilyReport(
         family.group,
         context,
@@ -61,52 +91,70 @@ def inspect_family(
         state.preferred if state else None,
         [],
     )
-    group = roles.get(family.group)
-    if group is None:
-        report.problems.append(f"group role {family.group!r} does not exist")
-    elif group.can_login:
-        report.problems.append(f"group role {family.group!r} can log in")
+    problems = report.problems
+    if family.group not in found.roles:
+        problems.append(f"group role {family.group!r} does not exist")
+    problems += found.conflicts()
+    owners = {claims.claimed_by(info) for info in found.roles.values()} - {None}
+    report.claimed_by = next(iter(owners)) if len(owners) == 1 else None
+    foreign = sorted(o for o in owners if o is not None and o != database)
+    if foreign:
+        problems.append(
+            f"managed from database {', '.join(map(repr, foreign))}, not {database!r}: the "
+            "upgrade refuses it (roles are cluster-wide); -x take_over moves it here"
+        )
+    if state_missing and context:
+        problems.append(
+            f"the rotation state has no entry for context {context!r}; the upgrade refuses"
+        )
     for name in family.members:
-        info = roles.get(name)
+        info = found.roles.get(name)
         member = MemberReport(name, info is not None)
         report.members.append(member)
         if info is None:
-            report.problems.append(f"member role {name!r} does not exist")
+            problems.append(f"member role {name!r} does not exist")
             continue
-        row = members_of_group.get(name)
-        member.can_login = info.can_login and not info.expired
-        member.sessions = sum(1 for s in live if s.user == name)
+        mine = [s for s in live if s.user == name]
+        member.can_login = info.can_log_in_now
+        member.sessions = len(mine)
+        member.sessions_hidden = sum(1 for s in mine if not s.details_visible)
         member.valid_until = info.valid_until.isoformat() if info.valid_until else None
         member.password_set_at = (password_set_at or {}).get(name)
-        member.membership_ok = bool(row and row.inherit_option and row.set_option) and (
-            f"role={family.group}" in info.settings
-        )
-        if not member.membership_ok:
-            report.problems.append(
-                f"member role {name!r}: membership in {family.group!r} lacks INHERIT/SET or "
-                "'SET role'; its sessions would not act as the group"
+        drift = found.acts_as_group(name)
+        member.membership_ok = drift is None
+        if drift is not None:
+            problems.append(drift.problem)
+        if mine and not info.can_login:
+            problems.append(
+                f"{name!r} is NOLOGIN but has {len(mine)} session(s): they keep running, and "
+                "fail when they reconnect"
             )
         if state is not None:
             member.declared_login = name in state.login
-            if member.declared_login != info.can_login:
-                report.problems.append(
-                    f"drift: {name!r} is {'LOGIN' if info.can_login else 'NOLOGIN'} but the rotation "
-                    f"state says {'LOGIN' if member.declared_login else 'NOLOGIN'}; run alembic upgrade"
-                )
-    if (
-        roles
-        and not any(m.can_login for m in report.members)
-        and not (state and state.decommissioned)
-    ):
-        report.problems.append(f"lockout risk: no member of {family.group!r} can log in")
+    if state is not None and context:
+        hint = _resume_hint(family, state, found, context)
+        problems += [f"drift: {d.problem}{hint}" for d in found.login_drift(state)]
+        for name in state.login:
+            info = found.roles.get(name)
+            if check_password and info is not None and info.can_log_in_now:
+                why = check_password(name)
+                if why:
+                    problems.append(f"password drift: {why}; run alembic upgrade to send it again")
+    if found.roles and not found.can_log_in() and not (state and state.decommissioned):
+        problems.append(f"lockout risk: no member of {family.group!r} can log in")
     return report
 
 
-def last_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
+def _history_exists(reader: Reader) -> bool:
+    rows = reader.fetchall(sql.SQL("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL"))
+    return bool(rows and rows[0][0])
+
+
+def last_runs(reader: Reader, limit: int = 5) -> list[dict[str, Any]]:
     """The latest repeatable runs from the append-only history."""
-    if not session.scalar(sql.SQL("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL")):
+    if not _history_exists(reader):
         return []
-    rows = session.fetchall(
+    rows = reader.fetchall(
         sql.SQL(
             "SELECT id, exec_type, context_used, applied_at, applied_by, duration_ms"
             " FROM rolekit_changelog_history ORDER BY seq DESC LIMIT %s"
@@ -126,11 +174,11 @@ def last_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
     ]
 
 
-def password_set_times(session: Session) -> dict[str, str]:
+def password_set_times(reader: Reader) -> dict[str, str]:
     """When rolekit last set each role's password, from the history."""
-    if not session.scalar(sql.SQL("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL")):
+    if not _history_exists(reader):
         return {}
-    rows = session.fetchall(
+    rows = reader.fetchall(
         sql.SQL(
             "SELECT role, max(applied_at) FROM rolekit_changelog_history,"
             " unnest(passwords_set) AS role GROUP BY role"

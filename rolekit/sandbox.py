@@ -432,13 +432,24 @@ class Cluster:
             return ""
 
     def create_migrator(
-        self, name: str = "migrator", password: str | None = None
+        self,
+        name: str = "migrator",
+        password: str | None = None,
+        *,
+        extra_roles: tuple[str, ...] = (),
+        log_statement: str | None = "none",
     ) -> tuple[str, str]:
-        """Create the non-superuser role rolekit runs as in production-like tests.
+        """Create the least-privileged migration user rolekit documents.
 
-        CREATEROLE to manage the family, ``pg_signal_backend`` to end their
-        sessions, ``pg_read_all_stats`` to see them.  The password travels as a
-        SCRAM verifier computed client-side, so the statement log never holds it.
+        A managed service's admin user: LOGIN and CREATEROLE, the owner of the
+        ``postgres`` database (so it may create the changelog tables in its
+        public schema), and nothing else -- no ``pg_read_all_stats``, no
+        ``pg_signal_backend``, no SET on any parameter -- unless *extra_roles*
+        names some.  Like a managed service's default, its statements are not
+        logged (*log_statement*, set for the role by the superuser): with
+        ``log_statement = all`` and no SET privilege, rolekit refuses to send
+        a verifier.  The password travels as a SCRAM verifier computed
+        client-side, so the statement log never holds it.
         """
         password = password or secrets.token_urlsafe(24)
         role = sql.Identifier(name)
@@ -448,12 +459,17 @@ class Cluster:
                 cur.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(role))
                 verifier = encrypt_password(password, name, conn, "scram-sha-256")
                 cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(role), (verifier,))
-                for grant in (
-                    "GRANT CREATE ON DATABASE postgres TO {}",
-                    "GRANT CREATE ON SCHEMA public TO {}",
-                    "GRANT pg_signal_backend, pg_read_all_stats TO {}",
-                ):
-                    cur.execute(sql.SQL(grant).format(role))
+                cur.execute(sql.SQL("ALTER DATABASE postgres OWNER TO {}").format(role))
+                if self.major < 15:  # 15 made the public schema its database owner's
+                    cur.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
+                if log_statement is not None:
+                    cur.execute(
+                        sql.SQL("ALTER ROLE {} SET log_statement = {}").format(
+                            role, sql.Literal(log_statement)
+                        )
+                    )
+                for extra in extra_roles:
+                    cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(extra), role))
             conn.commit()
         finally:
             conn.close()

@@ -62,7 +62,8 @@ from typing import Final, NoReturn, Protocol
 
 from dotenv.parser import parse_stream
 
-from rolekit.errors import ContextExpressionError, RoleNameError, SecretsError
+from rolekit.contexts import check_context_name
+from rolekit.errors import RoleNameError, SecretsError
 
 __all__ = [
     "AGE_IDENTITY_ENV",
@@ -76,6 +77,7 @@ __all__ = [
     "SecretsFile",
     "SecretsFileWarning",
     "check_strength",
+    "contexts_in",
     "fingerprint",
     "generate_password",
     "secret_key",
@@ -119,9 +121,9 @@ _AGE_ARMOR_BEGIN: Final = b"-----BEGIN AGE ENCRYPTED FILE-----"
 _AGE_ARMOR_END: Final = b"-----END AGE ENCRYPTED FILE-----"
 
 # Role names may hold almost anything PostgreSQL allows, but not what would
-# break a dotenv key; contexts may not hold a dot so the key splits uniquely.
+# break a dotenv key; contexts follow rolekit.contexts' rule (no dot), so the
+# key splits uniquely.
 _ROLE_RE: Final = re.compile(r"[^\s=#'\"\\]+")
-_CONTEXT_RE: Final = re.compile(r"[^\s=#'\"\\.]+")
 _KEY_RE: Final = re.compile(r"(?P<role>.+)\.password\.(?P<context>[^.]+)")
 # bytes no text file holds: C0 controls but tab, LF and CR, and DEL
 _BINARY_RE: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -213,20 +215,18 @@ def secret_key(role: str, context: str) -> str:
             f"role name {role!r} cannot be used in a secrets file key: it must "
             "be non-empty without whitespace, '=', '#', quotes or backslashes"
         )
-    ctx = context.lower()
-    if not _CONTEXT_RE.fullmatch(ctx):
-        raise ContextExpressionError(
-            f"context {context!r} cannot be used in a secrets file key: it "
-            "must be non-empty without whitespace, '.', '=', '#', quotes or "
-            "backslashes"
-        )
-    return f"{role}.password.{ctx}"
+    return f"{role}.password.{check_context_name(context)}"
 
 
 def _context_of(key: str) -> str | None:
     """Return the context of a rolekit key, or ``None`` for another key."""
     match = _KEY_RE.fullmatch(key)
     return match["context"] if match else None
+
+
+def contexts_in(secrets: SecretsFile) -> set[str]:
+    """The contexts that keys of *secrets* name (``role.password.<context>``)."""
+    return {ctx for key in secrets.load() if (ctx := _context_of(key)) is not None}
 
 
 def generate_password(length: int = 32) -> str:

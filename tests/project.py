@@ -19,12 +19,19 @@ REPO = Path(__file__).resolve().parent.parent
 class Project:
     """alembic.ini, migrations/ and a passwords.env in a temp dir."""
 
-    def __init__(self, root: Path, cluster: Cluster, user: str | None, password: str | None):
+    def __init__(
+        self,
+        root: Path,
+        cluster: Cluster,
+        user: str | None,
+        password: str | None,
+        dbname: str = "postgres",
+    ):
         self.root = root
         self.cluster = cluster
         self.user = user or cluster.superuser
         self.password = password or cluster.superuser_password
-        self.url = cluster.url(user, password)
+        self.url = cluster.url(user, password, dbname)
         self.outputs: list[str] = []  # everything alembic/rolekit printed, for leak checks
         self.passwords: dict[str, str] = {}
 
@@ -37,11 +44,22 @@ class Project:
             REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
         )
         project = cls(root, cluster, user, password)
+        project.fresh_passwords()
+        return project
+
+    @classmethod
+    def copy_from(cls, root: Path, project: Project, *, dbname: str) -> Project:
+        """Another project (files already in *root*) on database *dbname* of the same
+        cluster, with the same migration user and passwords of its own."""
+        other = cls(root, project.cluster, project.user, project.password, dbname)
+        other.fresh_passwords()
+        return other
+
+    def fresh_passwords(self) -> None:
         for ctx in ("dev", "local"):
             for role in ("my_app_tom", "my_app_jerry"):
-                project.set_password(role, ctx)
-        project.secrets.ensure_fingerprint_key()
-        return project
+                self.set_password(role, ctx)
+        self.secrets.ensure_fingerprint_key()
 
     # -- files ---------------------------------------------------------------
 

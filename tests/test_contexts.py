@@ -28,7 +28,7 @@ from rolekit.errors import ContextExpressionError, RolekitError
         ("dev, local", {"dev", "local"}),
         ("DEV,Local", {"dev", "local"}),
         ("dev,dev", {"dev"}),
-        ("eu-west.1,us_2", {"eu-west.1", "us_2"}),
+        ("eu-west-1,us_2", {"eu-west-1", "us_2"}),
         ("x" * 63, {"x" * 63}),
     ],
 )
@@ -48,6 +48,8 @@ def test_parse_contexts(value: str | None, expected: set[str]) -> None:
         ("dev\x1b[31m", "'dev\\x1b[31m'"),
         ("and", "'and'"),
         ("Not", "'Not'"),
+        # one rule everywhere: a secrets key role.password.context splits one way only
+        ("eu.prod", "'eu.prod'"),
     ],
 )
 def test_parse_contexts_rejects_bad_names(value: str, shown: str) -> None:
@@ -55,6 +57,20 @@ def test_parse_contexts_rejects_bad_names(value: str, shown: str) -> None:
         parse_contexts(value)
     assert f"invalid context name {shown}" in str(info.value)
     assert "\x1b" not in str(info.value)
+
+
+def test_a_dotted_context_is_refused_the_same_way_everywhere() -> None:
+    """Expressions, -x context and secrets keys share one rule, so a name that
+    parses in one place never fails later in another."""
+    from rolekit.secrets import secret_key
+
+    for attempt in (
+        lambda: parse_contexts("eu.prod"),
+        lambda: ContextExpression.parse("eu.prod or dev"),
+        lambda: secret_key("my_app_tom", "eu.prod"),
+    ):
+        with pytest.raises(ContextExpressionError):
+            attempt()
 
 
 def test_parse_contexts_truncates_a_long_bad_name() -> None:
@@ -96,7 +112,7 @@ D, P, L, E, U = "dev", "prod", "local", "eu", "us"
         ("not(prod)", {D}, True),
         ("dev,local", {L}, True),
         ("dev , local", {P}, False),
-        ("eu-west.1", {"eu-west.1"}, True),
+        ("eu-west-1", {"eu-west-1"}, True),
         # precedence: not > and > or > ,
         ("!dev and local", {D, L}, False),  # (!dev) and local
         ("!(dev and local)", {D}, True),
@@ -270,7 +286,7 @@ def test_deep_nesting_within_the_length_limit_fails_cleanly() -> None:
 
 # --- property: agrees with Python's own boolean evaluation ------------------
 
-POOL = ("dev", "prod", "eu-west.1", "us_2", "local")
+POOL = ("dev", "prod", "eu-west-1", "us_2", "local")
 
 
 @st.composite

@@ -115,15 +115,17 @@ def test_restart_keeps_data(cluster: Cluster) -> None:
 
 
 def test_create_migrator(cluster: Cluster) -> None:
+    """The least-privileged migration user the README documents."""
     offset = cluster.log_size()
     name, password = cluster.create_migrator()
     rights = """SELECT rolsuper, rolcreaterole, rolcanlogin,
         pg_has_role(rolname, 'pg_signal_backend', 'MEMBER'),
         pg_has_role(rolname, 'pg_read_all_stats', 'MEMBER'),
         has_database_privilege(rolname, 'postgres', 'CREATE'),
-        has_schema_privilege(rolname, 'public', 'CREATE')
-        FROM pg_roles WHERE rolname = %s"""
-    assert scalar(cluster, f"SELECT ROW(r.*)::text FROM ({rights}) r", name) == ("(f,t,t,t,t,t,t)")
+        has_schema_privilege(rolname, 'public', 'CREATE'),
+        (SELECT datdba = r.oid FROM pg_database WHERE datname = 'postgres')
+        FROM pg_roles r WHERE rolname = %s"""
+    assert scalar(cluster, f"SELECT ROW(r.*)::text FROM ({rights}) r", name) == "(f,t,t,f,f,t,t,t)"
     assert scalar(cluster, "SELECT current_user", user=name, password=password) == name
     logged = cluster.log_since(offset)
     assert "SCRAM-SHA-256$" in logged

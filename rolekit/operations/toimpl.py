@@ -6,70 +6,41 @@ import time
 from collections import Counter
 
 from alembic.operations import Operations
-from psycopg2 import sql
 
-from rolekit import catalog, ddl
-from rolekit.catalog import PG16, Membership, RoleInfo
-from rolekit.errors import FamilyConflictError, LiveSessionsError
-from rolekit.family import RoleFamily
+from rolekit import catalog, claims, ddl
+from rolekit.catalog import PG16, Reader
+from rolekit.errors import ClaimError, FamilyConflictError, LiveSessionsError, VerificationError
+from rolekit.family_catalog import FamilyCatalog
 from rolekit.operations.ops import CreateRoleFamilyOp, DropRoleFamilyOp
-from rolekit.runtime.config import x_flag
+from rolekit.rotation.drain import TERMINATE_WAIT, describe, require_terminate
+from rolekit.runtime.config import x_argument, x_flag
 from rolekit.runtime.session import Session, session_for
 
 
-def _login_role_setting(info: RoleInfo) -> str | None:
-    for setting in info.settings:
-        key, _, value = setting.partition("=")
-        if key == "role":
-            return value.strip('"')
-    return None
+def _take_over(operations: Operations) -> frozenset[str]:
+    env = operations.get_context().environment_context
+    return frozenset(n.strip() for n in x_argument(env, "take_over").split(",") if n.strip())
 
 
-def family_conflicts(
-    family: RoleFamily, existing: dict[str, RoleInfo], members_of_group: list[Membership]
-) -> list[str]:
-    """What stops *existing* roles from being part of *family* (empty: none)."""
-    problems: list[str] = []
-    group = existing.get(family.group)
-    if group is not None:
-        for flag, text in (
-            (group.can_login, "can log in (a group must be NOLOGIN)"),
-            (group.superuser, "is a superuser"),
-            (group.replication, "has REPLICATION"),
-            (group.bypassrls, "has BYPASSRLS"),
-        ):
-            if flag:
-                problems.append(f"group role {family.group!r} {text}")
-    in_group = {m.member for m in members_of_group if m.group == family.group}
-    for name in family.members:
-        member = existing.get(name)
-        if member is None:
-            continue
-        if member.superuser:
-            problems.append(f"member role {name!r} is a superuser")
-        if name not in in_group:
-            problems.append(f"member role {name!r} exists but is not a member of {family.group!r}")
-        login_role = _login_role_setting(member)
-        if login_role not in (None, family.group):
-            problems.append(
-                f"member role {name!r} has 'SET role = {login_role}', not {family.group!r}"
-            )
-    return problems
+def _check_claims(session: Session, found: FamilyCatalog, take_over: frozenset[str]) -> list[str]:
+    """Refuse a family another database manages; return the roles to claim."""
+    family = found.family
+    allowed = frozenset(family.roles) if family.group in take_over else take_over
+    to_claim, foreign = claims.unclaimed_or_foreign(
+        found.roles, family.roles, session.database, allowed
+    )
+    if foreign:
+        raise ClaimError(
+            claims.foreign_message(found.roles, foreign, session.database, family.group)
+        )
+    return to_claim
 
 
-def _check_membership_options(session: Session, family: RoleFamily) -> None:
-    """Verify that each member's login-time ``SET role`` will take effect."""
-    existing = catalog.roles(session, family.members)
-    rows = {m.member: m for m in catalog.memberships(session, [family.group])}
-    for name in family.members:
-        row = rows.get(name)
-        if row is None or not (row.inherit_option and row.set_option):
-            raise FamilyConflictError(
-                f"member role {name!r} lacks INHERIT/SET on {family.group!r} after the grant; "
-                "its sessions would not switch to the group"
-            )
-        if _login_role_setting(existing[name]) != family.group:
-            raise FamilyConflictError(f"member role {name!r} has no 'SET role = {family.group}'")
+def _claim(session: Session, names: list[str], found: FamilyCatalog) -> None:
+    fresh = catalog.roles(session, names)
+    for name in names:
+        comment = claims.claim_comment(found.roles.get(name) or fresh.get(name), session.database)
+        session.execute(ddl.comment_on_role(name), (comment,), echo=False)
 
 
 @Operations.implementation_for(CreateRoleFamilyOp)
@@ -79,45 +50,64 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
     version = session.server_version
     if session.offline:
         # No catalog to read: emit the script for a database without the family.
-        existing: dict[str, RoleInfo] = {}
-        members_of_group: list[Membership] = []
+        found = FamilyCatalog(family, {}, {}, version)
         superuser = False
+        to_claim: list[str] = []
     else:
-        existing = catalog.roles(session, family.roles)
-        members_of_group = catalog.memberships(session, [family.group])
-        superuser = catalog.current_user_is_superuser(session)
-        problems = family_conflicts(family, existing, members_of_group)
+        found = FamilyCatalog.read(session, family)
+        superuser = session.superuser
+        problems = found.conflicts() + [
+            f"member role {name!r} exists but is not a member of {family.group!r}"
+            for name in found.not_in_group()
+        ]
         if not superuser and version >= PG16:
             problems += [
                 f"the migration user has no ADMIN OPTION on existing role {name!r} (made by "
                 f"another user); an administrator must GRANT {name} TO the migration user "
                 "WITH ADMIN OPTION, or drop it"
-                for name in catalog.roles_without_admin(session, existing)
+                for name in catalog.roles_without_admin(session, found.roles)
             ]
         if problems:
             raise FamilyConflictError(
                 f"cannot create role family {family.group!r}: " + "; ".join(problems)
             )
+        to_claim = _check_claims(session, found, _take_over(operations))
     for name in family.roles:
-        if name not in existing:
+        if name not in found.roles:
             session.execute(ddl.create_nologin_role(name))
+            to_claim.append(name)
     if operation.grant_to_migrator and not superuser:
         session.execute(ddl.grant_to_current_user(family.group, version))
-    current = {m.member: m for m in members_of_group}
+        # So the drain can see the members' sessions in detail and
+        # --terminate can end them without pg_read_all_stats/pg_signal_backend.
+        for name in family.members:
+            session.execute(ddl.grant_member_to_current_user(name, version))
     for name in family.members:
-        row = current.get(name)
-        if row is None or not (row.inherit_option and row.set_option):
+        drift = found.acts_as_group(name) if name in found.roles else None
+        if name not in found.roles:
             session.execute(ddl.grant_membership(family.group, name, version))
-        info = existing.get(name)
-        if info is None or _login_role_setting(info) is None:
             session.execute(ddl.set_login_role(name, family.group))
-    if not session.offline and version >= PG16:
-        _check_membership_options(session, family)
+        elif drift is not None:
+            for stmt in drift.repair:
+                session.execute(stmt)
+    if session.offline:
+        return
+    _claim(session, sorted(set(to_claim)), found)
+    after = FamilyCatalog.read(session, family)
+    for name in family.members:
+        drift = after.acts_as_group(name)
+        if drift is not None:
+            raise FamilyConflictError(f"{drift.problem} after the grant")
 
 
-def _wait_gone(session: Session, users: list[str], timeout: float = 10.0) -> None:
+def _wait_gone(reader: Reader, users: list[str], timeout: float = TERMINATE_WAIT) -> None:
     deadline = time.monotonic() + timeout
-    while catalog.sessions(session, users) and time.monotonic() < deadline:
+    while live := catalog.sessions(reader, users):
+        if time.monotonic() >= deadline:
+            raise LiveSessionsError(
+                f"{describe(live)} did not end within {timeout:.0f}s of being terminated; "
+                "nothing was changed"
+            )
         time.sleep(0.1)
 
 
@@ -126,40 +116,73 @@ def drop_role_family(operations: Operations, operation: DropRoleFamilyOp) -> Non
     migration_context = operations.get_context()
     session = session_for(migration_context)
     family = operation.family
+    version = session.server_version
     if session.offline:
         present = list(family.roles)
         superuser = False
+        oids: list[int] = []
     else:
-        existing = catalog.roles(session, family.roles)
-        present = [name for name in family.roles if name in existing]
+        found = FamilyCatalog.read(session, family)
+        present = [name for name in family.roles if name in found.roles]
         if not present:
             return
-        superuser = catalog.current_user_is_superuser(session)
-        live = catalog.sessions(session, [n for n in family.members if n in existing])
-        if live:
-            terminate = operation.terminate
-            if terminate is None:
-                terminate = x_flag(migration_context.environment_context, "terminate")
-            if not terminate:
-                counts = Counter(s.user for s in live)
-                listed = ", ".join(f"{user}: {n}" for user, n in sorted(counts.items()))
-                raise LiveSessionsError(
-                    f"refusing to drop role family {family.group!r}: members have live sessions "
-                    f"({listed}); move the applications away first, or pass -x terminate=true"
-                )
-            for info in live:
-                session.fetchall(sql.SQL("SELECT pg_terminate_backend(%s, 5000)"), (info.pid,))
-            _wait_gone(session, [s.user for s in live])
-    version = session.server_version
+        _check_claims(session, found, _take_over(operations))
+        superuser = session.superuser
+        oids = [found.roles[n].oid for n in family.members if n in found.roles]
     if not superuser:
         # REASSIGN/DROP OWNED need the privileges of each role; a CREATEROLE
-        # user on 16+ only holds ADMIN on the roles it created.
+        # user on 16+ only holds ADMIN on the roles it created.  Granted
+        # first, so the session check below sees and may end their sessions.
         for name in present:
             session.execute(ddl.grant_to_current_user(name, version))
+    members = [n for n in family.members if n in present]
+    if not session.offline and members:
+        _end_sessions(session, operation, members)
     session.execute(ddl.reassign_owned(present, operation.reassign_to))
     session.execute(ddl.drop_owned(present))
-    members = [n for n in family.members if n in present]
     if members:
         session.execute(ddl.drop_roles(members))
     if family.group in present:
         session.execute(ddl.drop_roles([family.group]))
+    if oids:
+        session.after_commit.append(lambda reader: _no_orphans(reader, family.group, oids))
+
+
+def _end_sessions(session: Session, operation: DropRoleFamilyOp, members: list[str]) -> None:
+    """Refuse while members have sessions, or end them with ``terminate``."""
+    live = catalog.sessions(session, members)
+    if not live:
+        return
+    terminate = operation.terminate
+    if terminate is None:
+        terminate = x_flag(session.migration_context.environment_context, "terminate")
+    if not terminate:
+        counts = Counter(s.user for s in live)
+        listed = ", ".join(f"{user}: {n}" for user, n in sorted(counts.items()))
+        raise LiveSessionsError(
+            f"refusing to drop role family {operation.family.group!r}: members have live "
+            f"sessions ({listed}): {describe(live)}; nothing was changed. Move the applications "
+            "away first, or pass -x terminate=true"
+        )
+    require_terminate(
+        catalog.privileges(session, members), members, "dropping the family with terminate"
+    )
+    for member in members:
+        session.execute(ddl.set_login(member, False))
+    session.fetchall(ddl.terminate_backends(), ([s.pid for s in live],))
+    _wait_gone(session, members)
+
+
+def _no_orphans(reader: Reader, group: str, oids: list[int]) -> None:
+    """After the commit: no backend may still run as a dropped member.
+
+    A client that logged in between the termination and the commit keeps a
+    session whose role no longer exists; say so instead of exiting 0.
+    """
+    pids = catalog.sessions_of_oids(reader, oids)
+    if pids:
+        raise VerificationError(
+            f"family {group!r} is dropped, but backend(s) {', '.join(map(str, pids))} still run "
+            "as one of its members (they logged in during the drop); end them with "
+            "SELECT pg_terminate_backend(pid)"
+        )

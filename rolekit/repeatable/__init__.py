@@ -12,6 +12,7 @@ Declare them in ``migrations/repeatable/*.py`` as a module-level
     ]
 """
 
-from rolekit.repeatable.kinds import FamilyLogin, Repeatable, SetLogin, SetPasswords, Sql, SqlFile
+from rolekit.repeatable.base import Repeatable
+from rolekit.repeatable.kinds import FamilyLogin, SetLogin, SetPasswords, Sql, SqlFile
 
 __all__ = ["FamilyLogin", "Repeatable", "SetLogin", "SetPasswords", "Sql", "SqlFile"]

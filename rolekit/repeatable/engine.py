@@ -1,137 +1,45 @@
 """Plans and applies repeatables inside the migration transaction.
 
 A run reads the changelog and the catalog in a fixed number of round trips,
-whatever the number of repeatables, resolves every secret it needs, and only
-then executes anything.  A repeatable that fails aborts the transaction, so
-the catalog and the changelog stay as they were.
+whatever the number of repeatables, resolves every secret it needs, checks
+claims and log safety, and only then executes anything.  A repeatable that
+fails aborts the transaction, so the catalog and the changelog stay as they
+were.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import secrets as _random
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
-from rolekit import catalog
-from rolekit.errors import RepeatableError, SecretsError
+from rolekit import catalog, claims, ddl
+from rolekit.errors import ClaimError, RepeatableError
 from rolekit.repeatable import changelog
-from rolekit.repeatable.kinds import FamilyLogin, Repeatable, SetPasswords, Step
-from rolekit.rotation.guard import Progress, stderr_progress
-from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import Settings
+from rolekit.repeatable.base import Repeatable, Step, execute_step
+from rolekit.repeatable.kinds import FamilyLogin, SetPasswords
+from rolekit.repeatable.loader import login_members
+from rolekit.repeatable.run import Observed, RunContext
 from rolekit.runtime.session import Session
-from rolekit.secrets import Secret, SecretsFile, check_strength, secret_key
+from rolekit.secrets import Secret
 
-log = logging.getLogger("rolekit")
-
-PENDING, CHANGED, UNCHANGED, SKIPPED = "pending", "changed", "unchanged", "skipped"
+log = logging.getLogger(__name__)
 
 
-def load_repeatables(folder: Path) -> list[Repeatable]:
-    """Import ``*.py`` in *folder* (sorted by name) and collect ``REPEATABLES``."""
-    found: list[Repeatable] = []
-    seen: dict[str, str] = {}
-    if not folder.is_dir():
-        return found
-    for path in sorted(folder.glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        name = f"rolekit_repeatables_{path.stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        declared = getattr(module, "REPEATABLES", None)
-        if not isinstance(declared, list | tuple):
-            raise RepeatableError(f"{path}: expected a module-level REPEATABLES list")
-        for rep in declared:
-            if not isinstance(rep, Repeatable):
-                raise RepeatableError(f"{path}: {rep!r} in REPEATABLES is not a repeatable")
-            if rep.id in seen:
-                raise RepeatableError(
-                    f"duplicate repeatable id {rep.id!r} in {path.name} and {seen[rep.id]}"
-                )
-            seen[rep.id] = path.name
-            rep.source = path.name
-            found.append(rep)
-    return found
-
-
-@dataclass
-class RunContext:
-    """What a run knows: contexts, secrets, rotation state, guard settings."""
-
-    settings: Settings
-    contexts: frozenset[str]
-    rotation: RotationState
-    #: the context whose secrets and login state the run uses (the first given)
-    primary: str | None = None
-    salt: bytes = b""
-    drain_timeout: float = 60.0
-    terminate: bool = False
-    progress: Progress = stderr_progress
-    password_roles: set[str] = field(default_factory=set)
-    _secrets: SecretsFile | None = None
-    _fingerprint_key: bytes | None = None
-
-    @property
-    def secrets_file(self) -> SecretsFile:
-        if self.primary is None:
-            raise SecretsError("no context given: cannot choose which passwords to use")
-        if self._secrets is None:
-            self._secrets = SecretsFile(
-                self.settings.secrets_file(self.primary), repo_root=self.settings.root
-            )
-        return self._secrets
-
-    @property
-    def fingerprint_key(self) -> bytes | None:
-        """The secrets file's fingerprint key; without one, checksums fall back
-        to slow scrypt fingerprints (about 50 ms per password per run)."""
-        if self._fingerprint_key is None:
-            key = self.secrets_file.fingerprint_key()
-            if key is None:
-                log.warning(
-                    "rolekit: %s has no fingerprint key, so checksums use slow scrypt "
-                    "fingerprints; 'rolekit gen-password ROLE --context %s --write' adds one",
-                    self.secrets_file.path,
-                    self.primary,
-                )
-            self._fingerprint_key = key or b""
-        return self._fingerprint_key or None
-
-    def has_secret(self, role: str) -> bool:
-        return self.primary is not None and self.secrets_file.has(role, self.primary)
-
-    def secret(self, role: str) -> tuple[Secret, str]:
-        secrets_file = self.secrets_file  # raises when no context was given
-        context = self.primary or ""
-        value = secrets_file.get(role, context)
-        try:
-            check_strength(role, context, value, self.settings.min_length(context))
-        except SecretsError as exc:
-            raise SecretsError(f"secrets file {secrets_file.path}: {exc}") from None
-        return value, secret_key(role, context)
-
-    def must_log_in(self, role: str) -> bool:
-        if self.primary is None:
-            return False
-        return any(
-            role in states[self.primary].login
-            for states in self.rotation.families.values()
-            if self.primary in states
-        )
+class Status(StrEnum):
+    PENDING = "pending"
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
 
 
 @dataclass
 class PlanItem:
     repeatable: Repeatable
-    status: str
+    status: Status
     reason: str
     checksum: str | None = None
     #: the steps to send (on a re-run, possibly only those that changed)
@@ -141,18 +49,112 @@ class PlanItem:
 
     @property
     def will_run(self) -> bool:
-        return self.status in (PENDING, CHANGED)
+        return self.status in (Status.PENDING, Status.CHANGED)
+
+
+@dataclass(frozen=True)
+class LoginCheck:
+    """A login to try once the transaction committed."""
+
+    role: str
+    secret: Secret
+    #: ``current_user`` the session must run as (the family's group)
+    acts_as: str
 
 
 @dataclass
 class RunReport:
     items: list[PlanItem]
-    #: (role, secret) pairs to verify by logging in once committed
-    to_verify: list[tuple[str, Secret]] = field(default_factory=list)
+    #: logins to verify once committed
+    to_verify: list[LoginCheck] = field(default_factory=list)
 
     @property
     def executed(self) -> list[PlanItem]:
         return [i for i in self.items if i.will_run]
+
+
+def _observe(session: Session, run: RunContext, active: Sequence[Repeatable]) -> Observed:
+    roles = {t for rep in active for t in (*rep.targets(), *rep.managed_roles())}
+    groups = [rep.family.group for rep in active if isinstance(rep, FamilyLogin)]
+    password_roles = frozenset(
+        role
+        for rep in active
+        if isinstance(rep, SetPasswords)
+        for role in rep.roles_with_passwords(run)
+    )
+    if session.offline:
+        return Observed({}, password_roles=password_roles)
+    rows = catalog.memberships(session, groups) if groups else []
+    return Observed(
+        catalog.roles(session, roles) if roles else {},
+        {g: [m for m in rows if m.group == g] for g in groups},
+        password_roles,
+        server_version=session.server_version,
+    )
+
+
+def _changed_steps(
+    rep: Repeatable, run: RunContext, steps: list[Step], digests: list[str], sent: Sequence[str]
+) -> list[Step]:
+    """The steps whose digest the changelog has not recorded as sent."""
+    sent_before = set(sent)
+    changed = [s for s, d in zip(steps, digests, strict=True) if d not in sent_before]
+    if changed and run.fingerprint_key is not None:
+        # The secrets file may only have gained its fingerprint key since:
+        # the same password then has another (keyed) digest and must not be
+        # sent again, which would break what caches its verifier.
+        legacy = rep.step_digests(changed, run, keyed=False)
+        changed = [s for s, d in zip(changed, legacy, strict=True) if d not in sent_before]
+    return changed
+
+
+def _decide(
+    rep: Repeatable,
+    run: RunContext,
+    observed: Observed,
+    entry: changelog.Entry | None,
+    oids: list[int],
+    offline: bool,
+) -> PlanItem:
+    steps = rep.steps(run, observed)
+    digests = rep.step_digests(steps, run)
+    checksum = rep.checksum(digests)
+    drift, why = ([], []) if offline else rep.converge(run, observed, steps)
+    # A converging repeatable sends what the catalog lacks; offline there is
+    # no catalog to compare with, so it renders everything it declares.
+    converged = drift if rep.converges and not offline else steps
+    # A first run, a forced one or one on re-created roles sends everything it
+    # declares, and first what the catalog lacks (a password before a LOGIN).
+    everything = [*drift, *(s for s in steps if s not in drift)]
+    if rep.id in run.rerun:
+        return PlanItem(rep, Status.CHANGED, "forced by -x rerun", checksum, everything, digests)
+    if entry is None:
+        return PlanItem(rep, Status.PENDING, "never run", checksum, everything, digests)
+    if entry.target_oids != tuple(oids):
+        reason = "its roles were dropped and re-created"
+        return PlanItem(rep, Status.CHANGED, reason, checksum, everything, digests)
+    if entry.checksum != checksum:
+        send = converged
+        if rep.rerun_changed_steps_only:  # same roles: skip what they already got
+            send = _changed_steps(rep, run, steps, digests, entry.step_digests)
+            send += [s for s in drift if s not in send]
+        reason = "its checksum changed" + ("" if send else "; nothing to send (same passwords)")
+        reason += "".join(f"; drift: {w}" for w in why)
+        return PlanItem(rep, Status.CHANGED, reason, checksum, send, digests)
+    if drift or why:
+        reason = "drift: " + "; ".join(why)
+        return PlanItem(rep, Status.CHANGED, reason, checksum, drift, digests)
+    if rep.run_always:
+        return PlanItem(rep, Status.CHANGED, "run_always", checksum, steps, digests)
+    return PlanItem(rep, Status.UNCHANGED, "checksum unchanged", checksum, [], digests)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each repeatable would do, and what the catalog held when deciding."""
+
+    items: list[PlanItem]
+    observed: Observed
 
 
 def plan(
@@ -162,7 +164,7 @@ def plan(
     log_state: changelog.Changelog,
     *,
     roles_must_exist: bool = True,
-) -> list[PlanItem]:
+) -> Plan:
     """Decide what each repeatable would do, resolving every secret first."""
     ordered = sorted(enumerate(repeatables), key=lambda p: (p[1].phase, p[0]))
     items: list[PlanItem] = []
@@ -170,76 +172,113 @@ def plan(
     for _, rep in ordered:
         reason = rep.skip_reason(run)
         if reason is not None:
-            items.append(PlanItem(rep, SKIPPED, reason))
+            items.append(PlanItem(rep, Status.SKIPPED, reason))
         else:
             active.append(rep)
-    targets = {t for rep in active for t in rep.targets()}
-    existing = catalog.roles(session, targets) if targets and not session.offline else {}
-    run.password_roles = {
-        role
-        for rep in active
-        if isinstance(rep, SetPasswords)
-        for role in rep.roles_with_passwords(run)
-    }
+    observed = _observe(session, run, active)
+    sent: set[str] = set()
     for rep in active:
-        missing = [t for t in rep.targets() if t not in existing]
+        missing = [t for t in rep.targets() if t not in observed.roles]
         if missing and not session.offline:
             if roles_must_exist:
                 raise RepeatableError(
                     f"repeatable {rep.id!r} ({rep.source}) targets role(s) {', '.join(missing)} "
                     "that do not exist; create them in a revision first"
                 )
-            items.append(PlanItem(rep, PENDING, "its roles do not exist yet"))
+            items.append(PlanItem(rep, Status.PENDING, "its roles do not exist yet"))
             continue
-        steps = rep.steps(run)
-        digests = rep.step_digests(steps, run)
-        checksum = rep.checksum(digests)
-        entry = log_state.entries.get(rep.id)
-        oids = tuple(existing[t].oid for t in rep.targets()) if not session.offline else ()
-        if entry is None:
-            status, reason = PENDING, "never ran"
-        elif entry.target_oids != oids:
-            status, reason = CHANGED, "its roles were dropped and re-created"
-        elif entry.checksum != checksum:
-            status, reason = CHANGED, "its checksum changed"
-            if rep.rerun_changed_steps_only:  # same roles: skip what they already got
-                sent_before = set(entry.step_digests)
-                steps = [s for s, d in zip(steps, digests, strict=True) if d not in sent_before]
-        elif rep.run_always:
-            status, reason = CHANGED, "run_always"
-        else:
-            status, reason = UNCHANGED, "checksum unchanged"
-        items.append(PlanItem(rep, status, reason, checksum, steps, digests))
+        if rep.phase > 0:  # login changes see which passwords this run sends first
+            observed = replace(observed, passwords_sent=frozenset(sent))
+        oids = [observed.roles[t].oid for t in rep.targets() if t in observed.roles]
+        item = _decide(rep, run, observed, log_state.entries.get(rep.id), oids, session.offline)
+        if item.will_run:
+            sent |= {s.secret_role for s in item.steps if s.secret_role is not None}
+        items.append(item)
     order = {id(rep): n for n, (_, rep) in enumerate(ordered)}
     items.sort(key=lambda i: order[id(i.repeatable)])
-    return items
+    return Plan(items, observed)
+
+
+def _claim(
+    session: Session, run: RunContext, repeatables: list[Repeatable], observed: Observed
+) -> None:
+    """Refuse roles another database manages; claim the unclaimed ones for this one.
+
+    Checked on every upgrade, no-ops included: a database that declares a
+    family it does not manage must hear it before it repairs any "drift".
+    """
+    managed = [r for rep in repeatables for r in rep.managed_roles()]
+    if not managed:
+        return
+    families = login_members(repeatables)
+    group_of = {m: g for g, rep in families.items() for m in rep.family.roles}
+    take_over = {r for r in managed if group_of.get(r, r) in run.take_over or r in run.take_over}
+    existing = observed.roles
+    database = session.database
+    to_claim, foreign = claims.unclaimed_or_foreign(
+        existing, dict.fromkeys(managed), database, frozenset(take_over)
+    )
+    if foreign:
+        family = group_of.get(foreign[0], foreign[0])
+        raise ClaimError(claims.foreign_message(existing, foreign, database, family))
+    for name in to_claim:
+        session.execute(
+            ddl.comment_on_role(name), (claims.claim_comment(existing[name], database),), echo=False
+        )
+
+
+def _logins_to_verify(
+    run: RunContext, executed: list[PlanItem], repeatables: list[Repeatable]
+) -> list[LoginCheck]:
+    families = login_members(repeatables)
+    group_of = {m: g for g, rep in families.items() for m in rep.family.members}
+    checks: dict[str, LoginCheck] = {}
+    for item in executed:
+        for step in item.steps:
+            role, secret = step.secret_role, step.secret
+            if role is not None and secret is not None and run.must_log_in(role):
+                checks[role] = LoginCheck(role, secret, group_of.get(role, role))
+        rep = item.repeatable
+        if isinstance(rep, FamilyLogin) and item.steps:
+            for member in rep.state(run).login:
+                if member not in checks:
+                    checks[member] = LoginCheck(member, run.secret(member)[0], rep.family.group)
+    return list(checks.values())
 
 
 def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> RunReport:
     """Plan and execute the repeatables that changed, recording each run."""
     state = changelog.read(session) if not session.offline else changelog.Changelog(False, b"", {})
-    run.salt = state.salt or _random.token_bytes(16)
-    items = plan(session, run, repeatables, state)
+    run = replace(run, salt=state.salt or _random.token_bytes(16))
+    planned = plan(session, run, repeatables, state)
+    items = planned.items
     for item in items:
-        if item.status == SKIPPED:
-            log.info("rolekit: skipped %s: %s", item.repeatable.id, item.reason)
+        if item.status == Status.SKIPPED:
+            log.info("skipped %s: %s", item.repeatable.id, item.reason)
     report = RunReport(items)
+    active = [i.repeatable for i in items if i.status != Status.SKIPPED]
+    if not session.offline:
+        _claim(session, run, active, planned.observed)
     if not report.executed:
         return report
-    if session.offline:
-        secret = next((i for i in report.executed for s in i.steps if s.secret is not None), None)
-        if secret is not None:
-            raise RepeatableError(
-                f"refusing to write a password verifier into an offline script (repeatable "
-                f"{secret.repeatable.id!r}); run the upgrade online, or offline without that context"
-            )
+    secret = next((i for i in report.executed for s in i.steps if s.secret is not None), None)
+    if secret is not None and session.offline:
+        raise RepeatableError(
+            f"refusing to write a password verifier into an offline script (repeatable "
+            f"{secret.repeatable.id!r}); run the upgrade online, or offline without that context"
+        )
     if not session.offline:
+        if secret is not None:
+            session.log_safety().require_safe(
+                allow_verifier_in_log=run.allow_verifier_in_log,
+                what=f"a password verifier (repeatable {secret.repeatable.id!r})",
+            )
         migrated = changelog.ensure(session, state, salt=run.salt)
         if migrated.version != state.version:  # an older schema was just migrated
-            report = RunReport(plan(session, run, repeatables, migrated))
+            report = RunReport(plan(session, run, repeatables, migrated).items)
     for item in report.executed:
         rep = item.repeatable
-        log.info("rolekit: running %s (%s: %s)", rep.id, item.status, item.reason)
+        log.info("running %s (%s: %s)", rep.id, item.status, item.reason)
         started = time.monotonic()
         rep.apply(session, run, item.steps)
         if session.offline:
@@ -251,23 +290,15 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
             checksum=item.checksum or "",
             context_expression=rep.context.text if rep.context else None,
             context_used=",".join(sorted(run.contexts)) or None,
-            exec_type="executed" if item.status == PENDING else "reran",
+            exec_type="executed" if item.status == Status.PENDING else "reran",
             duration_ms=(time.monotonic() - started) * 1000,
             target_oids=[oids[t].oid for t in rep.targets()],
             step_digests=item.step_digests,
             passwords_set=[s.secret_role for s in item.steps if s.secret_role],
         )
-        if isinstance(rep, SetPasswords):
-            report.to_verify += [
-                (s.secret_role, s.secret)
-                for s in item.steps
-                if s.secret is not None
-                and s.secret_role is not None
-                and run.must_log_in(s.secret_role)
-            ]
+    if not session.offline:
+        report.to_verify = _logins_to_verify(run, report.executed, repeatables)
     return report
 
 
-def login_members(repeatables: list[Repeatable]) -> dict[str, FamilyLogin]:
-    """The FamilyLogin repeatables by group name."""
-    return {r.family.group: r for r in repeatables if isinstance(r, FamilyLogin)}
+__all__ = ["LoginCheck", "Plan", "PlanItem", "RunReport", "Status", "apply", "execute_step", "plan"]

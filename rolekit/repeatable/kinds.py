@@ -1,125 +1,39 @@
 """The kinds of repeatable a project can declare.
 
-A repeatable turns the declared state into :class:`Step` s.  The engine
-checksums those steps (secrets replaced by keyed fingerprints), so a
-repeatable re-runs exactly when what it would do changes: a new password in
-the secrets file changes its checksum, reformatting its source does not.
+``Sql``/``SqlFile`` run on change; ``SetPasswords`` sets passwords from the
+secrets file on change (and re-sends one the server rejects); ``SetLogin``
+and ``FamilyLogin`` converge login state to what is declared, comparing with
+the catalog on every upgrade, with the lockout, password, membership and
+drain guards.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 
 from rolekit import ddl
 from rolekit._names import check_role_name
-from rolekit.contexts import ContextExpression
-from rolekit.errors import LockoutError, PasswordMissingError, RepeatableError
+from rolekit.errors import (
+    GuardError,
+    LockoutError,
+    PasswordMissingError,
+    RepeatableError,
+    StateFileError,
+)
 from rolekit.family import RoleFamily
-from rolekit.rotation.guard import drain
-from rolekit.runtime.session import render_offline
-from rolekit.secrets import Secret, fingerprint
+from rolekit.family_catalog import FamilyCatalog
+from rolekit.repeatable.base import Repeatable, Step
+from rolekit.rotation.drain import decisive_check
+from rolekit.rotation.state import FamilyState
 
 if TYPE_CHECKING:
-    from rolekit.repeatable.engine import RunContext
+    from rolekit.catalog import RoleInfo
+    from rolekit.repeatable.run import Observed, RunContext
     from rolekit.runtime.session import Session
-
-#: bump when the rendering of steps changes, so checksums stay comparable
-CHECKSUM_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One statement; *secret* is a password to send as a SCRAM verifier."""
-
-    stmt: sql.Composable
-    secret_role: str | None = None
-    secret: Secret | None = field(default=None, compare=False)
-    secret_key: str | None = None
-
-
-class Repeatable:
-    """Base class: an idempotent operation the engine re-runs on change.
-
-    :param id: unique across the project; the changelog's key.
-    :param context: a context expression (``"dev or local"``); a repeatable
-        with one runs only when a matching context is given.
-    :param run_always: run on every upgrade instead of only on change.
-    """
-
-    #: repeatables of a later phase run after earlier ones (login changes last)
-    phase = 0
-
-    def __init__(self, id: str, *, context: str | None = None, run_always: bool = False) -> None:
-        if not isinstance(id, str) or not id.strip() or len(id) > 200:
-            raise RepeatableError(
-                f"repeatable id {id!r} must be a non-empty string of at most 200 chars"
-            )
-        self.id = id
-        self.context = ContextExpression.parse(context) if context is not None else None
-        self.run_always = run_always
-        self.source = "<unknown>"
-
-    def targets(self) -> tuple[str, ...]:
-        """Roles this repeatable acts on; they must exist when it runs."""
-        return ()
-
-    def skip_reason(self, run: RunContext) -> str | None:
-        """Why the repeatable must not run in *run* (``None``: it may)."""
-        if self.context is None or self.context.matches(run.contexts):
-            return None
-        return self.context.explain(run.contexts)
-
-    def steps(self, run: RunContext) -> list[Step]:
-        raise NotImplementedError
-
-    #: on a re-run, send only the steps whose digest changed (see SetPasswords)
-    rerun_changed_steps_only = False
-
-    def step_digests(self, steps: Iterable[Step], run: RunContext) -> list[str]:
-        """One digest per step: its SQL, and a fingerprint of its secret."""
-        digests = []
-        for step in steps:
-            text = render_offline(step.stmt)
-            if step.secret is not None and step.secret_key is not None:
-                text += " PASSWORD " + fingerprint(
-                    step.secret, salt=run.salt, label=step.secret_key, key=run.fingerprint_key
-                )
-            digests.append(hashlib.sha256(text.encode()).hexdigest())
-        return digests
-
-    @staticmethod
-    def checksum(step_digests: Iterable[str]) -> str:
-        """The changelog checksum: what the repeatable would send, as a whole."""
-        text = f"rolekit-checksum-{CHECKSUM_VERSION}\n" + "\n".join(step_digests)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
-        for step in steps:
-            execute_step(session, step)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.id!r})"
-
-
-def execute_step(session: Session, step: Step) -> None:
-    if step.secret is None or step.secret_role is None:
-        session.execute(step.stmt)
-        return
-    # The server stores a "SCRAM-SHA-256$..." string as an already-hashed
-    # verifier, so the plaintext never travels or lands in a log.
-    verifier = encrypt_password(
-        step.secret.reveal(), step.secret_role, session.dbapi_connection, "scram-sha-256"
-    )
-    session.execute_secret(
-        step.stmt, (verifier,), describe=f"ALTER ROLE {step.secret_role} PASSWORD <redacted>"
-    )
 
 
 class Sql(Repeatable):
@@ -144,7 +58,7 @@ class Sql(Repeatable):
     def sql_text(self, run: RunContext) -> str:
         return self.text
 
-    def steps(self, run: RunContext) -> list[Step]:
+    def steps(self, run: RunContext, observed: Observed) -> list[Step]:
         return [Step(sql.SQL(self.sql_text(run)))]
 
 
@@ -173,10 +87,32 @@ class SqlFile(Sql):
             raise RepeatableError(f"repeatable {self.id!r}: cannot read {file}: {exc}") from None
 
 
+def _password_step(run: RunContext, role: str) -> Step:
+    secret, key = run.secret(role)
+    return Step(ddl.set_password_verifier(role), role, secret, key)
+
+
+def _enable_steps(run: RunContext, observed: Observed, role: str) -> list[Step]:
+    """Steps that let *role* log in: its known password first, unless this run sends it.
+
+    A NOLOGIN role's password may have been changed by anyone since rolekit
+    set it (another database's project, an administrator); enabling it with
+    an unknown password would hand applications credentials the server
+    refuses.  Re-sending the verifier of a role nobody logs in as is harmless.
+    """
+    steps = [] if role in observed.passwords_sent else [_password_step(run, role)]
+    return [*steps, Step(ddl.set_login(role, True))]
+
+
+def _disabled_in(role: str, steps: Sequence[Step]) -> bool:
+    return Step(ddl.set_login(role, False)) in steps
+
+
 class SetLogin(Repeatable):
     """Turn login on or off for single roles: ``SetLogin("x", {"role": True})``."""
 
     phase = 1
+    converges = True
 
     def __init__(
         self,
@@ -192,22 +128,60 @@ class SetLogin(Repeatable):
     def targets(self) -> tuple[str, ...]:
         return tuple(self.login)
 
-    def steps(self, run: RunContext) -> list[Step]:
+    def managed_roles(self) -> tuple[str, ...]:
+        return tuple(self.login)
+
+    def steps(self, run: RunContext, observed: Observed) -> list[Step]:
         for role, enabled in self.login.items():
-            if enabled and role not in run.password_roles:
+            if enabled and role not in observed.password_roles:
                 raise PasswordMissingError(
                     f"repeatable {self.id!r} would enable login for {role!r}, which has no password "
                     f"set by a SetPasswords repeatable in context {run.primary!r}"
                 )
         return [Step(ddl.set_login(role, enabled)) for role, enabled in self.login.items()]
 
+    def converge(
+        self, run: RunContext, observed: Observed, steps: list[Step]
+    ) -> tuple[list[Step], list[str]]:
+        send: list[Step] = []
+        why: list[str] = []
+        for role, enabled in self.login.items():
+            info = observed.roles.get(role)
+            if info is None or info.can_login == enabled:
+                continue
+            why.append(f"{role!r} is {'NOLOGIN' if enabled else 'LOGIN'} in the catalog")
+            send += (
+                _enable_steps(run, observed, role)
+                if enabled
+                else [Step(ddl.set_login(role, False))]
+            )
+        return send, why
+
+    def disables(self, run: RunContext, roles: Mapping[str, RoleInfo]) -> list[str]:
+        return [r for r, on in self.login.items() if not on and r in roles and roles[r].can_login]
+
+    def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
+        super().apply(session, run, steps)
+        disabled = [
+            r for r in self.login if _disabled_in(r, steps) and r not in run.terminate_after_commit
+        ]
+        if disabled:
+            decisive_check(session, disabled)
+
 
 class SetPasswords(Repeatable):
     """Set members' passwords from the context's secrets file.
 
     A role whose key is missing is skipped unless it may log in (per the
-    rotation state), in which case the run fails before any change.
+    rotation state), in which case the run fails before any change.  A
+    password the server rejects (found by a login before the migration) is
+    sent again, whatever the changelog says.
     """
+
+    # A password that did not change is not set again: a fresh verifier of the
+    # same password (new SCRAM salt) would still invalidate what caches the old
+    # one, such as PgBouncer's SCRAM pass-through keys for the member in use.
+    rerun_changed_steps_only = True
 
     def __init__(
         self, id: str, roles: Sequence[str], *, context: str | None = None, run_always: bool = False
@@ -218,84 +192,164 @@ class SetPasswords(Repeatable):
     def targets(self) -> tuple[str, ...]:
         return self.roles
 
-    # A password that did not change is not set again: a fresh verifier of the
-    # same password (new SCRAM salt) would still invalidate what caches the old
-    # one, such as PgBouncer's SCRAM pass-through keys for the member in use.
-    rerun_changed_steps_only = True
+    def managed_roles(self) -> tuple[str, ...]:
+        return self.roles
 
     def roles_with_passwords(self, run: RunContext) -> list[str]:
         return [r for r in self.roles if run.has_secret(r) or run.must_log_in(r)]
 
-    def steps(self, run: RunContext) -> list[Step]:
-        steps = []
-        for role in self.roles_with_passwords(run):
-            secret, key = run.secret(role)
-            steps.append(Step(ddl.set_password_verifier(role), role, secret, key))
-        return steps
+    def steps(self, run: RunContext, observed: Observed) -> list[Step]:
+        return [_password_step(run, role) for role in self.roles_with_passwords(run)]
+
+    def converge(
+        self, run: RunContext, observed: Observed, steps: list[Step]
+    ) -> tuple[list[Step], list[str]]:
+        drifted = [s for s in steps if s.secret_role in run.password_drift]
+        why = [
+            f"{s.secret_role!r} rejects the password in {run.secrets_file.path.name} (password drift)"
+            for s in drifted
+        ]
+        return drifted, why
 
 
 class FamilyLogin(Repeatable):
     """Apply a family's login state from the rotation state file, with guards.
 
-    Runs last (phase 1), so the passwords it relies on are already set and its
-    drain check is the last thing before the commit.
+    Runs last (phase 1), so the passwords it relies on are already set and
+    its decisive drain check is the last thing before the commit.  It
+    compares the catalog with the declared state on every upgrade and
+    repairs what drifted: a member disabled by hand, a membership revoked.
+
+    :param context: limit it to some contexts; in every context where it
+        applies, the rotation state must have an entry for the family.
     """
 
     phase = 1
+    converges = True
 
-    def __init__(self, id: str, group: str, members: Sequence[str] | None = None) -> None:
-        super().__init__(id)
+    def __init__(
+        self,
+        id: str,
+        group: str,
+        members: Sequence[str] | None = None,
+        *,
+        context: str | None = None,
+    ) -> None:
+        super().__init__(id, context=context)
         self.family = RoleFamily.of(group, members)
 
     def targets(self) -> tuple[str, ...]:
         return self.family.members
 
-    def skip_reason(self, run: RunContext) -> str | None:
-        if run.primary is None:
-            return "no context given; login state is kept per context"
-        if run.rotation.get(self.family.group, run.primary) is None:
-            return f"{run.settings.state_file.name} has no state for {self.family.group!r} in context {run.primary!r}"
-        return None
+    def managed_roles(self) -> tuple[str, ...]:
+        return self.family.roles
 
-    def steps(self, run: RunContext) -> list[Step]:
+    def skip_reason(self, run: RunContext) -> str | None:
+        reason = super().skip_reason(run)
+        if reason is None and run.primary is None:
+            return "no context given; login state is kept per context"
+        return reason
+
+    def state(self, run: RunContext) -> FamilyState:
+        """The declared state, checked: it names members, and someone may log in."""
         assert run.primary is not None
-        state = run.rotation.get(self.family.group, run.primary)
-        assert state is not None
+        group = self.family.group
+        state = run.rotation.get(group, run.primary)
+        if state is None:
+            raise StateFileError(
+                f"{run.settings.state_file.name} has no state for family {group!r} in context "
+                f"{run.primary!r}, so rolekit cannot tell which member may log in; nothing was "
+                f'changed. Add "{run.primary}": {{"login": ["{self.family.members[0]}"]}} under '
+                f'"families"."{group}", or give the FamilyLogin repeatable a context= that '
+                "excludes it"
+            )
         unknown = set(state.login) - set(self.family.members)
         if unknown:
             raise RepeatableError(
-                f"rotation state of {self.family.group!r} ({run.primary}) names "
-                f"{sorted(unknown)}, which are not its members"
+                f"rotation state of {group!r} ({run.primary}) names {sorted(unknown)}, which are "
+                f"not its members ({', '.join(self.family.members)})"
             )
         if not state.login and not state.decommissioned:
             raise LockoutError(
-                f"rotation state of {self.family.group!r} ({run.primary}) lets no member log in; "
+                f"rotation state of {group!r} ({run.primary}) lets no member log in; "
                 'set "decommissioned": true to mean it'
             )
+        return state
+
+    def retired(self, state: FamilyState) -> list[str]:
+        return [m for m in self.family.members if m not in state.login]
+
+    def disables(self, run: RunContext, roles: Mapping[str, RoleInfo]) -> list[str]:
+        retired = self.retired(self.state(run))
+        return [m for m in retired if m in roles and roles[m].can_login]
+
+    def steps(self, run: RunContext, observed: Observed) -> list[Step]:
+        state = self.state(run)
         for member in state.login:
-            if member not in run.password_roles:
+            if member not in observed.password_roles:
                 raise PasswordMissingError(
                     f"refusing to enable login for {member!r}: no SetPasswords repeatable sets its "
                     f"password in context {run.primary!r} (or its key is missing)"
                 )
         steps = [Step(ddl.set_login(m, True)) for m in state.login]
         steps += [Step(ddl.clear_valid_until(m)) for m in state.login]
-        retired = [m for m in self.family.members if m not in state.login]
+        retired = self.retired(state)
         steps += [Step(ddl.set_login(m, False)) for m in retired]
         if state.retire == "expire":
             steps += [Step(ddl.expire_password(m)) for m in retired]
         return steps
 
+    def catalog(self, observed: Observed) -> FamilyCatalog:
+        group = self.family.group
+        return FamilyCatalog.of(
+            self.family,
+            observed.roles,
+            observed.memberships.get(group, ()),
+            observed.server_version,
+        )
+
+    def converge(
+        self, run: RunContext, observed: Observed, steps: list[Step]
+    ) -> tuple[list[Step], list[str]]:
+        state = self.state(run)
+        found = self.catalog(observed)
+        send: list[Step] = []
+        why: list[str] = []
+        for member in state.login:
+            drift = found.acts_as_group(member)
+            if drift is None:
+                continue
+            if not drift.repair:
+                raise GuardError(
+                    f"refusing to let {member!r} log in: {drift.problem}; nothing was changed"
+                )
+            send += [Step(stmt) for stmt in drift.repair]
+            why.append(drift.problem)
+        for drift in found.login_drift(state):
+            info = observed.roles[drift.role]
+            if drift.role in state.login and not info.can_login:
+                send += _enable_steps(run, observed, drift.role)[:-1]  # the password, if needed
+            send += [Step(stmt) for stmt in drift.repair]
+            why.append(drift.problem)
+        return send, why
+
     def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
         super().apply(session, run, steps)
-        state = run.rotation.get(self.family.group, run.primary or "")
-        assert state is not None
-        retired = [m for m in self.family.members if m not in state.login]
-        if retired:
-            drain(
-                session,
-                retired,
-                timeout=run.drain_timeout,
-                terminate=run.terminate,
-                progress=run.progress,
-            )
+        state = self.state(run)
+        # Verified after the repairs and before the commit, which is when the
+        # LOGIN takes effect: a member that would not act as the group never
+        # becomes the one the applications use.
+        found = FamilyCatalog.read(session, self.family)
+        for member in state.login:
+            drift = found.acts_as_group(member)
+            if drift is not None:
+                raise GuardError(
+                    f"refusing to let {member!r} log in: {drift.problem}; nothing was changed"
+                )
+        disabled = [
+            m
+            for m in self.retired(state)
+            if _disabled_in(m, steps) and m not in run.terminate_after_commit
+        ]
+        if disabled:
+            decisive_check(session, disabled)

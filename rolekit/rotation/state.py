@@ -9,25 +9,46 @@ Phases follow from the ``login`` list:
 * **steady** -- one member may log in;
 * **overlap** -- both may, and ``incoming`` names the one with the fresh
   password that applications should move to.
+
+The file is validated strictly when read, because a guard that trusts a
+mistyped file is no guard: ``"decommissioned": "false"`` (a string) once
+passed the lockout guard.  Every error names the path inside the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from rolekit.errors import RotationStateError
+from rolekit._fileio import atomic_write, flocked, read_regular_file
+from rolekit._names import check_role_name
+from rolekit.contexts import check_context_name
+from rolekit.errors import BusyError, RolekitError, RoleNameError, StateFileError
 
 STATE_VERSION = 1
-#: what happens to the outgoing member's password at ``finish``
-RETIRE_MODES = ("nologin", "expire")
+#: a state file larger than this is not one
+MAX_STATE_BYTES = 4 * 1024 * 1024
+_STATE_KEYS = frozenset({"login", "incoming", "retire", "decommissioned"})
+
+
+class Retire(StrEnum):
+    """What happens to the outgoing member at ``finish``."""
+
+    NOLOGIN = "nologin"
+    #: also ``VALID UNTIL '-infinity'``, so even a LOGIN by hand cannot use it
+    EXPIRE = "expire"
+
+
+class Phase(StrEnum):
+    STEADY = "steady"
+    OVERLAP = "overlap"
+    DECOMMISSIONED = "decommissioned"
+    LOCKED_OUT = "locked-out"
 
 
 @dataclass(frozen=True)
@@ -36,15 +57,15 @@ class FamilyState:
 
     login: tuple[str, ...]
     incoming: str | None = None
-    retire: str = "nologin"
+    retire: Retire = Retire.NOLOGIN
     #: set explicitly to let a family have no login member (decommission)
     decommissioned: bool = False
 
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         if not self.login:
-            return "decommissioned" if self.decommissioned else "locked-out"
-        return "overlap" if len(self.login) > 1 else "steady"
+            return Phase.DECOMMISSIONED if self.decommissioned else Phase.LOCKED_OUT
+        return Phase.OVERLAP if len(self.login) > 1 else Phase.STEADY
 
     @property
     def preferred(self) -> str | None:
@@ -57,29 +78,87 @@ class FamilyState:
         data: dict[str, Any] = {"login": list(self.login)}
         if self.incoming:
             data["incoming"] = self.incoming
-        if self.retire != "nologin":
-            data["retire"] = self.retire
+        if self.retire != Retire.NOLOGIN:
+            data["retire"] = str(self.retire)
         if self.decommissioned:
             data["decommissioned"] = True
         return data
 
     @classmethod
     def from_json(cls, where: str, data: Any) -> FamilyState:
-        if not isinstance(data, dict) or not isinstance(data.get("login"), list):
-            raise RotationStateError(f"{where}: expected an object with a 'login' list")
-        login = tuple(data["login"])
-        if not all(isinstance(m, str) for m in login) or len(set(login)) != len(login):
-            raise RotationStateError(f"{where}: 'login' must list distinct role names")
-        incoming = data.get("incoming")
-        if incoming is not None and incoming not in login:
-            raise RotationStateError(f"{where}: incoming member {incoming!r} is not in 'login'")
-        retire = data.get("retire", "nologin")
-        if retire not in RETIRE_MODES:
-            raise RotationStateError(f"{where}: 'retire' must be one of {', '.join(RETIRE_MODES)}")
-        unknown = set(data) - {"login", "incoming", "retire", "decommissioned"}
+        """Validate one state; *where* names it in messages (``rotation.json: families.x.dev``)."""
+        if not isinstance(data, dict):
+            raise StateFileError(f'{where}: expected an object like {{"login": ["member"]}}')
+        unknown = sorted(set(data) - _STATE_KEYS)
         if unknown:
-            raise RotationStateError(f"{where}: unknown keys {sorted(unknown)}")
-        return cls(login, incoming, retire, bool(data.get("decommissioned", False)))
+            raise StateFileError(
+                f"{where}: unknown keys {unknown}; allowed: {', '.join(sorted(_STATE_KEYS))}"
+            )
+        login = data.get("login")
+        if not isinstance(login, list):
+            raise StateFileError(f"{where}.login: expected a list of member names")
+        for index, member in enumerate(login):
+            if not isinstance(member, str):
+                raise StateFileError(f"{where}.login[{index}]: expected a role name (a string)")
+            try:
+                check_role_name(member, what=f"login[{index}]")
+            except RoleNameError as exc:
+                raise StateFileError(
+                    f"{where}.login lists roles that are not its members: {exc}"
+                ) from None
+        if len(set(login)) != len(login) or len(login) > 2:
+            raise StateFileError(f"{where}.login: list at most two distinct members")
+        incoming = data.get("incoming")
+        if incoming is not None and not isinstance(incoming, str):
+            raise StateFileError(f"{where}.incoming: expected a member name (a string)")
+        if incoming is not None and incoming not in login:
+            raise StateFileError(f"{where}.incoming: {incoming!r} is not in 'login'")
+        if len(login) == 2 and incoming is None:
+            # Neither begin (already in overlap) nor finish (which member stays?)
+            # could move on from here.
+            raise StateFileError(
+                f"{where}: both members may log in but 'incoming' is not set; set \"incoming\" "
+                "to the member applications move to, so 'rotate finish' knows which one stays"
+            )
+        if len(login) == 1 and incoming is not None:
+            raise StateFileError(
+                f"{where}: 'incoming' is only meaningful while both members may log in; remove it"
+            )
+        retire = data.get("retire", Retire.NOLOGIN.value)
+        if not isinstance(retire, str) or retire not in {r.value for r in Retire}:
+            raise StateFileError(
+                f"{where}.retire: expected one of {', '.join(repr(r.value) for r in Retire)}, "
+                f"not {json.dumps(retire)}"
+            )
+        decommissioned = data.get("decommissioned", False)
+        if not isinstance(decommissioned, bool):
+            raise StateFileError(
+                f"{where}.decommissioned: expected true or false (JSON booleans), "
+                f"not {json.dumps(decommissioned)}"
+            )
+        if decommissioned and login:
+            raise StateFileError(
+                f"{where}: 'decommissioned' is true but 'login' lists members; empty 'login' "
+                "to decommission the family, or remove 'decommissioned'"
+            )
+        return cls(tuple(login), incoming, Retire(retire), decommissioned)
+
+
+def _no_duplicates(where: str) -> Any:
+    """A ``json`` object hook that refuses duplicate keys (json keeps the last one)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise StateFileError(
+                    f"{where}: key {key!r} appears twice in one object; JSON readers keep only "
+                    "one of them, so it is ambiguous which is meant"
+                )
+            seen[key] = value
+        return seen
+
+    return hook
 
 
 class RotationState:
@@ -91,25 +170,50 @@ class RotationState:
 
     @classmethod
     def load(cls, path: Path) -> RotationState:
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return cls(path)
+        raw_bytes, _ = read_regular_file(
+            path, MAX_STATE_BYTES, what=f"rotation state {path}", fail=StateFileError
+        )
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RotationStateError(f"cannot read rotation state {path}: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
-            raise RotationStateError(
-                f"{path}: expected {{'version': {STATE_VERSION}, 'families': ...}}"
+            raw = json.loads(raw_bytes.decode("utf-8"), object_pairs_hook=_no_duplicates(str(path)))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateFileError(f"cannot read rotation state {path}: {exc}") from None
+        return cls(path, cls._validate(path.name, raw))
+
+    @staticmethod
+    def _validate(name: str, raw: Any) -> dict[str, dict[str, FamilyState]]:
+        if (
+            not isinstance(raw, dict)
+            or raw.get("version") != STATE_VERSION
+            or isinstance(raw.get("version"), bool)
+        ):
+            raise StateFileError(
+                f'{name}: expected {{"version": {STATE_VERSION}, "families": {{...}}}}'
             )
+        unknown = sorted(set(raw) - {"version", "families"})
+        if unknown:
+            raise StateFileError(f"{name}: unknown top-level keys {unknown}")
+        families_raw = raw.get("families", {})
+        if not isinstance(families_raw, dict):
+            raise StateFileError(f"{name}: 'families' must map family names to contexts")
         families: dict[str, dict[str, FamilyState]] = {}
-        for family, contexts in (raw.get("families") or {}).items():
+        for family, contexts in families_raw.items():
+            where = f"{name}: families.{family}"
+            check_role_name(family, what=f"{name}: family name")
             if not isinstance(contexts, dict):
-                raise RotationStateError(f"{path}: families.{family} must map contexts to states")
-            families[family] = {
-                ctx.lower(): FamilyState.from_json(f"{path}: families.{family}.{ctx}", data)
-                for ctx, data in contexts.items()
-            }
-        return cls(path, families)
+                raise StateFileError(f"{where}: must map context names to states")
+            states: dict[str, FamilyState] = {}
+            for context, data in contexts.items():
+                lowered = check_context_name(context)
+                if lowered in states:
+                    raise StateFileError(
+                        f"{where}: contexts {context!r} and another spelling of it both appear; "
+                        "contexts are case-insensitive, keep one"
+                    )
+                states[lowered] = FamilyState.from_json(f"{where}.{context}", data)
+            families[family] = states
+        return families
 
     def get(self, family: str, context: str) -> FamilyState | None:
         return self.families.get(family, {}).get(context.lower())
@@ -117,34 +221,42 @@ class RotationState:
     def set(self, family: str, context: str, state: FamilyState) -> None:
         self.families.setdefault(family, {})[context.lower()] = state
 
-    def save(self) -> None:
-        """Write atomically, so a crash never leaves a torn file for a deploy."""
-        data = {
+    def contexts(self) -> frozenset[str]:
+        """Every context the file holds a state for."""
+        return frozenset(ctx for states in self.families.values() for ctx in states)
+
+    def copy(self) -> RotationState:
+        return RotationState(self.path, {f: dict(s) for f, s in self.families.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
             "version": STATE_VERSION,
             "families": {
                 family: {ctx: st.to_json() for ctx, st in sorted(contexts.items())}
                 for family, contexts in sorted(self.families.items())
             },
         }
+
+    def save(self) -> None:
+        """Write atomically (fsynced), so a crash never leaves a torn file for a deploy."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".rotation.")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, self.path)
+        data = json.dumps(self.to_json(), indent=2) + "\n"
+        atomic_write(self.path, data.encode("utf-8"), mode=0o644, fail=RolekitError)
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on *path*'s sibling lock file.
+    """Hold the exclusive lock of the state file *path*, or refuse at once.
 
-    Two ``rolekit rotate`` runs on one checkout then edit state and secrets
-    one after the other instead of interleaving.
+    Two ``rolekit rotate`` runs on one checkout then never interleave: the
+    second exits 4 while the first runs, whatever phase it is in.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def busy(problem: str) -> Exception:
+        return BusyError(
+            f"cannot rotate: another 'rolekit rotate' is running on this checkout ({problem})"
+        )
+
+    with flocked(path.with_name(path.name + ".lock"), fail=busy, wait=False):
+        yield

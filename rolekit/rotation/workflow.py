@@ -1,20 +1,52 @@
-"""The phases of a rotation as edits of the state and secrets files.
+"""The phases of a rotation: ``begin`` and ``finish``.
 
-``begin`` and ``finish`` only edit files; ``alembic upgrade`` (or the CLI's
-``--apply``) makes the database follow, with the guards.  Both steps run under
-one file lock, so two concurrent ``rolekit rotate ... begin`` on a checkout
-cannot both succeed.
+Without ``--apply`` a phase only edits the state and secrets files, for a
+deploy to apply (GitOps).  With ``--apply`` it also runs the upgrade, and the
+**state file changes only once the database change committed**: the upgrade
+applies the new state passed in memory, rolekit then checks the catalog
+holds it, and only then writes the file.  A kill at any moment leaves file
+and catalog agreeing, or in a state the next run completes:
+
+* killed before the commit: nothing changed in the database, the file is as
+  it was (``begin`` may have stored a fresh password for the standby, which
+  nobody was handed; the next ``begin`` makes another);
+* killed after the commit: the catalog is one phase ahead of the file;
+  ``rolekit check`` names the step, and re-running it records it (``begin``
+  keeps the password the server already has).
+
+Two runs never interleave: a lock file refuses a second run on the same
+checkout, and an advisory lock per family refuses one from another checkout
+against the same database (exit 4, at once).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-from rolekit.errors import RotationStateError
+from alembic import command as alembic_command
+from alembic.config import Config
+
+from rolekit.errors import RolekitError, RotationStateError
 from rolekit.family import RoleFamily
-from rolekit.rotation.state import FamilyState, RotationState, locked
+from rolekit.family_catalog import FamilyCatalog
+from rolekit.rotation.state import FamilyState, Phase, RotationState, locked
 from rolekit.runtime.config import Settings
+from rolekit.runtime.control import ControlConnection
+from rolekit.runtime.environment import ROTATION_ATTRIBUTE
+from rolekit.runtime.logins import login_works
 from rolekit.secrets import SecretsFile, generate_password
+
+#: length of the passwords ``begin`` generates (at least the context's minimum)
+DEFAULT_PASSWORD_LENGTH = 32
+
+
+class Step(StrEnum):
+    BEGIN = "begin"
+    FINISH = "finish"
 
 
 @dataclass(frozen=True)
@@ -23,55 +55,123 @@ class Transition:
     context: str
     before: FamilyState
     after: FamilyState
+    applied: bool = False
+    #: the catalog was already there: a run interrupted after its commit was completed
+    resumed: bool = False
 
 
-def begin(settings: Settings, family: RoleFamily, context: str, *, length: int = 32) -> Transition:
+@contextlib.contextmanager
+def _rotate_lock(
+    settings: Settings, family: RoleFamily, apply: bool
+) -> Iterator[ControlConnection | None]:
+    """The checkout's lock, and with ``--apply`` the database's lock of the family."""
+    with locked(settings.state_file):
+        if not apply:
+            yield None
+            return
+        with ControlConnection.open(
+            settings.require_url(), application_name="rolekit-rotate"
+        ) as control:
+            control.try_rotate_lock(family.group)
+            yield control
+
+
+def _begin(
+    settings: Settings,
+    family: RoleFamily,
+    context: str,
+    current: FamilyState | None,
+    control: ControlConnection | None,
+    length: int,
+) -> tuple[FamilyState, bool]:
     """steady on A -> overlap (A and B may log in; B has a fresh password)."""
-    with locked(settings.state_file):
-        state = RotationState.load(settings.state_file)
-        current = state.get(family.group, context)
-        if current is None:
-            raise RotationStateError(
-                f"{settings.state_file.name} has no state for {family.group!r} in context "
-                f'{context!r}; add {{"login": ["{family.members[0]}"]}} first'
-            )
-        if current.phase != "steady":
-            raise RotationStateError(
-                f"cannot begin: {family.group!r} ({context}) is in phase {current.phase!r} "
-                f"(login: {', '.join(current.login) or 'none'}); run 'rolekit rotate "
-                f"{family.group} finish' first"
-            )
-        (active,) = current.login
-        standby = family.other(active)
-        secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
-        secrets.set(standby, context, generate_password(max(length, settings.min_length(context))))
-        secrets.ensure_fingerprint_key()
-        after = FamilyState((active, standby), incoming=standby, retire=current.retire)
-        state.set(family.group, context, after)
-        state.save()
-        return Transition(family.group, context, current, after)
+    if current is None:
+        raise RotationStateError(
+            f"{settings.state_file.name} has no state for {family.group!r} in context "
+            f'{context!r}; add {{"login": ["{family.members[0]}"]}} first'
+        )
+    if current.phase != Phase.STEADY:
+        raise RotationStateError(
+            f"cannot begin: {family.group!r} ({context}) is in phase {current.phase.value!r} "
+            f"(login: {', '.join(current.login) or 'none'}); run 'rolekit rotate "
+            f"{family.group} finish' first"
+        )
+    (active,) = current.login
+    standby = family.other(active)
+    after = FamilyState((active, standby), incoming=standby, retire=current.retire)
+    secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
+    if control is not None and secrets.has(standby, context):
+        found = FamilyCatalog.read(control, family)
+        info = found.roles.get(standby)
+        if (
+            info is not None
+            and info.can_log_in_now
+            and login_works(control, standby, secrets.get(standby, context).reveal())
+        ):
+            # The catalog is already in the overlap and the standby accepts the
+            # password on file: an earlier begin committed and was killed
+            # before writing the state file.  Keep that password.
+            return after, True
+    secrets.set(standby, context, generate_password(max(length, settings.min_length(context))))
+    secrets.ensure_fingerprint_key()
+    return after, False
 
 
-def finish(settings: Settings, family: RoleFamily, context: str) -> Transition:
+def _finish(family: RoleFamily, context: str, current: FamilyState | None) -> FamilyState:
     """overlap -> steady on the incoming member."""
-    with locked(settings.state_file):
+    if current is None or current.phase != Phase.OVERLAP or current.incoming is None:
+        phase = current.phase.value if current else "unknown"
+        raise RotationStateError(
+            f"cannot finish: {family.group!r} ({context}) is in phase {phase!r}, not in a "
+            f"rotation; run 'rolekit rotate {family.group} begin' first"
+        )
+    return FamilyState((current.incoming,), retire=current.retire)
+
+
+def _upgrade(settings: Settings, context: str, extra: Sequence[str], target: RotationState) -> None:
+    config = Config(str(settings.ini_path))
+    config.cmd_opts = argparse.Namespace(x=[f"context={context}", *extra])
+    config.attributes[ROTATION_ATTRIBUTE] = target
+    alembic_command.upgrade(config, "head")
+
+
+def _confirm(control: ControlConnection, family: RoleFamily, after: FamilyState) -> None:
+    """The catalog must hold the new state before the state file says so."""
+    drift = FamilyCatalog.read(control, family).login_drift(after)
+    if drift:
+        raise RolekitError(
+            "the upgrade committed, but the catalog does not hold the new state ("
+            + "; ".join(d.problem for d in drift)
+            + "); the state file is unchanged. Does migrations/env.py use rolekit's "
+            "run_migrations or RolekitRun?"
+        )
+
+
+def rotate(
+    settings: Settings,
+    family: RoleFamily,
+    context: str,
+    step: Step,
+    *,
+    apply: bool = False,
+    upgrade_x: Sequence[str] = (),
+    length: int = DEFAULT_PASSWORD_LENGTH,
+) -> Transition:
+    """Move *family* to the next phase in *context*; with *apply*, upgrade now."""
+    with _rotate_lock(settings, family, apply) as control:
         state = RotationState.load(settings.state_file)
         current = state.get(family.group, context)
-        if current is None or current.phase != "overlap" or current.incoming is None:
-            phase = current.phase if current else "unknown"
-            raise RotationStateError(
-                f"cannot finish: {family.group!r} ({context}) is in phase {phase!r}, not in a "
-                f"rotation; run 'rolekit rotate {family.group} begin' first"
-            )
-        after = FamilyState((current.incoming,), retire=current.retire)
+        resumed = False
+        if step == Step.BEGIN:
+            after, resumed = _begin(settings, family, context, current, control, length)
+        else:
+            after = _finish(family, context, current)
+        assert current is not None
+        if control is not None:
+            target = state.copy()
+            target.set(family.group, context, after)
+            _upgrade(settings, context, upgrade_x, target)
+            _confirm(control, family, after)
         state.set(family.group, context, after)
         state.save()
-        return Transition(family.group, context, current, after)
-
-
-def restore(settings: Settings, transition: Transition) -> None:
-    """Put the state back after an ``--apply`` that changed nothing in the database."""
-    with locked(settings.state_file):
-        state = RotationState.load(settings.state_file)
-        state.set(transition.family, transition.context, transition.before)
-        state.save()
+        return Transition(family.group, context, current, after, apply, resumed)

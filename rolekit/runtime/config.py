@@ -15,7 +15,12 @@ from alembic.runtime.environment import EnvironmentContext
 
 from rolekit.errors import RolekitError
 
+#: seconds ``finish`` waits for the old member's sessions to end
 DEFAULT_DRAIN_TIMEOUT = 60.0
+#: seconds an upgrade waits for another rolekit run on the same database
+DEFAULT_LOCK_WAIT = 300.0
+#: shortest password accepted unless ``min_password_length`` says otherwise
+DEFAULT_MIN_PASSWORD_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -23,14 +28,21 @@ class Settings:
     """Where a rolekit project keeps things, resolved against alembic.ini's folder."""
 
     root: Path
+    #: the alembic.ini these settings come from
+    ini_path: Path
     database_url: str | None
     repeatables_dir: Path
     state_file: Path
     default_secrets_file: Path
     secrets_files: dict[str, Path] = field(default_factory=dict)
     min_password_length: dict[str, int] = field(default_factory=dict)
-    default_min_password_length: int = 16
+    default_min_password_length: int = DEFAULT_MIN_PASSWORD_LENGTH
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    lock_wait: float = DEFAULT_LOCK_WAIT
+    #: log in as each member that may log in, before and after an upgrade
+    verify_logins: bool = True
+    #: send verifiers even where the server logs them (an explicit opt-out)
+    allow_verifier_in_log: bool = False
 
     @classmethod
     def from_alembic_config(cls, config: Config) -> Settings:
@@ -53,6 +65,7 @@ class Settings:
                 min_lengths[key.removeprefix("min_password_length.").lower()] = _int(key, value)
         return cls(
             root=root,
+            ini_path=ini,
             database_url=os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url"),
             repeatables_dir=path(section.get("repeatables", "migrations/repeatable")),
             state_file=path(section.get("state", "migrations/rotation.json")),
@@ -60,9 +73,17 @@ class Settings:
             secrets_files=secrets_files,
             min_password_length=min_lengths,
             default_min_password_length=_int(
-                "min_password_length", section.get("min_password_length", "16")
+                "min_password_length",
+                section.get("min_password_length", str(DEFAULT_MIN_PASSWORD_LENGTH)),
             ),
-            drain_timeout=float(section.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
+            drain_timeout=seconds(
+                "[rolekit] drain_timeout", section.get("drain_timeout"), DEFAULT_DRAIN_TIMEOUT
+            ),
+            lock_wait=seconds("[rolekit] lock_wait", section.get("lock_wait"), DEFAULT_LOCK_WAIT),
+            verify_logins=boolean("[rolekit] verify_logins", section.get("verify_logins"), True),
+            allow_verifier_in_log=boolean(
+                "[rolekit] allow_verifier_in_log", section.get("allow_verifier_in_log"), False
+            ),
         )
 
     @classmethod
@@ -92,9 +113,38 @@ def x_argument(env: EnvironmentContext | None, name: str) -> str:
     return env.get_x_argument(as_dictionary=True).get(name, "") if env is not None else ""
 
 
-def x_flag(env: EnvironmentContext | None, name: str) -> bool:
-    """Whether ``-x name=true`` (or 1, yes) was given."""
-    return x_argument(env, name).lower() in ("1", "true", "yes")
+def x_flag(env: EnvironmentContext | None, name: str, default: bool = False) -> bool:
+    """``-x name=true`` (or 1, yes, on; false, 0, no, off), else *default*."""
+    return boolean(f"-x {name}", x_argument(env, name) or None, default)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def boolean(where: str, value: str | None, default: bool) -> bool:
+    """Parse a yes/no setting strictly: a typo is an error, not a silent false."""
+    if value is None or not value.strip():
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise RolekitError(f"{where} = {value!r} is not true or false")
+
+
+def seconds(where: str, value: str | None, default: float) -> float:
+    """Parse a number of seconds (non-negative, finite)."""
+    if value is None or not value.strip():
+        return default
+    try:
+        parsed = float(value)
+    except ValueError:
+        parsed = -1.0
+    if not 0 <= parsed < float("inf"):
+        raise RolekitError(f"{where} = {value!r} is not a number of seconds")
+    return parsed
 
 
 def _int(key: str, value: str) -> int:

@@ -6,111 +6,214 @@ A project's env.py can be two lines::
     from rolekit.runtime.environment import run_migrations
     run_migrations(context)
 
-Projects with their own env.py call :func:`apply_repeatables` inside their
-``context.begin_transaction()`` block, after ``context.run_migrations()``.
+A project with its own env.py wraps its transaction in :class:`RolekitRun`::
+
+    with RolekitRun(context) as rolekit:
+        with context.begin_transaction():
+            context.run_migrations()
+            rolekit.apply_repeatables()
+
+Everything that waits happens outside the migration transaction, on a
+control connection that holds no locks: the run lock of concurrent deploys
+(bounded, reported), the drain of members the run disables, and, after the
+commit, the termination of what ``terminate`` ends and the login checks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
+from types import TracebackType
 from typing import Any
 
 import psycopg2
 import sqlalchemy.exc
 from alembic.runtime.environment import EnvironmentContext
-from psycopg2 import sql
 from sqlalchemy import create_engine, event, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
+from rolekit import catalog
 from rolekit.contexts import parse_contexts, primary_context
-from rolekit.errors import RolekitError
-from rolekit.repeatable.engine import RunContext, RunReport, apply, load_repeatables
+from rolekit.errors import RolekitError, first_line
+from rolekit.repeatable.base import Repeatable
+from rolekit.repeatable.engine import RunReport, apply
+from rolekit.repeatable.loader import load_repeatables, require_known_contexts
+from rolekit.repeatable.run import RunContext
+from rolekit.rotation import drain
 from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import Settings, x_argument, x_flag
-from rolekit.runtime.session import session_for
+from rolekit.runtime.config import Settings, seconds, x_argument, x_flag
+from rolekit.runtime.control import ControlConnection
+from rolekit.runtime.logins import password_drift, verify_logins
+from rolekit.runtime.session import Session, session_for
 
-log = logging.getLogger("rolekit")
+log = logging.getLogger(__name__)
 
-#: one key for every rolekit deploy: concurrent upgrades run one after another
-ADVISORY_LOCK_KEY = 0x726F6C656B6974  # "rolekit"
+#: ``config.attributes`` key under which ``rolekit rotate --apply`` passes the
+#: rotation state to apply, before it writes it to the state file
+ROTATION_ATTRIBUTE = "rolekit.rotation"
 
 
-def active_contexts(env: EnvironmentContext) -> tuple[frozenset[str], str | None]:
-    """Contexts from ``-x context=...`` or ``ROLEKIT_CONTEXT``, and the first one."""
+def active_contexts(env: EnvironmentContext) -> tuple[frozenset[str], str | None, str]:
+    """Contexts from ``-x context=...`` or ``ROLEKIT_CONTEXT``, the first one, and the text."""
     raw = x_argument(env, "context") or os.environ.get("ROLEKIT_CONTEXT") or ""
-    return parse_contexts(raw), primary_context(raw)
+    return parse_contexts(raw), primary_context(raw), raw
 
 
 def _is_upgrade(env: EnvironmentContext) -> bool:
     # Alembic passes the command's step function as ``fn``; repeatables
-    # belong to ``upgrade`` only (not downgrade, stamp or check).
-    fn = env.get_context().opts.get("fn")
+    # belong to ``upgrade`` only (not downgrade, stamp or check).  It is in
+    # context_opts, readable before env.configure() (get_context() is not);
+    # env.py hands us the ``alembic.context`` module, whose ``_proxy`` is the
+    # EnvironmentContext itself.
+    real = env if isinstance(env, EnvironmentContext) else getattr(env, "_proxy", None)
+    fn = real.context_opts.get("fn") if isinstance(real, EnvironmentContext) else None
     return getattr(fn, "__name__", "") == "upgrade"
 
 
-def run_context(env: EnvironmentContext, settings: Settings) -> RunContext:
-    contexts, primary = active_contexts(env)
-    raw_timeout = x_argument(env, "drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT")
-    try:
-        timeout = float(raw_timeout) if raw_timeout else settings.drain_timeout
-    except ValueError:
-        raise RolekitError(f"drain_timeout={raw_timeout!r} is not a number of seconds") from None
+def _names(env: EnvironmentContext, name: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in x_argument(env, name).split(",") if n.strip())
+
+
+def rotation_for(env: EnvironmentContext, settings: Settings) -> RotationState:
+    """The state to apply: the one ``rolekit rotate --apply`` passed in, else the file."""
+    given = env.config.attributes.get(ROTATION_ATTRIBUTE)
+    return given if isinstance(given, RotationState) else RotationState.load(settings.state_file)
+
+
+def run_context(
+    env: EnvironmentContext, settings: Settings, repeatables: list[Repeatable]
+) -> RunContext:
+    """Build the run's context from ``-x`` arguments, the environment and the files."""
+    contexts, primary, raw = active_contexts(env)
+    rotation = rotation_for(env, settings)
+    require_known_contexts(raw, settings, repeatables, rotation)
+    timeout = seconds(
+        "drain_timeout",
+        x_argument(env, "drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT"),
+        settings.drain_timeout,
+    )
     return RunContext(
         settings=settings,
         contexts=contexts,
         primary=primary,
-        rotation=RotationState.load(settings.state_file),
+        rotation=rotation,
         drain_timeout=timeout,
         terminate=x_flag(env, "terminate"),
+        take_over=_names(env, "take_over"),
+        rerun=_names(env, "rerun"),
+        allow_verifier_in_log=x_flag(env, "allow_verifier_in_log", settings.allow_verifier_in_log),
     )
 
 
-def apply_repeatables(
-    env: EnvironmentContext, settings: Settings | None = None
-) -> RunReport | None:
-    """Run changed repeatables in the current migration transaction."""
-    if not _is_upgrade(env):
-        return None
-    settings = settings or Settings.from_alembic_config(env.config)
-    run = run_context(env, settings)
-    session = session_for(env.get_context())
-    return apply(session, run, load_repeatables(settings.repeatables_dir))
+def prepare(
+    control: ControlConnection, run: RunContext, repeatables: list[Repeatable]
+) -> RunContext:
+    """Everything that must be seen or waited for before the migration transaction.
 
-
-def verify_logins(url: str, report: RunReport) -> None:
-    """Log in as each member whose password was just set and that may log in.
-
-    Like the test step of AWS's rotation: a password that does not work is
-    reported now, not by the first application that tries it.
+    * the members the run disables are drained here, holding no lock;
+    * a member that may log in and rejects its secrets file's password is
+      found here (its password is then sent again);
+    * privileges the guards need are checked here, before any change.
     """
-    from sqlalchemy.engine import make_url
+    active = [rep for rep in repeatables if rep.skip_reason(run) is None]
+    names = {t for rep in active for t in rep.targets()}
+    roles = catalog.roles(control, names) if names else {}
+    retiring = sorted({m for rep in active for m in rep.disables(run, roles)})
+    if retiring:
+        privileges = catalog.privileges(control, retiring)
+        if note := drain.visibility_note(privileges, retiring):
+            run.progress(f"drain: {note}")
+        if run.terminate:
+            drain.require_terminate(privileges, retiring, "terminate")
+        left = drain.wait_until_drained(
+            control, retiring, timeout=run.drain_timeout, progress=run.progress
+        )
+        if left and not run.terminate:
+            raise drain.timeout_error(left, run.drain_timeout)
+        if left:
+            run = replace(run, terminate_after_commit=frozenset(retiring))
+    if run.settings.verify_logins and run.primary is not None:
+        logging_in = [
+            name
+            for name, info in sorted(roles.items())
+            if info.can_log_in_now and run.must_log_in(name) and name not in retiring
+        ]
+        run = replace(run, password_drift=password_drift(control, run, logging_in))
+    return run
 
-    parsed = make_url(url)
-    for role, secret in report.to_verify:
+
+class RolekitRun:
+    """One rolekit run around a migration transaction (see the module docs)."""
+
+    def __init__(self, env: EnvironmentContext, settings: Settings | None = None) -> None:
+        self.env = env
+        self.settings = settings or Settings.from_alembic_config(env.config)
+        self.upgrade = False
+        self.repeatables: list[Repeatable] = []
+        self.run: RunContext | None = None
+        self.report: RunReport | None = None
+        self._control_cm: Any = None
+        self.control: ControlConnection | None = None
+        self._session: Session | None = None
+
+    def __enter__(self) -> RolekitRun:
+        self.upgrade = _is_upgrade(self.env)
+        if self.upgrade:
+            self.repeatables = load_repeatables(self.settings.repeatables_dir)
+            self.run = run_context(self.env, self.settings, self.repeatables)
+        if self.env.is_offline_mode():
+            return self
+        url = self.settings.require_url()
+        self._control_cm = ControlConnection.open(url, application_name="rolekit-control")
+        self.control = self._control_cm.__enter__()
         try:
-            conn = psycopg2.connect(
-                host=parsed.host,
-                port=parsed.port,
-                dbname=parsed.database,
-                user=role,
-                password=secret.reveal(),
-                connect_timeout=10,
-                application_name="rolekit-verify",
-            )
-        except psycopg2.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RolekitError(
-                f"login check failed for {role!r} after setting its password: {first}. The change "
-                "is committed; fix the secret or the pg_hba.conf entry and re-run"
-            ) from None
+            wait = seconds("lock_wait", x_argument(self.env, "lock_wait"), self.settings.lock_wait)
+            progress = self.run.progress if self.run else drain.stderr_progress
+            self.control.acquire_run_lock(timeout=wait, progress=progress)
+            if self.run is not None:
+                self.run = prepare(self.control, self.run, self.repeatables)
+        except BaseException:
+            self._close(None)
+            raise
+        return self
+
+    def apply_repeatables(self) -> RunReport | None:
+        """Run changed repeatables in the current migration transaction."""
+        self._session = session_for(self.env.get_context())
+        if self.run is None:
+            return None
+        self.report = apply(self._session, self.run, self.repeatables)
+        return self.report
+
+    def _close(self, exc: BaseException | None) -> None:
+        if self._control_cm is not None:
+            cm, self._control_cm = self._control_cm, None
+            cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("SELECT current_user, session_user"))
-                row = cur.fetchone()
+            if exc is None and self.control is not None:
+                self._after_commit(self.control)
         finally:
-            conn.close()
-        log.info("rolekit: verified login as %s (session runs as %s)", role, row[0] if row else "?")
+            self._close(exc)
+
+    def _after_commit(self, control: ControlConnection) -> None:
+        run = self.run
+        if run is not None and run.terminate_after_commit:
+            drain.terminate_and_confirm(
+                control, sorted(run.terminate_after_commit), progress=run.progress
+            )
+        session = self._session or getattr(self.env.get_context(), "_rolekit_session", None)
+        for check in session.after_commit if isinstance(session, Session) else ():
+            check(control)
+        if self.report is not None and self.report.to_verify and run is not None:
+            verify_logins(control, self.report.to_verify)
 
 
 def _unsample_transactions(dbapi_connection: Any, _record: Any) -> None:
@@ -118,14 +221,18 @@ def _unsample_transactions(dbapi_connection: Any, _record: Any) -> None:
 
     The server decides whether to log every statement of a transaction when
     the transaction starts, so the ``SET LOCAL`` rolekit does around a
-    password is too late for it; a superuser turns it off for the session.
+    password is too late for it; it is switched off for the session where
+    the user may (a superuser, or SET on the parameter from 15).
     """
+    may_set = "rolsuper"
+    if dbapi_connection.server_version >= catalog.PG15:
+        may_set += " OR has_parameter_privilege('log_transaction_sample_rate', 'SET')"
     dbapi_connection.autocommit = True  # one round trip, no BEGIN/COMMIT
     try:
         with dbapi_connection.cursor() as cur:
             cur.execute(
                 "SELECT set_config('log_transaction_sample_rate', '0', false)"
-                " FROM pg_roles WHERE rolname = current_user AND rolsuper"
+                f" FROM pg_roles WHERE rolname = current_user AND ({may_set})"
             )
     finally:
         dbapi_connection.autocommit = False
@@ -145,12 +252,9 @@ def database_error(exc: BaseException) -> RolekitError:
         if isinstance(cause, sqlalchemy.exc.DBAPIError | psycopg2.Error):
             exc = cause
         cause = cause.__context__
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    first = lines[0] if lines else type(orig).__name__
     return RolekitError(
-        f"database error: {first}. The migration transaction did not commit, so nothing "
-        "changed; fix the cause and re-run"
+        f"database error: {first_line(exc)}. The migration transaction did not commit, so "
+        "nothing changed; fix the cause and re-run"
     )
 
 
@@ -165,25 +269,23 @@ def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
             transaction_per_migration=False,
             **configure_kw,
         )
-        with env.begin_transaction():
+        with RolekitRun(env, settings) as rolekit, env.begin_transaction():
             env.run_migrations()
-            apply_repeatables(env, settings)
+            rolekit.apply_repeatables()
         return
-    engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
-    event.listen(engine, "connect", _unsample_transactions)
-    report: RunReport | None = None
     try:
-        with engine.connect() as connection:
-            env.configure(connection=connection, transaction_per_migration=False, **configure_kw)
-            with env.begin_transaction():
-                # Serialise concurrent deploys: the second waits, then finds the
-                # revisions and repeatables already applied and does nothing.
-                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-                env.run_migrations()
-                report = apply_repeatables(env, settings)
+        with RolekitRun(env, settings) as rolekit:
+            engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
+            event.listen(engine, "connect", _unsample_transactions)
+            try:
+                with engine.connect() as connection:
+                    env.configure(
+                        connection=connection, transaction_per_migration=False, **configure_kw
+                    )
+                    with env.begin_transaction():
+                        env.run_migrations()
+                        rolekit.apply_repeatables()
+            finally:
+                engine.dispose()
     except (sqlalchemy.exc.DBAPIError, psycopg2.Error) as exc:
         raise database_error(exc) from None
-    finally:
-        engine.dispose()
-    if report is not None and report.to_verify:
-        verify_logins(settings.require_url(), report)

@@ -7,38 +7,31 @@ Every statement rolekit sends goes through :class:`Session`, which:
   the migration's transaction, but bypasses SQLAlchemy's statement echo, so
   a bound verifier can never reach SQLAlchemy's log;
 * renders statements as text in Alembic's offline (``--sql``) mode;
-* suppresses server-side statement logging around secret-bearing statements
-  when the migration user is allowed to.
+* switches server-side statement logging off around secret-bearing
+  statements, and refuses to send them where it may not
+  (:mod:`rolekit.runtime.logsafety`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg2 import sql
 from psycopg2.extensions import TRANSACTION_STATUS_INERROR
 
 from rolekit.errors import RolekitError
+from rolekit.runtime.logsafety import LogSafety, assess
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
 
-log = logging.getLogger("rolekit")
+    from rolekit.catalog import Reader
+
+log = logging.getLogger(__name__)
 
 Params = Sequence[Any] | None
-
-#: settings that make the server log a statement's text, and the values that
-#: stop them for one statement (the duration and sampling settings log the
-#: text too, not only ``log_statement``)
-QUIET_SETTINGS = {
-    "log_statement": "none",
-    "log_min_error_statement": "panic",
-    "log_min_duration_statement": "-1",
-    "log_min_duration_sample": "-1",
-    "log_transaction_sample_rate": "0",
-}
 
 
 def render_offline(stmt: sql.Composable) -> str:
@@ -78,9 +71,11 @@ class Session:
         self.migration_context = migration_context
         self.offline = bool(migration_context.as_sql)
         self._offline_server_version = offline_server_version
-        self._server_version: int | None = None
-        self._can_suppress: bool | None = None
-        self.round_trips = 0
+        self._facts_cache: tuple[int, str, bool] | None = None
+        self._log_safety: LogSafety | None = None
+        #: run by the environment on its control connection once the
+        #: migration transaction committed (a check that needs the commit)
+        self.after_commit: list[Callable[[Reader], None]] = []
 
     # -- online plumbing ---------------------------------------------------
 
@@ -93,7 +88,6 @@ class Session:
 
     def _cursor_execute(self, stmt: sql.Composable, params: Params) -> Any:
         cur = self.dbapi_connection.cursor()
-        self.round_trips += 1
         cur.execute(stmt, params)
         return cur
 
@@ -114,52 +108,46 @@ class Session:
 
     # -- facts about the server and the migration user ----------------------
 
+    def _facts(self) -> tuple[int, str, bool]:
+        """Server version, database and whether we are a superuser: one round trip."""
+        if self._facts_cache is None:
+            row = self.fetchone(
+                sql.SQL(
+                    "SELECT current_setting('server_version_num')::int, current_database(),"
+                    " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+                )
+            )
+            assert row is not None
+            self._facts_cache = (int(row[0]), str(row[1]), bool(row[2]))
+        return self._facts_cache
+
     @property
     def server_version(self) -> int:
         """``server_version_num`` of the server (or the offline assumption)."""
-        if self._server_version is None:
-            if self.offline:
-                if self._offline_server_version is None:
-                    raise RolekitError(
-                        "offline (--sql) mode needs the target server version: "
-                        "pass -x pg_version=15 (or 14, 16, 17, 18)"
-                    )
-                self._server_version = self._offline_server_version
-            else:
-                self._server_version = int(self.scalar(sql.SQL("SHOW server_version_num")))
-        return self._server_version
+        if self.offline:
+            if self._offline_server_version is None:
+                raise RolekitError(
+                    "offline (--sql) mode needs the target server version: "
+                    "pass -x pg_version=15 (or 14, 16, 17, 18)"
+                )
+            return self._offline_server_version
+        return self._facts()[0]
 
     @property
-    def can_suppress_logging(self) -> bool:
-        """Whether this user may switch off every log that could show a statement.
+    def database(self) -> str:
+        """The current database's name."""
+        return self._facts()[1]
 
-        Superusers may; from PostgreSQL 15 a superuser can also ``GRANT SET ON
-        PARAMETER`` each of :data:`QUIET_SETTINGS` to the migration user.
-        Managed services usually allow neither, and rolekit then carries on
-        without suppression.
-        """
-        if self._can_suppress is None:
-            if self.offline:
-                self._can_suppress = False
-            elif self.server_version < 150000:  # no parameter privileges before 15
-                self._can_suppress = bool(
-                    self.scalar(
-                        sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-                    )
-                )
-            else:
-                checks = sql.SQL(" AND ").join(
-                    sql.SQL("has_parameter_privilege({}, 'SET')").format(sql.Literal(name))
-                    for name in QUIET_SETTINGS
-                )
-                self._can_suppress = bool(
-                    self.scalar(
-                        sql.SQL(
-                            "SELECT rolsuper OR ({}) FROM pg_roles WHERE rolname = current_user"
-                        ).format(checks)
-                    )
-                )
-        return self._can_suppress
+    @property
+    def superuser(self) -> bool:
+        """Whether the migration user is a superuser."""
+        return self._facts()[2]
+
+    def log_safety(self) -> LogSafety:
+        """The logging settings around verifiers, read once per run."""
+        if self._log_safety is None:
+            self._log_safety = assess(self, superuser=self.superuser)
+        return self._log_safety
 
     # -- statements ----------------------------------------------------------
 
@@ -194,12 +182,11 @@ class Session:
                 "run the upgrade online"
             )
         log.info("%s", describe)
-        if not self.can_suppress_logging:
+        quiet = self.log_safety().to_set
+        if not quiet:
             self._cursor_execute(stmt, params).close()
             return
-        names = list(QUIET_SETTINGS)
-        if self.scalar(sql.SQL("SELECT current_setting('pg_stat_statements.track_utility', true)")):
-            names.append("pg_stat_statements.track_utility")  # it would keep the statement text
+        names = list(quiet)
         saved = self.fetchone(
             sql.SQL("SELECT {}").format(
                 sql.SQL(", ").join(sql.SQL("current_setting(%s)") for _ in names)
@@ -207,7 +194,7 @@ class Session:
             names,
         )
         assert saved is not None
-        self._set_local(dict(zip(names, [*QUIET_SETTINGS.values(), "off"], strict=False)))
+        self._set_local(quiet)
         try:
             self._cursor_execute(stmt, params).close()
         finally:

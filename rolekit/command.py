@@ -1,0 +1,324 @@
+"""rolekit's Python API: each command of the ``rolekit`` CLI, returning data.
+
+Like Alembic's ``command`` module beside its ``config``: :mod:`rolekit.cli`
+only parses arguments, calls these and renders what they return.  Scripts,
+tests and benchmarks call them directly.  Errors are
+:class:`~rolekit.errors.RolekitError` subclasses carrying their exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy.exc
+from alembic.runtime.migration import MigrationContext
+from psycopg2 import sql
+from sqlalchemy import create_engine, pool
+
+from rolekit import inspection
+from rolekit._names import check_role_name
+from rolekit.contexts import parse_contexts, primary_context
+from rolekit.errors import ChangelogError, RolekitError, UnreachableError, first_line
+from rolekit.family import RoleFamily
+from rolekit.repeatable import changelog
+from rolekit.repeatable.engine import plan as plan_repeatables
+from rolekit.repeatable.loader import load_repeatables, login_members, require_known_contexts
+from rolekit.repeatable.run import RunContext
+from rolekit.rotation import workflow
+from rolekit.rotation.state import RotationState
+from rolekit.rotation.workflow import Step, Transition
+from rolekit.runtime.config import Settings
+from rolekit.runtime.control import ControlConnection
+from rolekit.runtime.logins import login_problem
+from rolekit.runtime.session import Session
+from rolekit.secrets import Secret, SecretsFile, contexts_in, generate_password
+
+ConfigLike = str | os.PathLike[str] | Settings
+
+
+def load_settings(config: ConfigLike = "alembic.ini") -> Settings:
+    return config if isinstance(config, Settings) else Settings.load(config)
+
+
+def require_context(raw: str | None) -> str:
+    """The first context of *raw* (it picks secrets and login state), or refuse."""
+    primary = primary_context(raw)
+    if primary is None:
+        raise RolekitError(
+            "no context given: pass --context (e.g. --context prod) or set ROLEKIT_CONTEXT"
+        )
+    return primary
+
+
+def _run_context(settings: Settings, raw: str | None) -> tuple[RunContext, list[Any]]:
+    repeatables = load_repeatables(settings.repeatables_dir)
+    rotation = RotationState.load(settings.state_file)
+    require_known_contexts(raw, settings, repeatables, rotation)
+    run = RunContext(
+        settings=settings,
+        contexts=parse_contexts(raw),
+        primary=primary_context(raw),
+        rotation=rotation,
+    )
+    return run, repeatables
+
+
+def family_of(settings: Settings, group: str) -> RoleFamily:
+    families = login_members(load_repeatables(settings.repeatables_dir))
+    if group not in families:
+        known = ", ".join(sorted(families)) or "none"
+        raise RolekitError(
+            f"no FamilyLogin repeatable declares family {group!r} in {settings.repeatables_dir} "
+            f"(known: {known})"
+        )
+    return families[group].family
+
+
+@contextlib.contextmanager
+def _read_only_session(settings: Settings) -> Iterator[Session]:
+    """A read-only session on the project's database, rolled back at the end."""
+    engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
+    try:
+        connection = engine.connect()
+    except sqlalchemy.exc.OperationalError as exc:
+        raise UnreachableError(f"cannot connect to the database: {first_line(exc)}") from None
+    try:
+        with connection.begin() as tx:
+            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+            yield Session(MigrationContext.configure(connection))
+            tx.rollback()
+    finally:
+        connection.close()
+        engine.dispose()
+
+
+def _control(settings: Settings) -> contextlib.AbstractContextManager[ControlConnection]:
+    return ControlConnection.open(settings.require_url(), application_name="rolekit")
+
+
+# -- plan -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    id: str
+    kind: str
+    status: str
+    reason: str
+    context: str | None
+    source: str
+
+
+def plan(config: ConfigLike, context: str | None = None) -> list[PlanRow]:
+    """Which repeatables the next upgrade would run, and why; changes nothing."""
+    settings = load_settings(config)
+    run, repeatables = _run_context(settings, context)
+    with _read_only_session(settings) as session:
+        state = changelog.read(session)
+        items = plan_repeatables(
+            session, replace(run, salt=state.salt), repeatables, state, roles_must_exist=False
+        ).items
+    return [
+        PlanRow(
+            i.repeatable.id,
+            type(i.repeatable).__name__,
+            i.status.value,
+            i.reason,
+            i.repeatable.context.text if i.repeatable.context else None,
+            i.repeatable.source,
+        )
+        for i in items
+    ]
+
+
+# -- rotate -----------------------------------------------------------------------
+
+
+def _rotation_family(settings: Settings, family: str, context: str) -> RoleFamily:
+    require_context(context)
+    _run_context(settings, context)  # refuses an unknown context
+    return family_of(settings, family)
+
+
+def rotate_begin(
+    config: ConfigLike,
+    family: str,
+    context: str,
+    *,
+    apply: bool = False,
+    length: int = workflow.DEFAULT_PASSWORD_LENGTH,
+) -> Transition:
+    """steady -> overlap: the standby gets a fresh password and may log in."""
+    settings = load_settings(config)
+    fam = _rotation_family(settings, family, context)
+    return workflow.rotate(settings, fam, context.lower(), Step.BEGIN, apply=apply, length=length)
+
+
+def rotate_finish(
+    config: ConfigLike,
+    family: str,
+    context: str,
+    *,
+    apply: bool = False,
+    drain_timeout: float | None = None,
+    terminate: bool = False,
+) -> Transition:
+    """overlap -> steady on the new member, once the old one drained."""
+    settings = load_settings(config)
+    fam = _rotation_family(settings, family, context)
+    extra = [f"drain_timeout={drain_timeout}"] if drain_timeout is not None else []
+    extra += ["terminate=true"] if terminate else []
+    return workflow.rotate(
+        settings, fam, context.lower(), Step.FINISH, apply=apply, upgrade_x=extra
+    )
+
+
+# -- creds ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Creds:
+    family: str
+    context: str
+    user: str
+    password: Secret = field(repr=False)
+
+
+def creds(config: ConfigLike, family: str, context: str) -> Creds:
+    """The credentials applications should use now."""
+    settings = load_settings(config)
+    state = RotationState.load(settings.state_file).get(family, context)
+    if state is None or state.preferred is None:
+        raise RolekitError(f"no member of {family!r} may log in in context {context!r}")
+    secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
+    return Creds(family, context.lower(), state.preferred, secrets.get(state.preferred, context))
+
+
+# -- status and check -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    families: list[inspection.FamilyReport]
+    last_runs: list[dict[str, Any]]
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{r.group}: {p}" for r in self.families for p in r.problems]
+
+
+def status(config: ConfigLike, context: str | None = None) -> Status:
+    """Each family against the catalog: login, sessions, passwords, drift."""
+    settings = load_settings(config)
+    run, repeatables = _run_context(settings, context)
+    with _control(settings) as control:
+        database = control.scalar(sql.SQL("SELECT current_database()"))
+        set_at = inspection.password_set_times(control)
+
+        def check_password(role: str) -> str | None:
+            secrets = run.secrets_file
+            if not secrets.path.exists() or not run.has_secret(role):
+                return None
+            return login_problem(control, role, run.secret(role)[0], secrets.path.name)
+
+        reports = []
+        for group, rep in sorted(login_members(repeatables).items()):
+            applies = run.primary is not None and rep.skip_reason(run) is None
+            state = run.rotation.get(group, run.primary) if run.primary else None
+            reports.append(
+                inspection.inspect_family(
+                    control,
+                    rep.family,
+                    state,
+                    run.primary,
+                    database=database,
+                    password_set_at=set_at,
+                    state_missing=applies and state is None,
+                    check_password=check_password if settings.verify_logins and applies else None,
+                )
+            )
+        runs = inspection.last_runs(control)
+    return Status(reports, runs)
+
+
+def check(config: ConfigLike, context: str | None = None) -> list[str]:
+    """What the next upgrade would repair or refuse (empty: nothing)."""
+    return status(config, context).problems
+
+
+# -- passwords --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneratedPassword:
+    role: str
+    context: str
+    written_to: Path | None
+    password: Secret = field(repr=False)
+    #: the context is new: no repeatable, secrets key or rotation state named it
+    new_context: bool = False
+
+
+def gen_password(
+    config: ConfigLike,
+    role: str,
+    context: str,
+    *,
+    length: int = workflow.DEFAULT_PASSWORD_LENGTH,
+    write: bool = False,
+) -> GeneratedPassword:
+    """A strong password; with *write*, stored under ``<role>.password.<context>``."""
+    settings = load_settings(config)
+    check_role_name(role)
+    context = require_context(context)
+    password = generate_password(max(length, settings.min_length(context)))
+    path = settings.secrets_file(context)
+    new_context = False
+    if write:
+        secrets = SecretsFile(path, repo_root=settings.root)
+        with contextlib.suppress(RolekitError):
+            new_context = (
+                context
+                not in contexts_in(secrets) | RotationState.load(settings.state_file).contexts()
+            )
+        secrets.set(role, context, password)
+        secrets.ensure_fingerprint_key()
+    return GeneratedPassword(role, context, path if write else None, Secret(password), new_context)
+
+
+# -- changelog --------------------------------------------------------------------
+
+
+def clear_checksums(config: ConfigLike, ids: Sequence[str]) -> list[str]:
+    """Forget the checksums of repeatables *ids*, so the next upgrade runs them.
+
+    Like Liquibase's ``clear-checksums``, for chosen changesets.  The
+    append-only history records it.
+    """
+    settings = load_settings(config)
+    with _control(settings) as control:
+        if not control.scalar(sql.SQL("SELECT to_regclass('rolekit_changelog') IS NOT NULL")):
+            raise ChangelogError("this database has no rolekit changelog yet: nothing to clear")
+        known = {r[0] for r in control.fetchall(sql.SQL("SELECT id FROM rolekit_changelog"))}
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            raise RolekitError(
+                f"no changelog entry for {', '.join(map(repr, unknown))}; nothing was cleared "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+        control.fetchall(
+            sql.SQL(
+                "WITH gone AS (DELETE FROM rolekit_changelog WHERE id = ANY(%s)"
+                " RETURNING id, checksum, context_expression)"
+                " INSERT INTO rolekit_changelog_history (id, checksum, context_expression,"
+                " context_used, exec_type, duration_ms)"
+                " SELECT id, checksum, context_expression, NULL, 'cleared', 0 FROM gone"
+            ),
+            (list(ids),),
+        )
+    return sorted(set(ids))

@@ -1,0 +1,121 @@
+"""What one run of the repeatables knows before it starts.
+
+A :class:`RunContext` is built once per ``alembic upgrade`` (or ``rolekit
+plan``/``check``) from the command line, the project's files and what
+rolekit saw on the control connection before the migration transaction.  It
+is immutable: planning returns what it finds (:class:`Observed`) instead of
+writing it here, and the fingerprint salt is passed in with
+:func:`dataclasses.replace`.  It knows nothing of the kinds of repeatable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rolekit.catalog import Membership, RoleInfo
+from rolekit.errors import SecretsError
+from rolekit.rotation.drain import Progress, stderr_progress
+from rolekit.rotation.state import RotationState
+from rolekit.runtime.config import DEFAULT_DRAIN_TIMEOUT, Settings
+from rolekit.secrets import Secret, SecretsFile, check_strength, secret_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Contexts, rotation state, guard settings and secrets access of one run."""
+
+    settings: Settings
+    contexts: frozenset[str]
+    rotation: RotationState
+    #: the context whose secrets and login state the run uses (the first given)
+    primary: str | None = None
+    #: the per-database salt of the secret fingerprints (from the changelog)
+    salt: bytes = b""
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    terminate: bool = False
+    progress: Progress = stderr_progress
+    #: families or roles this database may claim from another one (-x take_over)
+    take_over: frozenset[str] = frozenset()
+    #: repeatable ids to run whatever their checksum (-x rerun)
+    rerun: frozenset[str] = frozenset()
+    #: send verifiers even where the server logs them (-x allow_verifier_in_log)
+    allow_verifier_in_log: bool = False
+    #: members whose drain timed out with terminate: they are ended after the commit
+    terminate_after_commit: frozenset[str] = frozenset()
+    #: LOGIN members whose login with the secrets file's password was rejected
+    password_drift: frozenset[str] = frozenset()
+    #: caches of the secrets file (filled on first use, never by callers)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def secrets_file(self) -> SecretsFile:
+        if self.primary is None:
+            raise SecretsError("no context given: cannot choose which passwords to use")
+        if "secrets" not in self._cache:
+            self._cache["secrets"] = SecretsFile(
+                self.settings.secrets_file(self.primary), repo_root=self.settings.root
+            )
+        secrets: SecretsFile = self._cache["secrets"]
+        return secrets
+
+    @property
+    def fingerprint_key(self) -> bytes | None:
+        """The secrets file's fingerprint key; without one, checksums fall back
+        to slow scrypt fingerprints (about 50 ms per password per run)."""
+        if "key" not in self._cache:
+            key = self.secrets_file.fingerprint_key()
+            if key is None:
+                log.warning(
+                    "%s has no fingerprint key, so checksums use slow scrypt fingerprints; "
+                    "'rolekit gen-password ROLE --context %s --write' adds one",
+                    self.secrets_file.path,
+                    self.primary,
+                )
+            self._cache["key"] = key
+        found: bytes | None = self._cache["key"]
+        return found
+
+    def has_secret(self, role: str) -> bool:
+        return self.primary is not None and self.secrets_file.has(role, self.primary)
+
+    def secret(self, role: str) -> tuple[Secret, str]:
+        secrets_file = self.secrets_file  # raises when no context was given
+        context = self.primary or ""
+        value = secrets_file.get(role, context)
+        try:
+            check_strength(role, context, value, self.settings.min_length(context))
+        except SecretsError as exc:
+            raise SecretsError(f"secrets file {secrets_file.path}: {exc}") from None
+        return value, secret_key(role, context)
+
+    def must_log_in(self, role: str) -> bool:
+        """Whether the rotation state lets *role* log in, in the run's context."""
+        if self.primary is None:
+            return False
+        return any(
+            role in states[self.primary].login
+            for states in self.rotation.families.values()
+            if self.primary in states
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the planner read from the catalog and found in the plan, for the repeatables."""
+
+    roles: Mapping[str, RoleInfo]
+    #: memberships in the groups of the run's families, by group
+    memberships: Mapping[str, Sequence[Membership]] = field(default_factory=dict)
+    #: roles whose password a SetPasswords repeatable sets in this context
+    password_roles: frozenset[str] = frozenset()
+    #: roles whose password this run sends before any login change
+    passwords_sent: frozenset[str] = frozenset()
+    server_version: int = 0
+
+    def membership(self, group: str, member: str) -> Membership | None:
+        return next((m for m in self.memberships.get(group, ()) if m.member == member), None)

@@ -1,0 +1,138 @@
+"""Logging in as the members: the server's own word on their passwords.
+
+Only a superuser can read ``pg_authid``, so rolekit asks the server the one
+way every migration user can: it logs in.  Before the migration transaction,
+a member that may log in and rejects the secrets file's password has
+drifted (someone changed it), and the run sends it again.  After the
+commit, every member whose password or login changed must log in and run as
+its group, or the run fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+from rolekit.errors import RolekitError, VerificationError, first_line
+from rolekit.repeatable.engine import LoginCheck
+from rolekit.repeatable.run import RunContext
+from rolekit.runtime.control import ControlConnection
+from rolekit.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+#: where the control connection went, so member logins go to the same server
+_KEPT = ("host", "hostaddr", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey")
+APPLICATION_NAME = "rolekit-verify"
+
+
+def _connect(control: ControlConnection, role: str, password: str) -> Any:
+    params = control.dbapi_connection.get_dsn_parameters()
+    kept = {k: v for k, v in params.items() if k in _KEPT and v}
+    return psycopg2.connect(
+        **kept,
+        user=role,
+        password=password,
+        connect_timeout=10,
+        application_name=APPLICATION_NAME,
+    )
+
+
+def _password_rejected(exc: psycopg2.Error) -> bool:
+    # libpq reports no SQLSTATE for a failed connection; the server's message
+    # is the only sign (servers with translated lc_messages need 'C').
+    return "password authentication failed" in str(exc)
+
+
+def password_drift(
+    control: ControlConnection, run: RunContext, roles: Iterable[str]
+) -> frozenset[str]:
+    """Members among *roles* (they may log in) that reject the secrets file's password.
+
+    :raises RolekitError: a login failed for another reason (no pg_hba.conf
+        entry for this host...): rolekit cannot tell, and says how to skip it.
+    """
+    drifted = set()
+    for role in roles:
+        if not run.has_secret(role):
+            continue
+        secret, _ = run.secret(role)
+        try:
+            conn = _connect(control, role, secret.reveal())
+        except psycopg2.OperationalError as exc:
+            if _password_rejected(exc):
+                log.warning(
+                    "%s rejects the password in %s: it drifted (changed outside rolekit); "
+                    "sending it again",
+                    role,
+                    run.secrets_file.path.name,
+                )
+                drifted.add(role)
+                continue
+            raise RolekitError(
+                f"cannot log in as {role!r} to check its password: {first_line(exc)}. Nothing "
+                "was changed. Allow it in pg_hba.conf for this host, or set verify_logins = "
+                "false in [rolekit] to skip login checks"
+            ) from None
+        conn.close()
+    return frozenset(drifted)
+
+
+def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> None:
+    """Log in as each member whose password or login changed; each must run as its group.
+
+    Like the test step of AWS's rotation: a password that does not work, or
+    a member whose sessions would not act as the group, is reported now,
+    not by the first application that tries it.
+
+    :raises VerificationError: the change is committed but a login failed.
+    """
+    for check in checks:
+        try:
+            conn = _connect(control, check.role, check.secret.reveal())
+        except psycopg2.OperationalError as exc:
+            raise VerificationError(
+                f"login check failed for {check.role!r} after the commit: {first_line(exc)}. "
+                "The change is committed; fix the secret or the pg_hba.conf entry and re-run"
+            ) from None
+        with contextlib.closing(conn), conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT current_user"))
+            row = cur.fetchone()
+        acting = row[0] if row else None
+        if acting != check.acts_as:
+            raise VerificationError(
+                f"login check for {check.role!r}: its session runs as {acting!r}, not "
+                f"{check.acts_as!r}, so objects it creates and privileges it uses are not the "
+                "group's. The change is committed; check the membership (SET option on 16+) "
+                "and 'ALTER ROLE ... SET role', then re-run"
+            )
+        log.info("verified login as %s (session runs as %s)", check.role, acting)
+
+
+def login_works(control: ControlConnection, role: str, password: str) -> bool:
+    """Whether *role* can log in with *password* right now."""
+    try:
+        conn = _connect(control, role, password)
+    except psycopg2.OperationalError:
+        return False
+    conn.close()
+    return True
+
+
+def login_problem(
+    control: ControlConnection, role: str, secret: Secret, filename: str
+) -> str | None:
+    """Why *role* cannot log in with *secret* (``None``: it can), for ``rolekit check``."""
+    try:
+        conn = _connect(control, role, secret.reveal())
+    except psycopg2.OperationalError as exc:
+        if _password_rejected(exc):
+            return f"{role!r} rejects the password in {filename}"
+        return f"cannot log in as {role!r} to check its password: {first_line(exc)}"
+    conn.close()
+    return None
