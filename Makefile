@@ -38,7 +38,7 @@ test: venv debs
 	  $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 demo: venv
-	$(PY) -m rolekit.demo
+	$(PY) -m bench.demo
 
 bench: venv debs
 	$(PY) -m bench

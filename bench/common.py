@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rolekit.sandbox import Cluster
-from rolekit.secrets import SecretsFile, generate_password
+from rolekit.testing import Cluster, Project
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -108,90 +103,18 @@ def rounded(value: float | None, digits: int = 2) -> float | None:
 # -- projects ------------------------------------------------------------------
 
 
-class Project:
-    """A copy of a project folder (alembic.ini, migrations/) driven by subprocesses."""
-
-    def __init__(self, root: Path, url: str) -> None:
-        self.root = root
-        self.url = url
-
-    @classmethod
-    def example(cls, root: Path, url: str, contexts: Sequence[str] = ("dev",)) -> Project:
-        """Copy the repository's example project and give its members passwords."""
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
-        shutil.copytree(
-            REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        secrets = SecretsFile(root / "passwords.env")
-        for context in contexts:
-            for role in MEMBERS:
-                secrets.set(role, context, generate_password())
-        # as `rolekit gen-password --write` does: fast keyed checksums, not scrypt
-        secrets.ensure_fingerprint_key()
-        return cls(root, url)
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("ROLEKIT_CONTEXT", "DATABASE_URL")}
-        env["DATABASE_URL"] = self.url
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-        return env
-
-    def run(
-        self, *cmd: str, check: bool = True, timeout: float = 600
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            cmd,
-            cwd=self.root,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-            )
-        return proc
-
-    def alembic(
-        self, *args: str, context: str | None = "dev", check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        xs = ["-x", f"context={context}"] if context else []
-        return self.run(sys.executable, "-m", "alembic", *xs, *args, check=check)
-
-    def rolekit(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "rolekit.cli", *args, check=check)
-
-    def creds(self, family: str = "my_app", context: str = "dev") -> tuple[str, str]:
-        """``rolekit creds FAMILY --context CONTEXT --json``.
-
-        The CLI's ``main()`` runs in-process: a subprocess would spend a second
-        or more starting Python on a loaded machine, and that would stretch the
-        application lag the rotation benchmark holds constant.
-        """
-        from rolekit import cli
-
-        out = io.StringIO()
-        args = [
-            "creds",
-            family,
-            "--context",
-            context,
-            "--json",
-            "-c",
-            str(self.root / "alembic.ini"),
-        ]
-        with contextlib.redirect_stdout(out):
-            code = cli.main(args)
-        if code != 0:
-            raise RuntimeError(f"rolekit {' '.join(args)} exited {code}")
-        data = json.loads(out.getvalue())
-        return str(data["user"]), str(data["password"])
-
-    def password(self, role: str, context: str = "dev") -> str:
-        return SecretsFile(self.root / "passwords.env").get(role, context).reveal()
+def example(
+    root: Path,
+    cluster: Cluster,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    contexts: Sequence[str] = ("dev",),
+) -> Project:
+    """The repository's example project copied to *root*, with fresh member passwords."""
+    return Project.copy(
+        REPO, root, cluster, members=MEMBERS, contexts=contexts, user=user, password=password
+    )
 
 
 def timed(fn: Any, *args: Any, **kw: Any) -> tuple[float, Any]:

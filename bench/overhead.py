@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Project, log, machine, median, rounded, write_json
-from rolekit.sandbox import Cluster
+from bench.common import example, log, machine, median, rounded, write_json
+from rolekit.testing import Cluster, Project
 
 RUNS = 9
 
@@ -107,7 +107,7 @@ def downgrade() -> None:
 '''
 
 
-def plain_project(root: Path, url: str, revisions: int) -> Project:
+def plain_project(root: Path, cluster: Cluster, revisions: int) -> Project:
     (root / "migrations" / "versions").mkdir(parents=True)
     (root / "alembic.ini").write_text(_PLAIN_INI)
     (root / "migrations" / "env.py").write_text(_PLAIN_ENV)
@@ -117,7 +117,7 @@ def plain_project(root: Path, url: str, revisions: int) -> Project:
         (root / "migrations" / "versions" / f"{rev}_trivial.py").write_text(
             _PLAIN_REVISION.format(rev=rev, down=down)
         )
-    return Project(root, url)
+    return Project(root, cluster)
 
 
 def count_statements(log_text: str) -> int:
@@ -130,25 +130,24 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
     with Cluster(major) as cluster:
         log(f"overhead: {cluster!r}")
         info = machine(cluster)
-        url = cluster.url()
-        rolekit_project = Project.example(work / "rolekit", url)
+        rolekit_project = example(work / "rolekit", cluster)
         revisions = len(list((rolekit_project.root / "migrations" / "versions").glob("*.py")))
-        plain = plain_project(work / "plain", url, revisions)
+        plain = plain_project(work / "plain", cluster, revisions)
 
         started = time.perf_counter()
-        rolekit_project.alembic("upgrade", "head")
+        rolekit_project.upgrade("dev")
         full_apply_s = time.perf_counter() - started
         started = time.perf_counter()
-        plain.alembic("upgrade", "head", context=None)
+        plain.upgrade()
         plain_full_apply_s = time.perf_counter() - started
 
         def noop_rolekit() -> None:
-            proc = rolekit_project.alembic("upgrade", "head")
-            if "rolekit: running" in proc.stderr:
+            proc = rolekit_project.upgrade("dev")
+            if "] running " in proc.stderr:
                 raise RuntimeError(f"the rolekit no-op ran something:\n{proc.stderr}")
 
         def noop_plain() -> None:
-            plain.alembic("upgrade", "head", context=None)
+            plain.upgrade()
 
         # one untimed run each (imports cached by the OS), and a statement count
         counts = {}

@@ -38,7 +38,7 @@ from typing import Any, Self
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from rolekit.sandbox import Cluster
+from rolekit.testing import Cluster
 
 AUTH_USER = "bench_pgbouncer_auth"
 

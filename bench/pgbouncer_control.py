@@ -27,12 +27,12 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from bench.common import MEMBERS, Project, log
+from bench.common import MEMBERS, example, log
 from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
 from bench.pgbouncer import PgBouncer
 from bench.stats import failure_bursts
-from rolekit.sandbox import Cluster
 from rolekit.secrets import generate_password
+from rolekit.testing import Cluster
 
 ROTATIONS = 6
 LAG = 0.5
@@ -61,9 +61,9 @@ def _alter(
 def run_one(rewrite_active: bool, major: int | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rolekit-bench-control-"))
     with Cluster(major, log_statement="none") as cluster:
-        project = Project.example(work / "project", cluster.url())
-        project.alembic("upgrade", "head")
-        passwords = {m: project.password(m) for m in MEMBERS}
+        project = example(work / "project", cluster)
+        project.upgrade("dev")
+        passwords = {m: project.secret_of(m) for m in MEMBERS}
         creds = work / "creds.json"
         with PgBouncer(cluster, auth="query") as bouncer:
             write_creds(creds, MEMBERS[0], passwords[MEMBERS[0]])

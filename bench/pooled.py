@@ -27,7 +27,7 @@ from bench.load import (
     lower_priority,
     reap,
 )
-from rolekit.sandbox import Cluster
+from rolekit.testing import Cluster
 
 
 def _app_main(

@@ -35,12 +35,12 @@ from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
 from bench import pooled
-from bench.common import MEMBERS, RESULTS, Project, log, machine, write_json
+from bench.common import MEMBERS, RESULTS, example, log, machine, write_json
 from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
 from bench.pgbouncer import PgBouncer
 from bench.stats import Record, SessionSampler, Window, per_second, summarize
-from rolekit.sandbox import Cluster
 from rolekit.secrets import generate_password
+from rolekit.testing import Cluster, Project
 
 SINGLE_USER = "app_single"
 AUTH_QUERY_NAME = "rolekit-pgbouncer-auth-query"
@@ -255,7 +255,7 @@ def _rolekit_phase(
         if not ok:
             return False
         # the pooler's deploy step: its auth_file gets the new password, then a reload
-        bouncer.set_users({m: project.password(m) for m in MEMBERS})
+        bouncer.set_users({m: project.secret_of(m) for m in MEMBERS})
         phase.events[-1]["pgbouncer_reloaded_after_s"] = round(time.time() - t_db, 3)
         user, password = project.creds()
         _sleep_until(t_db + cfg.lag_s)
@@ -465,7 +465,7 @@ def _liquibase(
     cfg: Config, cluster: Cluster, project: Project, work: Path, sampler: SessionSampler
 ) -> tuple[Phase, dict[str, Any]]:
     """The seed's ``allow_login_for_my_app`` changeset, flipped in one batch."""
-    passwords = {m: project.password(m) for m in MEMBERS}
+    passwords = {m: project.secret_of(m) for m in MEMBERS}
     active = project.creds()[0]
     order = [active, next(m for m in MEMBERS if m != active)]
     changes: list[tuple[str, Change]] = []
@@ -500,14 +500,14 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
         log(f"rotation: {cluster!r}")
         info = machine(cluster)
         migrator, migrator_password = cluster.create_migrator()
-        project = Project.example(work / "project", cluster.url(migrator, migrator_password))
-        project.alembic("upgrade", "head")
+        project = example(work / "project", cluster, user=migrator, password=migrator_password)
+        project.upgrade("dev")
         sampler = SessionSampler(cluster, [*MEMBERS, SINGLE_USER])
         sampler.start()
         phases: dict[str, Any] = {}
         scenarios: list[dict[str, Any]] = []
         try:
-            users = {m: project.password(m) for m in MEMBERS}
+            users = {m: project.secret_of(m) for m in MEMBERS}
             with contextlib.ExitStack() as stack:
                 bouncer = stack.enter_context(PgBouncer(cluster, auth="file", users=users))
                 auth_query = None

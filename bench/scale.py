@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, Project, log, machine, median, rounded, write_json
+from bench.common import REPO, log, machine, median, rounded, write_json
 from bench.overhead import count_statements
-from rolekit.sandbox import Cluster
 from rolekit.secrets import Secret, SecretsFile, fingerprint, generate_password
+from rolekit.testing import Cluster, Project
 
 SIZES = (1, 10, 100, 500)
 
@@ -70,7 +70,7 @@ def families(n: int) -> list[str]:
     return [f"fam{i:04d}" for i in range(n)]
 
 
-def generate(root: Path, n: int, url: str, *, keyed: bool = True) -> Project:
+def generate(root: Path, n: int, cluster: Cluster, *, keyed: bool = True) -> Project:
     names = families(n)
     migrations = root / "migrations"
     (migrations / "versions").mkdir(parents=True)
@@ -90,7 +90,7 @@ def generate(root: Path, n: int, url: str, *, keyed: bool = True) -> Project:
         file.writelines(lines)
     if keyed:  # what `rolekit gen-password --write` and `rotate begin` add
         SecretsFile(root / "passwords.env").ensure_fingerprint_key()
-    return Project(root, url)
+    return Project(root, cluster)
 
 
 def scrypt_ms() -> float:
@@ -104,22 +104,20 @@ def measure(
     n: int, major: int | None, work: Path, noop_runs: int, *, keyed: bool = True
 ) -> dict[str, Any]:
     with Cluster(major) as cluster:
-        project = generate(
-            work / f"n{n}-{'hmac' if keyed else 'scrypt'}", n, cluster.url(), keyed=keyed
-        )
+        project = generate(work / f"n{n}-{'hmac' if keyed else 'scrypt'}", n, cluster, keyed=keyed)
         offset = cluster.log_size()
         started = time.perf_counter()
-        project.alembic("upgrade", "head")
+        project.upgrade("dev")
         full_apply_s = time.perf_counter() - started
         full_statements = count_statements(cluster.log_since(offset))
         times, trips = [], []
         for _ in range(noop_runs):
             offset = cluster.log_size()
             started = time.perf_counter()
-            proc = project.alembic("upgrade", "head")
+            proc = project.upgrade("dev")
             times.append(time.perf_counter() - started)
             trips.append(count_statements(cluster.log_since(offset)))
-            if "rolekit: running" in proc.stderr:
+            if "] running " in proc.stderr:
                 raise RuntimeError(
                     f"the no-op upgrade with {n} families ran something:\n{proc.stderr[-3000:]}"
                 )

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.common import percentile, rounded
 from bench.load import CONNECT_FAILED, OK, QUERY_FAILED
-from rolekit.sandbox import Cluster
+from rolekit.testing import Cluster
 
 Record = tuple[float, float, int, str]
 Window = tuple[float, float]

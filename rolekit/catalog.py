@@ -33,6 +33,17 @@ class Reader(Protocol):
 
 
 @dataclass(frozen=True)
+class Membership:
+    """One row of ``pg_auth_members`` (options are ``True`` before 16)."""
+
+    group: str
+    member: str
+    admin_option: bool
+    inherit_option: bool
+    set_option: bool
+
+
+@dataclass(frozen=True)
 class RoleInfo:
     """One row of ``pg_roles``, reduced to what rolekit decides on."""
 
@@ -51,6 +62,8 @@ class RoleInfo:
     database_login_roles: dict[str, str]
     #: ``COMMENT ON ROLE`` (a cluster-wide place: rolekit keeps its claim there)
     comment: str | None
+    #: the groups it is a member of, with the options (``True`` before 16)
+    member_of: tuple[Membership, ...] = ()
 
     @property
     def login_role(self) -> str | None:
@@ -61,17 +74,6 @@ class RoleInfo:
     def can_log_in_now(self) -> bool:
         """LOGIN and a password that has not expired."""
         return self.can_login and not self.expired
-
-
-@dataclass(frozen=True)
-class Membership:
-    """One row of ``pg_auth_members`` (options are ``True`` before 16)."""
-
-    group: str
-    member: str
-    admin_option: bool
-    inherit_option: bool
-    set_option: bool
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,13 @@ def setting_value(settings: Iterable[str], name: str) -> str | None:
 
 
 def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
-    """Return the roles among *names* that exist, keyed by name."""
+    """Return the roles among *names* that exist, keyed by name, with the groups
+    each is a member of (one round trip)."""
+    options = (
+        "m.admin_option, m.inherit_option, m.set_option"
+        if reader.server_version >= PG16
+        else "m.admin_option, true, true"
+    )
     rows = reader.fetchall(
         sql.SQL(
             "SELECT r.rolname, r.oid::bigint, r.rolcanlogin, r.rolsuper, r.rolreplication,"
@@ -110,15 +118,18 @@ def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
             " CASE WHEN r.rolvaliduntil = 'infinity' THEN NULL ELSE r.rolvaliduntil END,"
             " coalesce(r.rolvaliduntil <= now(), false),"
             " coalesce((SELECT s.setconfig FROM pg_db_role_setting s"
-            "           WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}'),"
+            "           WHERE s.setrole = r.oid AND s.setdatabase = 0), '{{}}'),"
             " coalesce((SELECT array_agg(d.datname || '=' || c.value) FROM pg_db_role_setting s"
             "   JOIN pg_database d ON d.oid = s.setdatabase,"
             "   LATERAL (SELECT substr(x, 6) AS value FROM unnest(s.setconfig) x"
             "            WHERE x LIKE 'role=%%') c"
-            "   WHERE s.setrole = r.oid), '{}'),"
-            " shobj_description(r.oid, 'pg_authid')"
+            "   WHERE s.setrole = r.oid), '{{}}'),"
+            " shobj_description(r.oid, 'pg_authid'),"
+            " coalesce((SELECT json_agg(json_build_array(g.rolname, {options}))"
+            "   FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+            "   WHERE m.member = r.oid), '[]')"
             " FROM pg_roles r WHERE r.rolname = ANY(%s)"
-        ),
+        ).format(options=sql.SQL(options)),
         (list(names),),
     )
     return {
@@ -134,29 +145,10 @@ def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
             settings=tuple(row[8]),
             database_login_roles=dict(item.split("=", 1) for item in row[9]),
             comment=row[10],
+            member_of=tuple(Membership(group, row[0], *opts) for group, *opts in row[11]),
         )
         for row in rows
     }
-
-
-def memberships(reader: Reader, groups: Iterable[str]) -> list[Membership]:
-    """Return the memberships in *groups* (who is a member of each group)."""
-    options = (
-        "m.admin_option, m.inherit_option, m.set_option"
-        if reader.server_version >= PG16
-        else "m.admin_option, true, true"
-    )
-    rows = reader.fetchall(
-        sql.SQL(
-            "SELECT g.rolname, u.rolname, {options}"
-            " FROM pg_auth_members m"
-            " JOIN pg_roles g ON g.oid = m.roleid"
-            " JOIN pg_roles u ON u.oid = m.member"
-            " WHERE g.rolname = ANY(%s)"
-        ).format(options=sql.SQL(options)),
-        (list(groups),),
-    )
-    return [Membership(*row) for row in rows]
 
 
 #: one statement: clear the statistics snapshot, then read the backends.
@@ -247,11 +239,6 @@ def privileges(reader: Reader, roles_of_interest: Iterable[str]) -> Privileges:
     return Privileges(
         name, superuser, createrole, stats, signal, frozenset(acts_for), frozenset(administers)
     )
-
-
-def current_user_is_superuser(reader: Reader) -> bool:
-    rows = reader.fetchall(sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
-    return bool(rows and rows[0][0])
 
 
 def roles_without_admin(reader: Reader, names: Iterable[str]) -> list[str]:

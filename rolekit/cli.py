@@ -28,6 +28,7 @@ from rolekit import command
 from rolekit.contexts import primary_context
 from rolekit.errors import ExitCode, RolekitError, first_line
 from rolekit.rotation.workflow import Transition
+from rolekit.secrets import DEFAULT_PASSWORD_LENGTH
 
 Command = Callable[[argparse.Namespace, "_Output"], int]
 
@@ -302,7 +303,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("role")
     p.add_argument("--write", action="store_true", help="store it under <role>.password.<context>")
     p.add_argument("--show", action="store_true", help="print it even with --write")
-    p.add_argument("--length", type=int, default=32)
+    p.add_argument(
+        "--length", type=int, default=DEFAULT_PASSWORD_LENGTH, help="default: %(default)s"
+    )
     p = add(
         "clear-checksums",
         "make the next upgrade run repeatables again, whatever their checksum",

@@ -36,7 +36,13 @@ from rolekit.runtime.config import Settings
 from rolekit.runtime.control import ControlConnection
 from rolekit.runtime.logins import login_problem
 from rolekit.runtime.session import Session
-from rolekit.secrets import Secret, SecretsFile, contexts_in, generate_password
+from rolekit.secrets import (
+    DEFAULT_PASSWORD_LENGTH,
+    Secret,
+    SecretsFile,
+    contexts_in,
+    generate_password,
+)
 
 ConfigLike = str | os.PathLike[str] | Settings
 
@@ -151,7 +157,7 @@ def rotate_begin(
     context: str,
     *,
     apply: bool = False,
-    length: int = workflow.DEFAULT_PASSWORD_LENGTH,
+    length: int = DEFAULT_PASSWORD_LENGTH,
 ) -> Transition:
     """steady -> overlap: the standby gets a fresh password and may log in."""
     settings = load_settings(config)
@@ -269,7 +275,7 @@ def gen_password(
     role: str,
     context: str,
     *,
-    length: int = workflow.DEFAULT_PASSWORD_LENGTH,
+    length: int = DEFAULT_PASSWORD_LENGTH,
     write: bool = False,
 ) -> GeneratedPassword:
     """A strong password; with *write*, stored under ``<role>.password.<context>``."""

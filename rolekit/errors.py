@@ -8,9 +8,9 @@ and never carry a secret.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
-
-from alembic.util import CommandError
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -40,11 +40,14 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-class RolekitError(CommandError):
+class RolekitError(Exception):
     """Base class of every error a user can provoke.
 
-    It is an Alembic ``CommandError``, so ``alembic upgrade`` prints
-    ``FAILED: <message>`` instead of a traceback.
+    On its way through Alembic it becomes a ``CommandError``
+    (:class:`rolekit.runtime.environment.MigrationFailed`), so ``alembic
+    upgrade`` prints ``FAILED: <message>`` instead of a traceback; this module
+    imports nothing, so applications using :mod:`rolekit.client` need no
+    Alembic.
     """
 
     #: exit code used by the ``rolekit`` command line for this kind of error
@@ -119,6 +122,39 @@ class VerificationError(RolekitError):
     """A check after the commit failed: the change is in, but something is wrong."""
 
     exit_code = ExitCode.PROBLEM
+
+
+class BothMembersFailedError(RolekitError):
+    """Every member the credential source knows was rejected, even after a refresh.
+
+    The message names each user and why it was rejected (``password
+    rejected``, ``not permitted to log in``...) -- never a password -- and
+    where the credentials came from, since a stale source is the usual
+    cause.  It is raised ``from None``: the drivers' messages add nothing the
+    reasons do not say.
+
+    :ivar users: the users that were tried, in order.
+    :ivar failures: ``(user, reason)`` for each attempt.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, str]], source: str) -> None:
+        self.failures = tuple(failures)
+        self.source = source
+        self.users = tuple(dict.fromkeys(user for user, _ in self.failures))
+        tried = ", ".join(f"{user} ({reason})" for user, reason in self.failures)
+        if len(self.users) > 1:
+            what = f"could not log in as any member of the family: {tried}"
+        else:
+            what = f"could not log in: {tried}, and no other member is known to fall back to"
+        super().__init__(
+            f"{what}; checking {source} again gave nothing better: make sure it is up to "
+            "date with the rotation (passwords are not shown)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions are pickled as ``cls(*args)``; ours takes other arguments
+        # (task queues and multiprocessing pickle exceptions).
+        return (type(self), (self.failures, self.source))
 
 
 class RotationStateError(RolekitError):

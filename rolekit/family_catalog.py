@@ -9,7 +9,7 @@ never disagree about what is wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from psycopg2 import sql
@@ -42,21 +42,22 @@ class FamilyCatalog:
 
     @classmethod
     def read(cls, reader: Reader, family: RoleFamily) -> FamilyCatalog:
-        """Read the family's catalog state (two round trips)."""
-        rows = catalog.memberships(reader, [family.group])
-        return cls.of(family, catalog.roles(reader, family.roles), rows, reader.server_version)
+        """Read the family's catalog state (one round trip)."""
+        return cls.of(family, catalog.roles(reader, family.roles), reader.server_version)
 
     @classmethod
     def of(
-        cls,
-        family: RoleFamily,
-        roles: Mapping[str, RoleInfo],
-        memberships: Iterable[Membership],
-        server_version: int,
+        cls, family: RoleFamily, roles: Mapping[str, RoleInfo], server_version: int
     ) -> FamilyCatalog:
-        """Build it from rows a planner already read for many families at once."""
-        mine = {m.member: m for m in memberships if m.group == family.group}
+        """Build it from roles a planner already read for many families at once."""
         known = {name: roles[name] for name in family.roles if name in roles}
+        mine = {
+            m.member: m
+            for name in family.members
+            if name in known
+            for m in known[name].member_of
+            if m.group == family.group
+        }
         return cls(family, known, mine, server_version)
 
     # -- shape: is it a family at all? ----------------------------------------------

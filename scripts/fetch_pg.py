@@ -15,7 +15,7 @@ from pathlib import Path
 # runnable as `python scripts/fetch_pg.py` from a checkout, without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rolekit.sandbox import cache_dir, fetch_binaries
+from rolekit.testing.binaries import cache_dir, fetch_binaries
 
 
 def main(argv: list[str] | None = None) -> int:

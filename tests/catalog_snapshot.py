@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rolekit.sandbox import Cluster
+from rolekit.testing import Cluster
 
 
 def role_snapshot(cluster: Cluster) -> dict[str, Any]:

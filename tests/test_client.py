@@ -27,9 +27,8 @@ from rolekit import client
 from rolekit.client import BothMembersFailedError, Credentials, CredentialsProvider
 from rolekit.errors import RolekitError
 from rolekit.rotation.state import FamilyState, RotationState
-from rolekit.sandbox import Cluster
 from rolekit.secrets import Secret, SecretsFile
-from tests.project import Project
+from rolekit.testing import Cluster, Project
 
 TOM, JERRY = "my_app_tom", "my_app_jerry"
 log = logging.getLogger(__name__)

@@ -7,9 +7,8 @@ import pytest
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from rolekit.sandbox import Cluster
+from rolekit.testing import Cluster, Project
 from tests.catalog_snapshot import family_rows, role_snapshot
-from tests.project import Project
 
 MEMBERS = ("my_app_jerry", "my_app_tom")
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
+from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
-from tests.project import Project
 
 
 def verifiers(project: Project) -> list[str]:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
-from tests.project import Project
 
 
 def statements(log: str) -> list[str]:

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg2
 import pytest
 
+from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
-from tests.project import Project
 
 
 def rotate(project: Project, phase: str, *extra: str, check: bool = True) -> CompletedProcess[str]:

@@ -4,7 +4,8 @@
 ``rolekit_changelog_history`` records every run for auditors (a trigger
 refuses UPDATE and DELETE); ``rolekit_meta`` holds the schema version and the
 salt of the secret fingerprints.  No table ever holds a secret: checksums
-carry slow, salted fingerprints of them.
+carry salted fingerprints of them, an HMAC keyed by the secrets file's own
+key (useless without the file), or scrypt where a file has no key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from rolekit.errors import ChangelogError
-from rolekit.runtime.session import Session
+from rolekit.runtime.session import ROLEKIT_TABLES, Session
 
 SCHEMA_VERSION = 3
 
@@ -87,23 +88,37 @@ class Changelog:
     version: int = SCHEMA_VERSION
 
 
-def read(session: Session) -> Changelog:
-    """Read the meta and current rows in two round trips (none if absent)."""
-    row = session.fetchone(
-        sql.SQL(
-            "SELECT to_regclass('rolekit_meta') IS NOT NULL,"
-            " to_regclass('rolekit_changelog') IS NOT NULL"
+def read(session: Session, *, fresh: bool = False) -> Changelog:
+    """Read the meta and current rows: one round trip, none if the tables are absent.
+
+    :param fresh: ask the catalog which tables exist now (after :func:`ensure`)
+        instead of trusting what the run's first query found.
+    """
+    if fresh:
+        row = session.fetchone(
+            sql.SQL("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL"),
+            ROLEKIT_TABLES,
         )
-    )
-    assert row is not None
-    if not row[0]:
-        if row[1]:
+        assert row is not None
+        tables = {t for t, found in zip(ROLEKIT_TABLES, row, strict=True) if found}
+    else:
+        tables = set(session.tables_at_start)
+    if "rolekit_meta" not in tables:
+        if "rolekit_changelog" in tables:
             raise ChangelogError(
                 "found rolekit_changelog without rolekit_meta: it was made by a rolekit older than "
                 "0.1 or by another tool; rename or drop it and re-run"
             )
         return Changelog(False, b"", {})
-    meta = dict(session.fetchall(sql.SQL("SELECT key, value FROM rolekit_meta")))
+    # row_to_json: the columns of whatever schema version the table has
+    row = session.fetchone(
+        sql.SQL(
+            "SELECT (SELECT json_object_agg(key, value) FROM rolekit_meta),"
+            " (SELECT coalesce(json_agg(row_to_json(c)), '[]') FROM rolekit_changelog c)"
+        )
+    )
+    assert row is not None
+    meta: dict[str, str] = row[0] or {}
     version = int(meta.get("schema_version", "0"))
     if version > SCHEMA_VERSION:
         raise ChangelogError(
@@ -113,10 +128,11 @@ def read(session: Session) -> Changelog:
     salt = bytes.fromhex(meta.get("fingerprint_salt", ""))
     if version < SCHEMA_VERSION:
         return Changelog(True, salt, {}, version)  # migrated (and then read) by ensure()
-    rows = session.fetchall(
-        sql.SQL("SELECT id, checksum, target_oids, step_digests FROM rolekit_changelog")
-    )
-    return Changelog(True, salt, {r[0]: Entry(r[0], r[1], tuple(r[2]), tuple(r[3])) for r in rows})
+    entries = {
+        r["id"]: Entry(r["id"], r["checksum"], tuple(r["target_oids"]), tuple(r["step_digests"]))
+        for r in row[1]
+    }
+    return Changelog(True, salt, entries)
 
 
 def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
@@ -145,7 +161,7 @@ def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
             sql.SQL("UPDATE rolekit_meta SET value = %s WHERE key = 'schema_version'"),
             (str(version),),
         )
-    return read(session)
+    return read(session, fresh=True)
 
 
 def record(

@@ -75,7 +75,6 @@ class RunReport:
 
 def _observe(session: Session, run: RunContext, active: Sequence[Repeatable]) -> Observed:
     roles = {t for rep in active for t in (*rep.targets(), *rep.managed_roles())}
-    groups = [rep.family.group for rep in active if isinstance(rep, FamilyLogin)]
     password_roles = frozenset(
         role
         for rep in active
@@ -84,10 +83,8 @@ def _observe(session: Session, run: RunContext, active: Sequence[Repeatable]) ->
     )
     if session.offline:
         return Observed({}, password_roles=password_roles)
-    rows = catalog.memberships(session, groups) if groups else []
     return Observed(
         catalog.roles(session, roles) if roles else {},
-        {g: [m for m in rows if m.group == g] for g in groups},
         password_roles,
         server_version=session.server_version,
     )

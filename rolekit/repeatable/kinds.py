@@ -263,6 +263,13 @@ class FamilyLogin(Repeatable):
                 f'"families"."{group}", or give the FamilyLogin repeatable a context= that '
                 "excludes it"
             )
+        recorded = run.rotation.members.get(group)
+        if recorded is not None and set(recorded) != set(self.family.members):
+            raise RepeatableError(
+                f"{run.settings.state_file.name} records members {', '.join(recorded)} for "
+                f"{group!r}, but the FamilyLogin repeatable declares "
+                f"{', '.join(self.family.members)}"
+            )
         unknown = set(state.login) - set(self.family.members)
         if unknown:
             raise RepeatableError(
@@ -300,13 +307,7 @@ class FamilyLogin(Repeatable):
         return steps
 
     def catalog(self, observed: Observed) -> FamilyCatalog:
-        group = self.family.group
-        return FamilyCatalog.of(
-            self.family,
-            observed.roles,
-            observed.memberships.get(group, ()),
-            observed.server_version,
-        )
+        return FamilyCatalog.of(self.family, observed.roles, observed.server_version)
 
     def converge(
         self, run: RunContext, observed: Observed, steps: list[Step]

@@ -11,11 +11,11 @@ writing it here, and the fingerprint salt is passed in with
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rolekit.catalog import Membership, RoleInfo
+from rolekit.catalog import RoleInfo
 from rolekit.errors import SecretsError
 from rolekit.rotation.drain import Progress, stderr_progress
 from rolekit.rotation.state import RotationState
@@ -109,13 +109,8 @@ class Observed:
     """What the planner read from the catalog and found in the plan, for the repeatables."""
 
     roles: Mapping[str, RoleInfo]
-    #: memberships in the groups of the run's families, by group
-    memberships: Mapping[str, Sequence[Membership]] = field(default_factory=dict)
     #: roles whose password a SetPasswords repeatable sets in this context
     password_roles: frozenset[str] = frozenset()
     #: roles whose password this run sends before any login change
     passwords_sent: frozenset[str] = frozenset()
     server_version: int = 0
-
-    def membership(self, group: str, member: str) -> Membership | None:
-        return next((m for m in self.memberships.get(group, ()) if m.member == member), None)

@@ -162,11 +162,19 @@ def _no_duplicates(where: str) -> Any:
 
 
 class RotationState:
-    """The whole state file: ``{family: {context: FamilyState}}``."""
+    """The whole state file: ``{family: {context: FamilyState}}``, and each family's
+    two members (``"members"``), so an application knows whom to fall back to
+    without running the project's migration files."""
 
-    def __init__(self, path: Path, families: dict[str, dict[str, FamilyState]] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        families: dict[str, dict[str, FamilyState]] | None = None,
+        members: dict[str, tuple[str, str]] | None = None,
+    ):
         self.path = path
         self.families = families or {}
+        self.members = members or {}
 
     @classmethod
     def load(cls, path: Path) -> RotationState:
@@ -179,7 +187,38 @@ class RotationState:
             raw = json.loads(raw_bytes.decode("utf-8"), object_pairs_hook=_no_duplicates(str(path)))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StateFileError(f"cannot read rotation state {path}: {exc}") from None
-        return cls(path, cls._validate(path.name, raw))
+        families = cls._validate(path.name, raw)
+        return cls(path, families, cls._validate_members(path.name, raw, families))
+
+    @staticmethod
+    def _validate_members(
+        name: str, raw: dict[str, Any], families: dict[str, dict[str, FamilyState]]
+    ) -> dict[str, tuple[str, str]]:
+        given = raw.get("members", {})
+        if not isinstance(given, dict):
+            raise StateFileError(f"{name}: 'members' must map family names to two member names")
+        members: dict[str, tuple[str, str]] = {}
+        for family, pair in given.items():
+            where = f"{name}: members.{family}"
+            check_role_name(family, what=f"{name}: family name")
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or not all(isinstance(m, str) for m in pair)
+                or pair[0] == pair[1]
+            ):
+                raise StateFileError(f"{where}: expected a list of two distinct member names")
+            for member in pair:
+                check_role_name(member, what=where)
+            for context, state in families.get(family, {}).items():
+                strangers = sorted(set(state.login) - set(pair))
+                if strangers:
+                    raise StateFileError(
+                        f"{name}: families.{family}.{context}.login lists {strangers}, which are "
+                        f"not its members ({', '.join(pair)})"
+                    )
+            members[family] = (pair[0], pair[1])
+        return members
 
     @staticmethod
     def _validate(name: str, raw: Any) -> dict[str, dict[str, FamilyState]]:
@@ -191,7 +230,7 @@ class RotationState:
             raise StateFileError(
                 f'{name}: expected {{"version": {STATE_VERSION}, "families": {{...}}}}'
             )
-        unknown = sorted(set(raw) - {"version", "families"})
+        unknown = sorted(set(raw) - {"version", "families", "members"})
         if unknown:
             raise StateFileError(f"{name}: unknown top-level keys {unknown}")
         families_raw = raw.get("families", {})
@@ -226,16 +265,29 @@ class RotationState:
         return frozenset(ctx for states in self.families.values() for ctx in states)
 
     def copy(self) -> RotationState:
-        return RotationState(self.path, {f: dict(s) for f, s in self.families.items()})
+        families = {f: dict(s) for f, s in self.families.items()}
+        return RotationState(self.path, families, dict(self.members))
+
+    def members_of(self, family: str) -> tuple[str, str] | None:
+        """The family's two members: recorded, else named by its states (if two are)."""
+        if family in self.members:
+            return self.members[family]
+        named: list[str] = []
+        for state in self.families.get(family, {}).values():
+            named += [member for member in state.login if member not in named]
+        return (named[0], named[1]) if len(named) == 2 else None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "version": STATE_VERSION,
             "families": {
                 family: {ctx: st.to_json() for ctx, st in sorted(contexts.items())}
                 for family, contexts in sorted(self.families.items())
             },
         }
+        if self.members:
+            data["members"] = {f: list(pair) for f, pair in sorted(self.members.items())}
+        return data
 
     def save(self) -> None:
         """Write atomically (fsynced), so a crash never leaves a torn file for a deploy."""

@@ -36,12 +36,9 @@ from rolekit.family_catalog import FamilyCatalog
 from rolekit.rotation.state import FamilyState, Phase, RotationState, locked
 from rolekit.runtime.config import Settings
 from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.environment import ROTATION_ATTRIBUTE
+from rolekit.runtime.environment import ROTATION_ATTRIBUTE, MigrationFailed
 from rolekit.runtime.logins import login_works
-from rolekit.secrets import SecretsFile, generate_password
-
-#: length of the passwords ``begin`` generates (at least the context's minimum)
-DEFAULT_PASSWORD_LENGTH = 32
+from rolekit.secrets import DEFAULT_PASSWORD_LENGTH, SecretsFile, generate_password
 
 
 class Step(StrEnum):
@@ -132,7 +129,10 @@ def _upgrade(settings: Settings, context: str, extra: Sequence[str], target: Rot
     config = Config(str(settings.ini_path))
     config.cmd_opts = argparse.Namespace(x=[f"context={context}", *extra])
     config.attributes[ROTATION_ATTRIBUTE] = target
-    alembic_command.upgrade(config, "head")
+    try:
+        alembic_command.upgrade(config, "head")
+    except MigrationFailed as exc:
+        raise exc.error from None
 
 
 def _confirm(control: ControlConnection, family: RoleFamily, after: FamilyState) -> None:
@@ -167,6 +167,7 @@ def rotate(
         else:
             after = _finish(family, context, current)
         assert current is not None
+        state.members[family.group] = family.members  # so applications know both
         if control is not None:
             target = state.copy()
             target.set(family.group, context, after)

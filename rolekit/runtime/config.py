@@ -6,21 +6,23 @@ agree on which database, secrets file and state file they mean.
 
 from __future__ import annotations
 
+import configparser
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
+from typing import TYPE_CHECKING
 
 from rolekit.errors import RolekitError
+from rolekit.secrets import DEFAULT_MIN_LENGTH as DEFAULT_MIN_PASSWORD_LENGTH
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
 
 #: seconds ``finish`` waits for the old member's sessions to end
 DEFAULT_DRAIN_TIMEOUT = 60.0
 #: seconds an upgrade waits for another rolekit run on the same database
 DEFAULT_LOCK_WAIT = 300.0
-#: shortest password accepted unless ``min_password_length`` says otherwise
-DEFAULT_MIN_PASSWORD_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,17 @@ class Settings:
 
     @classmethod
     def from_alembic_config(cls, config: Config) -> Settings:
+        """The settings of the alembic.ini an Alembic command runs with."""
         ini = Path(config.config_file_name or "alembic.ini").resolve()
+        return cls.from_parser(ini, config.file_config, config.config_ini_section)
+
+    @classmethod
+    def from_parser(
+        cls, ini: Path, parser: configparser.ConfigParser, main_section: str = "alembic"
+    ) -> Settings:
         root = ini.parent
-        section = (
-            config.get_section("rolekit", {}) if config.file_config.has_section("rolekit") else {}
-        )
+        section = dict(parser.items("rolekit")) if parser.has_section("rolekit") else {}
+        url = parser.get(main_section, "sqlalchemy.url", fallback=None)
 
         def path(value: str) -> Path:
             p = Path(value).expanduser()
@@ -66,7 +74,7 @@ class Settings:
         return cls(
             root=root,
             ini_path=ini,
-            database_url=os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url"),
+            database_url=os.environ.get("DATABASE_URL") or url,
             repeatables_dir=path(section.get("repeatables", "migrations/repeatable")),
             state_file=path(section.get("state", "migrations/rotation.json")),
             default_secrets_file=path(section.get("secrets", "passwords.env")),
@@ -88,12 +96,20 @@ class Settings:
 
     @classmethod
     def load(cls, ini_path: str | os.PathLike[str] = "alembic.ini") -> Settings:
+        """Read alembic.ini with :mod:`configparser`, as Alembic does (``%(here)s``
+        included), without importing Alembic: applications use this too."""
         ini = Path(ini_path)
         if not ini.is_file():
             raise RolekitError(
                 f"no Alembic config at {ini}: run from the project folder or pass --config"
             )
-        return cls.from_alembic_config(Config(str(ini)))
+        ini = ini.resolve()
+        parser = configparser.ConfigParser({"here": str(ini.parent), "__file__": str(ini)})
+        try:
+            parser.read(ini, encoding="utf-8")
+        except configparser.Error as exc:
+            raise RolekitError(f"cannot read {ini}: {exc}") from None
+        return cls.from_parser(ini, parser)
 
     def secrets_file(self, context: str) -> Path:
         """The secrets file of *context*: ``secrets.<context>`` or the default."""

@@ -19,9 +19,10 @@ from typing import Any
 import psycopg2
 import sqlalchemy.exc
 from psycopg2 import sql
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import make_url
 
+from rolekit.catalog import PG15
 from rolekit.errors import BusyError, UnreachableError, first_line
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,32 @@ class ControlConnection:
                 dbapi.close()
             engine.dispose()
 
+    @classmethod
+    @contextlib.contextmanager
+    def borrow(cls, connection: Connection) -> Iterator[ControlConnection]:
+        """Use the migration's connection between its transactions, in autocommit.
+
+        It must not be inside a transaction: rolekit waits here, and must not
+        hold what the transaction locked.  The session-level run lock taken
+        here lasts until the connection closes.
+        """
+        if connection.in_transaction():
+            raise RuntimeError("rolekit cannot wait inside the migration transaction")
+        dbapi = connection.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        try:
+            yield cls(dbapi)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if dbapi.closed:
+                # SQLAlchemy did not see it break: tell it, or it would try to
+                # roll back a dead connection and log a traceback for it
+                connection.invalidate()
+            raise
+        finally:
+            if not dbapi.closed:
+                dbapi.autocommit = False
+
     @property
     def dbapi_connection(self) -> Any:
         return self._conn
@@ -108,12 +135,23 @@ class ControlConnection:
         """Take the run lock, waiting at most *timeout* seconds and saying who holds it.
 
         A session-level lock on this connection: it is released when the
-        connection closes, also when the process is killed.
+        connection closes, also when the process is killed.  The same
+        statement keeps ``log_transaction_sample_rate`` from logging the
+        migration transaction, where the user may: the server decides on
+        sampling when a transaction starts, too early for rolekit's
+        ``SET LOCAL`` around a verifier.
         """
+        may_set = "rolsuper"
+        if self.server_version >= PG15:
+            may_set += " OR has_parameter_privilege('log_transaction_sample_rate', 'SET')"
+        attempt = sql.SQL(
+            "SELECT pg_try_advisory_lock(%s), (SELECT set_config('log_transaction_sample_rate',"
+            " '0', false) FROM pg_roles WHERE rolname = current_user AND ({}))"
+        ).format(sql.SQL(may_set))
         started = time.monotonic()
         reported = -1.0
         key_where = sql.SQL("((l.classid::bigint << 32) | l.objid::bigint) = %s AND l.objsubid = 1")
-        while not self.scalar(sql.SQL("SELECT pg_try_advisory_lock(%s)"), (RUN_LOCK_KEY,)):
+        while not self.scalar(attempt, (RUN_LOCK_KEY,)):
             waited = time.monotonic() - started
             holders = self._holders(key_where, (RUN_LOCK_KEY,))
             if waited >= timeout:

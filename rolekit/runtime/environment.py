@@ -8,15 +8,17 @@ A project's env.py can be two lines::
 
 A project with its own env.py wraps its transaction in :class:`RolekitRun`::
 
-    with RolekitRun(context) as rolekit:
+    with engine.connect() as connection, RolekitRun(context, connection) as rolekit:
+        context.configure(connection=connection)
         with context.begin_transaction():
             context.run_migrations()
             rolekit.apply_repeatables()
 
-Everything that waits happens outside the migration transaction, on a
-control connection that holds no locks: the run lock of concurrent deploys
-(bounded, reported), the drain of members the run disables, and, after the
-commit, the termination of what ``terminate`` ends and the login checks.
+Everything that waits happens outside the migration transaction, on the
+same connection in autocommit mode, holding no locks: the run lock of
+concurrent deploys (bounded, reported), the drain of members the run
+disables, and, after the commit, the termination of what ``terminate`` ends
+and the login checks.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from typing import Any
 import psycopg2
 import sqlalchemy.exc
 from alembic.runtime.environment import EnvironmentContext
-from sqlalchemy import create_engine, event, pool
+from alembic.util import CommandError
+from sqlalchemy import Connection, create_engine, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
 from rolekit import catalog
@@ -48,6 +51,19 @@ from rolekit.runtime.logins import password_drift, verify_logins
 from rolekit.runtime.session import Session, session_for
 
 log = logging.getLogger(__name__)
+
+
+class MigrationFailed(CommandError):
+    """A :class:`RolekitError` on its way through Alembic.
+
+    Alembic prints a ``CommandError`` as one ``FAILED: <message>`` line; the
+    original error (with its exit code) is :attr:`error`.
+    """
+
+    def __init__(self, error: RolekitError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
 
 #: ``config.attributes`` key under which ``rolekit rotate --apply`` passes the
 #: rotation state to apply, before it writes it to the state file
@@ -144,38 +160,48 @@ def prepare(
 
 
 class RolekitRun:
-    """One rolekit run around a migration transaction (see the module docs)."""
+    """One rolekit run around a migration transaction (see the module docs).
 
-    def __init__(self, env: EnvironmentContext, settings: Settings | None = None) -> None:
+    :param connection: the SQLAlchemy connection the migration will use.
+        Before its transaction and after the commit, rolekit borrows it in
+        autocommit mode to hold the run lock, wait and check: no second
+        connection, and nothing held while waiting.
+    """
+
+    def __init__(
+        self,
+        env: EnvironmentContext,
+        connection: Connection | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.env = env
+        self.connection = connection
         self.settings = settings or Settings.from_alembic_config(env.config)
-        self.upgrade = False
         self.repeatables: list[Repeatable] = []
         self.run: RunContext | None = None
         self.report: RunReport | None = None
-        self._control_cm: Any = None
-        self.control: ControlConnection | None = None
         self._session: Session | None = None
 
     def __enter__(self) -> RolekitRun:
-        self.upgrade = _is_upgrade(self.env)
-        if self.upgrade:
+        try:
+            return self._enter()
+        except RolekitError as exc:
+            raise MigrationFailed(exc) from None
+
+    def _enter(self) -> RolekitRun:
+        if _is_upgrade(self.env):
             self.repeatables = load_repeatables(self.settings.repeatables_dir)
             self.run = run_context(self.env, self.settings, self.repeatables)
         if self.env.is_offline_mode():
             return self
-        url = self.settings.require_url()
-        self._control_cm = ControlConnection.open(url, application_name="rolekit-control")
-        self.control = self._control_cm.__enter__()
-        try:
+        if self.connection is None:
+            raise RolekitError("RolekitRun needs the migration's connection online")
+        with ControlConnection.borrow(self.connection) as control:
             wait = seconds("lock_wait", x_argument(self.env, "lock_wait"), self.settings.lock_wait)
             progress = self.run.progress if self.run else drain.stderr_progress
-            self.control.acquire_run_lock(timeout=wait, progress=progress)
+            control.acquire_run_lock(timeout=wait, progress=progress)
             if self.run is not None:
-                self.run = prepare(self.control, self.run, self.repeatables)
-        except BaseException:
-            self._close(None)
-            raise
+                self.run = prepare(control, self.run, self.repeatables)
         return self
 
     def apply_repeatables(self) -> RunReport | None:
@@ -186,22 +212,20 @@ class RolekitRun:
         self.report = apply(self._session, self.run, self.repeatables)
         return self.report
 
-    def _close(self, exc: BaseException | None) -> None:
-        if self._control_cm is not None:
-            cm, self._control_cm = self._control_cm, None
-            cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
-
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            if exc is None and self.control is not None:
-                self._after_commit(self.control)
-        finally:
-            self._close(exc)
+        if exc is None and self.connection is not None:
+            try:
+                with ControlConnection.borrow(self.connection) as control:
+                    self._after_commit(control)
+            except RolekitError as error:
+                raise MigrationFailed(error) from None
+        if isinstance(exc, RolekitError):
+            raise MigrationFailed(exc) from None
 
     def _after_commit(self, control: ControlConnection) -> None:
         run = self.run
@@ -214,28 +238,6 @@ class RolekitRun:
             check(control)
         if self.report is not None and self.report.to_verify and run is not None:
             verify_logins(control, self.report.to_verify)
-
-
-def _unsample_transactions(dbapi_connection: Any, _record: Any) -> None:
-    """Keep ``log_transaction_sample_rate`` from logging the migration transaction.
-
-    The server decides whether to log every statement of a transaction when
-    the transaction starts, so the ``SET LOCAL`` rolekit does around a
-    password is too late for it; it is switched off for the session where
-    the user may (a superuser, or SET on the parameter from 15).
-    """
-    may_set = "rolsuper"
-    if dbapi_connection.server_version >= catalog.PG15:
-        may_set += " OR has_parameter_privilege('log_transaction_sample_rate', 'SET')"
-    dbapi_connection.autocommit = True  # one round trip, no BEGIN/COMMIT
-    try:
-        with dbapi_connection.cursor() as cur:
-            cur.execute(
-                "SELECT set_config('log_transaction_sample_rate', '0', false)"
-                f" FROM pg_roles WHERE rolname = current_user AND ({may_set})"
-            )
-    finally:
-        dbapi_connection.autocommit = False
 
 
 def database_error(exc: BaseException) -> RolekitError:
@@ -269,23 +271,18 @@ def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
             transaction_per_migration=False,
             **configure_kw,
         )
-        with RolekitRun(env, settings) as rolekit, env.begin_transaction():
+        with RolekitRun(env, settings=settings) as rolekit, env.begin_transaction():
             env.run_migrations()
             rolekit.apply_repeatables()
         return
+    engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
     try:
-        with RolekitRun(env, settings) as rolekit:
-            engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
-            event.listen(engine, "connect", _unsample_transactions)
-            try:
-                with engine.connect() as connection:
-                    env.configure(
-                        connection=connection, transaction_per_migration=False, **configure_kw
-                    )
-                    with env.begin_transaction():
-                        env.run_migrations()
-                        rolekit.apply_repeatables()
-            finally:
-                engine.dispose()
+        with engine.connect() as connection, RolekitRun(env, connection, settings) as rolekit:
+            env.configure(connection=connection, transaction_per_migration=False, **configure_kw)
+            with env.begin_transaction():
+                env.run_migrations()
+                rolekit.apply_repeatables()
     except (sqlalchemy.exc.DBAPIError, psycopg2.Error) as exc:
-        raise database_error(exc) from None
+        raise MigrationFailed(database_error(exc)) from None
+    finally:
+        engine.dispose()

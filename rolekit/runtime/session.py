@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 Params = Sequence[Any] | None
 
 
+#: rolekit's own tables, whose presence the first query of a run reports
+ROLEKIT_TABLES = ("rolekit_meta", "rolekit_changelog")
+
+#: migration context option (``opts``) with the server version to assume offline
+PG_VERSION_OPTION = "rolekit_pg_version"
+
+
 def render_offline(stmt: sql.Composable) -> str:
     """Render *stmt* without a connection, for Alembic's ``--sql`` mode.
 
@@ -71,7 +78,7 @@ class Session:
         self.migration_context = migration_context
         self.offline = bool(migration_context.as_sql)
         self._offline_server_version = offline_server_version
-        self._facts_cache: tuple[int, str, bool] | None = None
+        self._facts_cache: tuple[int, str, bool, frozenset[str]] | None = None
         self._log_safety: LogSafety | None = None
         #: run by the environment on its control connection once the
         #: migration transaction committed (a check that needs the commit)
@@ -108,18 +115,31 @@ class Session:
 
     # -- facts about the server and the migration user ----------------------
 
-    def _facts(self) -> tuple[int, str, bool]:
-        """Server version, database and whether we are a superuser: one round trip."""
+    def _facts(self) -> tuple[int, str, bool, frozenset[str]]:
+        """Server version, database, superuser or not, and which of rolekit's tables
+        existed when the run started: one round trip for all."""
         if self._facts_cache is None:
+            tables = sql.SQL(", ").join(
+                sql.SQL("to_regclass({}) IS NOT NULL").format(sql.Literal(t))
+                for t in ROLEKIT_TABLES
+            )
             row = self.fetchone(
                 sql.SQL(
                     "SELECT current_setting('server_version_num')::int, current_database(),"
-                    " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
-                )
+                    " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), {}"
+                ).format(tables)
             )
             assert row is not None
-            self._facts_cache = (int(row[0]), str(row[1]), bool(row[2]))
+            present = frozenset(
+                t for t, found in zip(ROLEKIT_TABLES, row[3:], strict=True) if found
+            )
+            self._facts_cache = (int(row[0]), str(row[1]), bool(row[2]), present)
         return self._facts_cache
+
+    @property
+    def tables_at_start(self) -> frozenset[str]:
+        """Which of :data:`ROLEKIT_TABLES` existed when the run first asked."""
+        return self._facts()[3]
 
     @property
     def server_version(self) -> int:
@@ -220,15 +240,16 @@ def session_for(migration_context: MigrationContext) -> Session:
     existing = getattr(migration_context, "_rolekit_session", None)
     if isinstance(existing, Session):
         return existing
-    version: int | None = None
+    raw = migration_context.opts.get(PG_VERSION_OPTION)
     env = getattr(migration_context, "environment_context", None)
-    if env is not None:
+    if raw is None and env is not None:
         raw = env.get_x_argument(as_dictionary=True).get("pg_version")
-        if raw:
-            try:
-                version = int(raw) * 10000 if int(raw) < 100 else int(raw)
-            except ValueError:
-                raise RolekitError(f"-x pg_version={raw!r} is not a major version number") from None
+    version: int | None = None
+    if raw:
+        try:
+            version = int(raw) * 10000 if int(raw) < 100 else int(raw)
+        except ValueError:
+            raise RolekitError(f"-x pg_version={raw!r} is not a major version number") from None
     created = Session(migration_context, offline_server_version=version)
     migration_context._rolekit_session = created  # type: ignore[attr-defined]
     return created

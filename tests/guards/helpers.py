@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg2
 
-from tests.project import Project
+from rolekit.testing import Project
 
 KILLPOINT = [sys.executable, "-m", "tests.guards.killpoint"]
 

@@ -8,9 +8,10 @@ import shutil
 import psycopg2
 import pytest
 
+from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.guards.helpers import can_login, check, creds, is_migrator, login_as, password
-from tests.project import Project
+from tests.plugins.postgres import CONTEXTS, MEMBERS
 
 
 def test_upgrade_repairs_a_member_disabled_by_hand(any_project: Project) -> None:
@@ -66,7 +67,8 @@ def _second_project(project: Project, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("other")
     shutil.copy(project.root / "alembic.ini", root / "alembic.ini")
     shutil.copytree(project.root / "migrations", root / "migrations")
-    other = Project.copy_from(root, project, dbname="other")
+    other = Project(root, project.cluster, project.user, project.password, "other")
+    other.fresh_passwords(MEMBERS, CONTEXTS)
     return other
 
 

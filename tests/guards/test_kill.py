@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
+from rolekit.testing import Project
 from tests.guards.helpers import KILLPOINT, can_login, check, creds, password, rotate
-from tests.project import Project
 from tests.reliability.helpers import Spawned, wait_for_output
 
 BEGIN_POINTS = {

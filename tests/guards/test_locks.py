@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
+from rolekit.testing import Project
 from tests.guards.helpers import QueryLoop, can_login, creds, rotate
-from tests.project import Project
 from tests.reliability.helpers import Spawned, rolekit_cmd, wait_for_output
 
 ORDERS = '''"""orders, queried by the applications"""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.guards.helpers import is_migrator, rotate
-from tests.project import Project
 
 VERIFIER = "SCRAM-SHA-256$"
 

@@ -7,9 +7,9 @@ sessions ran as itself: ``permission denied for schema my_schema``.
 
 from __future__ import annotations
 
+from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.guards.helpers import can_login, check, login_as, revoke_membership, rotate
-from tests.project import Project
 
 
 def _acts_as(project: Project, role: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import time
 import psycopg2
 import pytest
 
+from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.guards.helpers import (
     QueryLoop,
@@ -28,7 +29,6 @@ from tests.guards.helpers import (
     sessions_of,
     sleeping_session,
 )
-from tests.project import Project
 
 
 def test_drain_counts_sessions_it_cannot_see_in_detail(any_project: Project) -> None:
@@ -79,8 +79,13 @@ def test_drop_refuses_members_with_sessions_and_terminate_ends_them(any_project:
 def test_terminate_disables_first_then_ends_sessions_and_none_come_back(
     any_project: Project,
 ) -> None:
-    """Finding 7: --terminate ended sessions before NOLOGIN committed; apps got back in."""
+    """Finding 7: --terminate ended sessions before NOLOGIN committed; apps got back in.
+
+    A repeatable that runs after the login change (and before the commit)
+    keeps the window open long enough for the application to reconnect.
+    """
     project = any_project
+    project.write_repeatables(AFTER_LOGIN, "zz_after_login.py")
     project.upgrade("dev")
     old = creds(project)
     rotate(project, "begin")
@@ -96,6 +101,18 @@ def test_terminate_disables_first_then_ends_sessions_and_none_come_back(
     assert can_login(project)["my_app_tom"] is False
     assert any("not permitted to log in" in e for e in app.errors)
     assert check(project).returncode == 0
+
+
+AFTER_LOGIN = """
+from rolekit.repeatable import Sql
+
+
+class AfterLogin(Sql):
+    phase = 1  # with the login changes, after FamilyLogin (a later file)
+
+
+REPEATABLES = [AfterLogin("after_login", "SELECT pg_sleep(1)", run_always=True)]
+"""
 
 
 def test_terminate_without_the_privilege_is_refused_before_any_change(

@@ -34,9 +34,8 @@ from typing import Any
 
 import psycopg2
 
-from rolekit.sandbox import Cluster
+from rolekit.testing import Cluster, Project
 from tests.catalog_snapshot import role_snapshot
-from tests.project import Project
 
 TRACEBACK = "Traceback (most recent call last)"
 #: alembic's ``FAILED:`` line (on stdout; its log line on stderr) or the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 
-from tests.project import Project
+from rolekit.testing import Project
 from tests.reliability.helpers import (
     BILLING_IDS,
     TRACEBACK,

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tests.project import Project
-from tests.reliability.conftest import Counts
+from rolekit.testing import Project
+from tests.plugins.reliability import Counts
 from tests.reliability.helpers import (
     LogTail,
     Spawned,

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from rolekit.sandbox import Cluster
-from tests.project import Project
-from tests.reliability.conftest import Counts
+from rolekit.testing import Cluster, Project
+from tests.plugins.postgres import example_project
+from tests.plugins.reliability import Counts
 from tests.reliability.helpers import (
     CLEAN_ERROR,
     TRACEBACK,
@@ -113,7 +113,7 @@ class Baseline:
 @pytest.fixture(scope="module")
 def baseline(shared_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Baseline:
     root = tmp_path_factory.mktemp("hostile-project")
-    project = Project.copy(root, shared_cluster)
+    project = example_project(root, shared_cluster)
     project.upgrade("dev")
     backup = tmp_path_factory.mktemp("hostile-backup")
     shutil.copytree(root, backup, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.project import Project
-from tests.reliability.conftest import Counts
+from rolekit.testing import Project
+from tests.plugins.reliability import Counts
 from tests.reliability.helpers import (
     changelog_text,
     cli,

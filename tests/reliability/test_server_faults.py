@@ -15,9 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from rolekit.sandbox import Cluster
-from tests.project import Project
-from tests.reliability.conftest import Counts
+from rolekit.testing import Cluster, Project
+from tests.plugins.reliability import Counts
 from tests.reliability.helpers import (
     BILLING_IDS,
     CLEAN_ERROR,

@@ -41,8 +41,8 @@ from hypothesis.stateful import (
 )
 from psycopg2.extensions import connection
 
-from tests.project import Project
-from tests.reliability.conftest import Counts
+from rolekit.testing import Project
+from tests.plugins.reliability import Counts
 from tests.reliability.helpers import TRACEBACK, cli, login_works
 
 MEMBERS = ("my_app_tom", "my_app_jerry")

@@ -12,7 +12,6 @@ which is also written to ``counts.json`` in pytest's base temporary directory.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from rolekit.sandbox import Cluster
+from rolekit.testing import Cluster
+from tests.plugins.postgres import FULL_VERSIONS
 
-FULL_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_PG_VERSIONS", "15").split()]
 _PROPERTY = "reliability_counts"
 
 
@@ -92,9 +91,8 @@ def _totals(terminalreporter: pytest.TerminalReporter) -> dict[str, int] | None:
     return totals if found else None
 
 
-def report_totals(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print and save the totals; called by the root conftest's summary hook,
-    since under pytest-xdist the controller never loads this conftest."""
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print and save the totals (on the xdist controller, which loads plugins)."""
     totals = _totals(terminalreporter)
     if totals is None:
         return

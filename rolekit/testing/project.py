@@ -1,63 +1,82 @@
-"""A throwaway copy of the example project, driven like a user would drive it."""
+"""A copy of a rolekit project (alembic.ini, migrations/), driven like a user drives it.
+
+Commands run as subprocesses (``python -m alembic``, ``python -m
+rolekit.cli``) in the project's folder, with ``DATABASE_URL`` pointing at a
+:class:`~rolekit.testing.cluster.Cluster`, so a test exercises exactly what a
+deploy runs.  Everything printed is kept in :attr:`Project.outputs`, for
+searching it for secrets.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rolekit.sandbox import Cluster
 from rolekit.secrets import SecretsFile, generate_password
-
-REPO = Path(__file__).resolve().parent.parent
+from rolekit.testing.cluster import Cluster
 
 
 class Project:
-    """alembic.ini, migrations/ and a passwords.env in a temp dir."""
+    """alembic.ini, migrations/ and a passwords.env in a folder, on a cluster.
+
+    :param user: the migration user (the cluster's superuser when ``None``).
+    :param pythonpath: folders put first on ``PYTHONPATH`` of the commands.
+    """
 
     def __init__(
         self,
         root: Path,
         cluster: Cluster,
-        user: str | None,
-        password: str | None,
+        user: str | None = None,
+        password: str | None = None,
         dbname: str = "postgres",
-    ):
+        *,
+        pythonpath: Sequence[Path] = (),
+    ) -> None:
         self.root = root
         self.cluster = cluster
         self.user = user or cluster.superuser
         self.password = password or cluster.superuser_password
+        self.dbname = dbname
         self.url = cluster.url(user, password, dbname)
+        self.pythonpath = tuple(pythonpath)
         self.outputs: list[str] = []  # everything alembic/rolekit printed, for leak checks
         self.passwords: dict[str, str] = {}
 
     @classmethod
     def copy(
-        cls, root: Path, cluster: Cluster, *, user: str | None = None, password: str | None = None
+        cls,
+        source: Path,
+        root: Path,
+        cluster: Cluster,
+        *,
+        members: Iterable[str] = (),
+        contexts: Iterable[str] = (),
+        **kw: Any,
     ) -> Project:
-        shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
+        """Copy the project at *source* to *root*; give *members* fresh passwords
+        in *contexts* (and the secrets file its fingerprint key)."""
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "alembic.ini", root / "alembic.ini")
         shutil.copytree(
-            REPO / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
+            source / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
         )
-        project = cls(root, cluster, user, password)
-        project.fresh_passwords()
+        project = cls(root, cluster, **kw)
+        project.fresh_passwords(members, contexts)
         return project
 
-    @classmethod
-    def copy_from(cls, root: Path, project: Project, *, dbname: str) -> Project:
-        """Another project (files already in *root*) on database *dbname* of the same
-        cluster, with the same migration user and passwords of its own."""
-        other = cls(root, project.cluster, project.user, project.password, dbname)
-        other.fresh_passwords()
-        return other
-
-    def fresh_passwords(self) -> None:
-        for ctx in ("dev", "local"):
-            for role in ("my_app_tom", "my_app_jerry"):
+    def fresh_passwords(self, members: Iterable[str], contexts: Iterable[str]) -> None:
+        members = list(members)
+        for ctx in contexts:
+            for role in members:
                 self.set_password(role, ctx)
         self.secrets.ensure_fingerprint_key()
 
@@ -73,12 +92,16 @@ class Project:
         self.passwords[f"{role}.{context}"] = value
         return value
 
+    def secret_of(self, role: str, context: str = "dev") -> str:
+        """The password of *role* in *context*, as the secrets file holds it."""
+        return self.secrets.get(role, context).reveal()
+
     @property
     def state_path(self) -> Path:
         return self.root / "migrations" / "rotation.json"
 
     def state(self) -> dict[str, Any]:
-        return json.loads(self.state_path.read_text())
+        return json.loads(self.state_path.read_text())  # type: ignore[no-any-return]
 
     def write_state(self, data: dict[str, Any]) -> None:
         """Replace the state file atomically, as an editor or git checkout would."""
@@ -93,11 +116,13 @@ class Project:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("ROLEKIT_CONTEXT", "DATABASE_URL")}
-        env.update(DATABASE_URL=self.url, PYTHONPATH=str(REPO), **extra)
+        paths = [*map(str, self.pythonpath), env.get("PYTHONPATH", "")]
+        env.update(DATABASE_URL=self.url, PYTHONPATH=os.pathsep.join(filter(None, paths)))
+        env.update(extra)
         return env
 
     def run(
-        self, *cmd: str, check: bool = True, timeout: float = 180, **env: str
+        self, *cmd: str, check: bool = True, timeout: float = 180, **env: Any
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             cmd, cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout
@@ -124,7 +149,7 @@ class Project:
         context: str | None = None,
         x: dict[str, str] | None = None,
         check: bool = True,
-        **env: str,
+        **env: Any,
     ) -> subprocess.CompletedProcess[str]:
         xs: list[str] = []
         if context:
@@ -140,18 +165,43 @@ class Project:
         return self.alembic("downgrade", target, **kw)
 
     def rolekit(
-        self, *args: str, check: bool = True, **env: str
+        self, *args: str, check: bool = True, **env: Any
     ) -> subprocess.CompletedProcess[str]:
         return self.run(sys.executable, "-m", "rolekit.cli", *args, check=check, **env)
+
+    def creds(self, family: str = "my_app", context: str = "dev") -> tuple[str, str]:
+        """``rolekit creds FAMILY --context C --json``, in this process.
+
+        A subprocess would spend a second starting Python on a loaded
+        machine: too slow for a load test's application lag.
+        """
+        from rolekit.cli import main
+
+        out = io.StringIO()
+        args = [
+            "creds",
+            family,
+            "--context",
+            context,
+            "--json",
+            "-c",
+            str(self.root / "alembic.ini"),
+        ]
+        with contextlib.redirect_stdout(out):
+            code = main(args)
+        if code != 0:
+            raise AssertionError(f"rolekit {' '.join(args)} exited {code}")
+        data = json.loads(out.getvalue())
+        return str(data["user"]), str(data["password"])
 
     # -- catalog -------------------------------------------------------------
 
     def query(
-        self, text: str, params: tuple[Any, ...] | None = None, *, as_migrator: bool = False
+        self, text: str, params: Sequence[Any] | None = None, *, as_migrator: bool = False
     ) -> list[tuple[Any, ...]]:
-        """Run SQL as the superuser (or as the project's migration user)."""
+        """Run SQL as the superuser (or as the project's migration user), on its database."""
         user, password = (self.user, self.password) if as_migrator else (None, None)
-        conn = self.cluster.connect(user, password)
+        conn = self.cluster.connect(user, password, self.dbname)
         try:
             with conn.cursor() as cur:
                 cur.execute(text, params)

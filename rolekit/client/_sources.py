@@ -1,0 +1,130 @@
+"""Where credentials come from: a rolekit project's files, or environment variables.
+
+A source is a ``fetch`` (returns :class:`Credentials`) and, where it can tell
+cheaply that it changed, a ``stamp``.  The project source reads the family's
+members from ``rotation.json`` (or is given them): it never imports the
+project's migration files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from rolekit._fileio import file_stamp
+from rolekit.client._credentials import Credentials
+from rolekit.errors import RolekitError
+from rolekit.rotation.state import RotationState
+from rolekit.secrets import SecretsFile, secret_key
+
+logger = logging.getLogger(__name__)
+
+_ENV_PREFIX_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _members(
+    family: str, members: Sequence[str] | None, state_file: Path
+) -> tuple[str, str] | None:
+    """The family's two members: given, else recorded in (or named by) the state file."""
+    if members is not None:
+        found = tuple(members)
+        if isinstance(members, str) or len(found) != 2 or found[0] == found[1]:
+            raise ValueError(f"family {family!r}: members must be two distinct role names")
+        return (found[0], found[1])
+    return RotationState.load(state_file).members_of(family)
+
+
+@dataclass(frozen=True)
+class ProjectSource:
+    """The rotation state plus the secrets file, read together."""
+
+    family: str
+    context: str
+    state_file: Path
+    secrets: SecretsFile
+    members: tuple[str, str] | None
+
+    @classmethod
+    def open(
+        cls,
+        family: str,
+        context: str,
+        state_file: Path,
+        secrets_file: Path,
+        members: Sequence[str] | None,
+    ) -> ProjectSource:
+        known = _members(family, members, state_file)
+        if known is None:
+            logger.warning(
+                "family %s: its two members are unknown (pass members=..., or let rolekit record "
+                "them in %s), so there is no other member to fall back to",
+                family,
+                state_file.name,
+            )
+        return cls(family, context.lower(), state_file, SecretsFile(secrets_file), known)
+
+    @property
+    def description(self) -> str:
+        return f"{self.state_file} and {self.secrets.path} ({self.family}, context {self.context})"
+
+    def stamp(self) -> Hashable:
+        return (file_stamp(self.state_file), file_stamp(self.secrets.path))
+
+    def fetch(self) -> Credentials:
+        state = RotationState.load(self.state_file).get(self.family, self.context)
+        if state is None:
+            raise RolekitError(
+                f"{self.state_file} has no state for family {self.family!r} in context "
+                f"{self.context!r}"
+            )
+        preferred = state.preferred
+        if preferred is None:
+            raise RolekitError(
+                f"{self.state_file}: no member of {self.family!r} may log in in context "
+                f"{self.context!r}"
+            )
+        if self.members is not None and preferred not in self.members:
+            raise RolekitError(
+                f"{self.state_file}: {preferred!r} is not a member of {self.family!r} "
+                f"({', '.join(self.members)})"
+            )
+        if self.members is not None:
+            alternate: str | None = next(m for m in self.members if m != preferred)
+        else:
+            alternate = next((m for m in state.login if m != preferred), None)
+        # One load, so both passwords come from the same version of the file.
+        values = self.secrets.load()
+        password = values.get(secret_key(preferred, self.context))
+        if password is None:
+            password = self.secrets.get(preferred, self.context)  # raises, with a clear message
+        other = None
+        if alternate is not None:
+            alt_password = values.get(secret_key(alternate, self.context))
+            if alt_password is not None:
+                other = (alternate, alt_password)
+        return Credentials((preferred, password), other)
+
+
+def env_source(prefix: str, environ: Mapping[str, str] | None) -> Callable[[], Credentials]:
+    """``<PREFIX>_USER``/``_PASSWORD`` and the optional ``_ALT_`` pair, read on each call."""
+    if not _ENV_PREFIX_RE.fullmatch(prefix):
+        raise ValueError(f"environment prefix {prefix!r} is not a valid variable name prefix")
+    env = os.environ if environ is None else environ
+    names = [f"{prefix}_{suffix}" for suffix in ("USER", "PASSWORD", "ALT_USER", "ALT_PASSWORD")]
+
+    def fetch() -> Credentials:
+        user, password, alt_user, alt_password = (env.get(name) or None for name in names)
+        for name, value in zip(names[:2], (user, password), strict=True):
+            if value is None:
+                raise RolekitError(f"environment variable {name} is not set or empty")
+        if (alt_user is None) != (alt_password is None):
+            raise RolekitError(f"set both {names[2]} and {names[3]}, or neither")
+        assert user is not None and password is not None
+        return Credentials.of(user, password, alt_user, alt_password)
+
+    return fetch
