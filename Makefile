@@ -10,7 +10,7 @@ TEST_WORKERS    ?= 4
 # age and pgbouncer come from Debian packages; tests that need them install them.
 DEB_PACKAGES    ?= age pgbouncer
 
-.PHONY: venv test demo bench lint debs clean
+.PHONY: venv test test-fast demo bench lint debs clean bytecode
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,16 +31,25 @@ lint: venv
 	$(VENV)/bin/ruff check rolekit tests bench scripts
 	$(VENV)/bin/mypy
 
-test: venv debs
+# Bytecode up front, as an installed package has it: every alembic/rolekit
+# subprocess would otherwise compile rolekit again (PYTHONDONTWRITEBYTECODE).
+bytecode: venv
+	$(PY) -m compileall -q rolekit tests bench
+
+test: venv debs bytecode
 	$(PY) scripts/fetch_pg.py $(filter-out 15,$(PG_VERSIONS) $(COMPAT_VERSIONS))
 	$(MAKE) lint
 	ROLEKIT_PG_VERSIONS="$(PG_VERSIONS)" ROLEKIT_COMPAT_VERSIONS="$(COMPAT_VERSIONS)" \
 	  $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
-demo: venv
+# What needs no PostgreSQL server: rendering, parsing, secrets, structure (seconds).
+test-fast: venv bytecode
+	$(PY) -m pytest -p no:cacheprovider -q -m "not server"
+
+demo: venv bytecode
 	$(PY) -m bench.demo
 
-bench: venv debs
+bench: venv debs bytecode
 	$(PY) -m bench
 
 clean:

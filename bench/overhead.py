@@ -10,6 +10,7 @@ subprocess, as in a deploy.
 
 from __future__ import annotations
 
+import compileall
 import re
 import shutil
 import sys
@@ -18,10 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import example, log, machine, median, rounded, write_json
+import rolekit
+from bench.common import MEMBERS, example, log, machine, median, rounded, write_json
 from rolekit.testing import Cluster, Project
 
-RUNS = 9
+#: the package, compiled to bytecode before timing like an installed one
+ROLEKIT = Path(rolekit.__file__).parent
+
+RUNS = 15
 
 _PLAIN_INI = """\
 [alembic]
@@ -120,6 +125,15 @@ def plain_project(root: Path, cluster: Cluster, revisions: int) -> Project:
     return Project(root, cluster)
 
 
+def hand_filled(project: Project) -> None:
+    """A passwords.env as passwords.env.example invites: filled in by hand, no
+    fingerprint key (rolekit adds one on the first run)."""
+    lines = [f"{role}.password.dev={project.secret_of(role)}\n" for role in MEMBERS]
+    path = project.root / "passwords.env"
+    path.write_text("".join(lines))
+    path.chmod(0o600)
+
+
 def count_statements(log_text: str) -> int:
     return len(re.findall(r"LOG:  statement: ", log_text))
 
@@ -131,8 +145,12 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
         log(f"overhead: {cluster!r}")
         info = machine(cluster)
         rolekit_project = example(work / "rolekit", cluster)
+        hand_filled(rolekit_project)
         revisions = len(list((rolekit_project.root / "migrations" / "versions").glob("*.py")))
         plain = plain_project(work / "plain", cluster, revisions)
+        # bytecode for both, as an installed package and a deployed project have
+        for folder in (ROLEKIT, rolekit_project.root, plain.root):
+            compileall.compile_dir(folder, quiet=1)
 
         started = time.perf_counter()
         rolekit_project.upgrade("dev")

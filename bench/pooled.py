@@ -30,21 +30,10 @@ from bench.load import (
 from rolekit.testing import Cluster
 
 
-def _app_main(
-    url: str,
-    creds_path: str,
-    out_path: str,
-    threads: int,
-    pool_size: int,
-    think_s: float,
-    ready: Any,
-    go: Any,
-    stop: Any,
-    count: Any,
-) -> None:
+def _engine(url: str, creds_path: str, pool_size: int) -> tuple[Any, Any, Counter[str]]:
+    """The app's engine on :mod:`rolekit.client`, and a count of its physical logins."""
     import os
 
-    lower_priority()
     from sqlalchemy import event
 
     from rolekit.client import Credentials, CredentialsProvider, create_engine
@@ -81,30 +70,50 @@ def _app_main(
         with lock:
             physical[str(row[0]) if row else "?"] += 1
 
+    return engine, provider, physical
+
+
+def _query_once(engine: Any) -> tuple[int, str, str | None]:
+    """One checkout and query: (status, user it ran as, error or None)."""
+    try:
+        conn = engine.connect()
+    except Exception as exc:
+        return CONNECT_FAILED, "?", f"checkout: {_first_line(exc)}"
+    try:
+        return OK, str(conn.exec_driver_sql("SELECT session_user").scalar()), None
+    except Exception as exc:
+        return QUERY_FAILED, "?", f"query: {_first_line(exc)}"
+    finally:
+        conn.close()
+
+
+def _app_main(
+    url: str,
+    creds_path: str,
+    out_path: str,
+    threads: int,
+    pool_size: int,
+    think_s: float,
+    ready: Any,
+    go: Any,
+    stop: Any,
+    count: Any,
+) -> None:
+    lower_priority()
+    engine, provider, physical = _engine(url, creds_path, pool_size)
     records: list[tuple[float, float, int, str]] = []
     errors: Counter[str] = Counter()
+    lock = threading.Lock()
 
     def loop() -> None:
         mine: list[tuple[float, float, int, str]] = []
         errs: Counter[str] = Counter()
         while not stop.is_set():
-            started = time.time()
-            t0 = time.perf_counter()
-            try:
-                conn = engine.connect()
-            except Exception as exc:
-                mine.append((started, (time.perf_counter() - t0) * 1000, CONNECT_FAILED, "?"))
-                errs[f"checkout: {_first_line(exc)}"] += 1
-            else:
-                status, user = OK, "?"
-                try:
-                    user = str(conn.exec_driver_sql("SELECT session_user").scalar())
-                except Exception as exc:
-                    status = QUERY_FAILED
-                    errs[f"query: {_first_line(exc)}"] += 1
-                finally:
-                    conn.close()
-                mine.append((started, (time.perf_counter() - t0) * 1000, status, user))
+            started, t0 = time.time(), time.perf_counter()
+            status, user, error = _query_once(engine)
+            mine.append((started, (time.perf_counter() - t0) * 1000, status, user))
+            if error:
+                errs[error] += 1
             with count.get_lock():
                 count.value += 1
             time.sleep(think_s)

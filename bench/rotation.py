@@ -21,13 +21,14 @@ Then the baselines, each with the same worker processes:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ from bench.common import MEMBERS, RESULTS, example, log, machine, write_json
 from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
 from bench.pgbouncer import PgBouncer
 from bench.stats import Record, SessionSampler, Window, per_second, summarize
+from rolekit import command
+from rolekit.errors import RolekitError
+from rolekit.runtime.config import Settings
 from rolekit.secrets import generate_password
 from rolekit.testing import Cluster, Project
 
@@ -180,6 +184,110 @@ def _sleep_until(t: float) -> None:
 # -- rolekit -------------------------------------------------------------------
 
 
+class _Rotations:
+    """Drives full rotations through rolekit's Python API while the load runs.
+
+    ``rolekit.command.rotate_begin``/``rotate_finish`` with ``apply`` do what
+    ``rolekit rotate ... --apply`` does, without a Python start-up per step.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        project: Project,
+        bouncer: PgBouncer,
+        phase: Phase,
+        creds_path: Path,
+        connecting: list[Any],
+    ) -> None:
+        self.cfg, self.project, self.bouncer, self.phase = cfg, project, bouncer, phase
+        self.creds_path, self.connecting = creds_path, connecting
+        self.settings = replace(
+            Settings.load(project.root / "alembic.ini"), database_url=project.url
+        )
+
+    def attempts(self) -> int:
+        """Connection attempts (the pooled app's queries are not connection attempts)."""
+        return sum(p.attempts() for p in self.connecting)
+
+    def _step(self, name: str, call: Callable[[], object]) -> tuple[bool, str]:
+        """Run one rolekit step, keeping what it printed (the drain's progress)."""
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                call()
+        except RolekitError as exc:
+            message = f"rolekit rotate {name} failed: {exc}"
+            self.phase.errors.append(message)
+            log(message)
+            return False, err.getvalue()
+        return True, err.getvalue()
+
+    def rotate(self, n: int) -> bool:
+        """One full rotation: begin, lag, app switch, finish, lag, creds again."""
+        cfg, project, phase = self.cfg, self.project, self.phase
+        before = project.creds()[0]
+        t_begin = phase.mark("begin", rotation=n, outgoing=before)
+        ok, _ = self._step(
+            "begin", lambda: command.rotate_begin(self.settings, "my_app", "dev", apply=True)
+        )
+        t_db = time.time()
+        phase.events[-1]["duration_s"] = round(t_db - t_begin, 3)
+        if not ok:
+            return False
+        # the pooler's deploy step: its auth_file gets the new password, then a reload
+        self.bouncer.set_users({m: project.secret_of(m) for m in MEMBERS})
+        phase.events[-1]["pgbouncer_reloaded_after_s"] = round(time.time() - t_db, 3)
+        user, password = project.creds()
+        _sleep_until(t_db + cfg.lag_s)
+        write_creds(self.creds_path, user, password)
+        phase.mark("app switch", rotation=n, incoming=user, lag_s=round(time.time() - t_db, 3))
+        time.sleep(cfg.steady_s)
+        t_finish = phase.mark("finish", rotation=n)
+        ok, stderr = self._step(
+            "finish",
+            lambda: command.rotate_finish(
+                self.settings, "my_app", "dev", apply=True, drain_timeout=cfg.drain_timeout_s
+            ),
+        )
+        t_done = time.time()
+        phase.events[-1]["duration_s"] = round(t_done - t_finish, 3)
+        phase.events[-1]["drain"] = [ln for ln in stderr.splitlines() if "drain" in ln][-3:]
+        phase.windows.append((t_begin, t_done))
+        if not ok:
+            return False
+        # the apps re-read the credentials after finish too (same member: no change)
+        _sleep_until(t_done + cfg.lag_s)
+        write_creds(self.creds_path, *project.creds())
+        time.sleep(cfg.steady_s)
+        return True
+
+    def _more(self, n: int, longest: float, deadline: float) -> bool:
+        cfg = self.cfg
+        enough = self.attempts() >= cfg.min_attempts
+        time_left = time.time() + 2 * longest < deadline
+        return (
+            n < cfg.rotations or n % 2 == 1 or (not enough and n < cfg.max_rotations and time_left)
+        )
+
+    def run(self) -> int:
+        """Rotate at least ``cfg.rotations`` times (an even number: back to tom)."""
+        cfg, phase = self.cfg, self.phase
+        n, longest = 0, 0.0
+        time.sleep(cfg.steady_s)
+        deadline = phase.started + cfg.max_phase_s
+        while self._more(n, longest, deadline):
+            started = time.time()
+            n += 1
+            if not self.rotate(n):
+                break
+            phase.rotations = n
+            longest = max(longest, time.time() - started)
+        while self.attempts() < cfg.min_attempts and time.time() < deadline:
+            time.sleep(0.5)
+        return n
+
+
 def _rolekit_phase(
     cfg: Config,
     cluster: Cluster,
@@ -233,83 +341,16 @@ def _rolekit_phase(
     go.set()
     log("rolekit: load running")
 
-    def attempts() -> int:
-        """Connection attempts (the pooled app's queries are not connection attempts)."""
-        return sum(p.attempts() for p in pools if p is not app)
-
-    def rolekit(*args: str) -> tuple[bool, str]:
-        proc = project.rolekit(*args, check=False)
-        if proc.returncode != 0:
-            message = f"rolekit {' '.join(args)} exited {proc.returncode}: {proc.stderr[-1500:]}"
-            phase.errors.append(message)
-            log(message)
-        return proc.returncode == 0, proc.stderr
-
-    def rotate(n: int) -> bool:
-        """One full rotation: begin, lag, app switch, finish, lag, creds again."""
-        before = project.creds()[0]
-        t_begin = phase.mark("begin", rotation=n, outgoing=before)
-        ok, _ = rolekit("rotate", "my_app", "begin", "--context", "dev", "--apply")
-        t_db = time.time()
-        phase.events[-1]["duration_s"] = round(t_db - t_begin, 3)
-        if not ok:
-            return False
-        # the pooler's deploy step: its auth_file gets the new password, then a reload
-        bouncer.set_users({m: project.secret_of(m) for m in MEMBERS})
-        phase.events[-1]["pgbouncer_reloaded_after_s"] = round(time.time() - t_db, 3)
-        user, password = project.creds()
-        _sleep_until(t_db + cfg.lag_s)
-        write_creds(creds_path, user, password)
-        phase.mark("app switch", rotation=n, incoming=user, lag_s=round(time.time() - t_db, 3))
-        time.sleep(cfg.steady_s)
-        t_finish = phase.mark("finish", rotation=n)
-        ok, stderr = rolekit(
-            "rotate",
-            "my_app",
-            "finish",
-            "--context",
-            "dev",
-            "--apply",
-            "--drain-timeout",
-            str(cfg.drain_timeout_s),
-        )
-        t_done = time.time()
-        phase.events[-1]["duration_s"] = round(t_done - t_finish, 3)
-        phase.events[-1]["drain"] = [ln for ln in stderr.splitlines() if "drain" in ln][-3:]
-        phase.windows.append((t_begin, t_done))
-        if not ok:
-            return False
-        # the apps re-read the credentials after finish too (same member: no change)
-        _sleep_until(t_done + cfg.lag_s)
-        write_creds(creds_path, *project.creds())
-        time.sleep(cfg.steady_s)
-        return True
-
-    n, longest = 0, 0.0
+    driver = _Rotations(
+        cfg, project, bouncer, phase, creds_path, [p for p in pools if p is not app]
+    )
     try:
-        time.sleep(cfg.steady_s)
-        deadline = phase.started + cfg.max_phase_s
-        while (
-            n < cfg.rotations
-            or n % 2 == 1
-            or (
-                attempts() < cfg.min_attempts
-                and n < cfg.max_rotations
-                and time.time() + 2 * longest < deadline
-            )
-        ):
-            started = time.time()
-            n += 1
-            if not rotate(n):
-                break
-            phase.rotations = n
-            longest = max(longest, time.time() - started)
-        while attempts() < cfg.min_attempts and time.time() < deadline:
-            time.sleep(0.5)
+        n = driver.run()
     finally:
         phase.ended = time.time()
         for pool in pools:
             pool.stop()
+    attempts = driver.attempts
     phase.rotations = n
     log(
         f"rolekit: {n} rotations, {attempts()} connection attempts in {phase.ended - phase.started:.1f}s; collecting"

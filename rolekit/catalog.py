@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from psycopg2 import sql
 
@@ -32,8 +31,7 @@ class Reader(Protocol):
     ) -> list[tuple[Any, ...]]: ...
 
 
-@dataclass(frozen=True)
-class Membership:
+class Membership(NamedTuple):
     """One row of ``pg_auth_members`` (options are ``True`` before 16)."""
 
     group: str
@@ -43,8 +41,7 @@ class Membership:
     set_option: bool
 
 
-@dataclass(frozen=True)
-class RoleInfo:
+class RoleInfo(NamedTuple):
     """One row of ``pg_roles``, reduced to what rolekit decides on."""
 
     name: str
@@ -76,8 +73,7 @@ class RoleInfo:
         return self.can_login and not self.expired
 
 
-@dataclass(frozen=True)
-class SessionInfo:
+class SessionInfo(NamedTuple):
     """A live backend of a role, as ``pg_stat_activity`` shows it to us.
 
     Without ``pg_read_all_stats`` (or the privileges of the role) PostgreSQL
@@ -186,8 +182,7 @@ def sessions_of_oids(reader: Reader, oids: Iterable[int]) -> list[int]:
     return [row[0] for row in rows]
 
 
-@dataclass(frozen=True)
-class Privileges:
+class Privileges(NamedTuple):
     """What the current user may see and do, read from the server.
 
     Guards consult this before deciding: a drain that cannot see, or a

@@ -275,14 +275,18 @@ def gen_password(
     role: str,
     context: str,
     *,
-    length: int = DEFAULT_PASSWORD_LENGTH,
+    length: int | None = None,
     write: bool = False,
 ) -> GeneratedPassword:
-    """A strong password; with *write*, stored under ``<role>.password.<context>``."""
+    """A strong password; with *write*, stored under ``<role>.password.<context>``.
+
+    :param length: at least the context's minimum; 32 characters by default.
+    """
     settings = load_settings(config)
     check_role_name(role)
     context = require_context(context)
-    password = generate_password(max(length, settings.min_length(context)))
+    wanted = DEFAULT_PASSWORD_LENGTH if length is None else length
+    password = generate_password(max(wanted, settings.min_length(context)))
     path = settings.secrets_file(context)
     new_context = False
     if write:

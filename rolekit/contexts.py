@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
 from rolekit.errors import ContextExpressionError
@@ -91,8 +90,7 @@ class _Token(NamedTuple):
     pos: int
 
 
-@dataclass(frozen=True)
-class _Op:
+class _Op(NamedTuple):
     kind: str  # "and", "or" or "not"
     args: tuple[_Node, ...]
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rolekit._names import check_role_name
 from rolekit.errors import RoleNameError
 
 
-@dataclass(frozen=True)
-class RoleFamily:
+class RoleFamily(NamedTuple):
     """A NOLOGIN group that owns everything, and two members that log in.
 
     Only one member logs in at a time outside a rotation; each member's

@@ -10,7 +10,7 @@ never disagree about what is wrong.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from psycopg2 import sql
 
@@ -20,8 +20,7 @@ from rolekit.family import RoleFamily
 from rolekit.rotation.state import FamilyState, Retire
 
 
-@dataclass(frozen=True)
-class Drift:
+class Drift(NamedTuple):
     """A difference between the catalog and the declaration, and how to repair it."""
 
     role: str
@@ -30,8 +29,7 @@ class Drift:
     repair: tuple[sql.Composed, ...] = ()
 
 
-@dataclass(frozen=True)
-class FamilyCatalog:
+class FamilyCatalog(NamedTuple):
     """The roles, memberships and settings of one family, as the server holds them."""
 
     family: RoleFamily

@@ -15,7 +15,7 @@ from typing import Any
 from psycopg2 import sql
 
 from rolekit import catalog, claims
-from rolekit.catalog import Reader
+from rolekit.catalog import Reader, SessionInfo
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
 from rolekit.rotation.state import FamilyState, Phase
@@ -95,54 +95,78 @@ def inspect_family(
     if family.group not in found.roles:
         problems.append(f"group role {family.group!r} does not exist")
     problems += found.conflicts()
-    owners = {claims.claimed_by(info) for info in found.roles.values()} - {None}
-    report.claimed_by = next(iter(owners)) if len(owners) == 1 else None
-    foreign = sorted(o for o in owners if o is not None and o != database)
-    if foreign:
-        problems.append(
-            f"managed from database {', '.join(map(repr, foreign))}, not {database!r}: the "
-            "upgrade refuses it (roles are cluster-wide); -x take_over moves it here"
-        )
+    problems += _claim_problems(report, found, database)
     if state_missing and context:
         problems.append(
             f"the rotation state has no entry for context {context!r}; the upgrade refuses"
         )
     for name in family.members:
-        info = found.roles.get(name)
-        member = MemberReport(name, info is not None)
+        member, member_problems = _member(found, name, live, state, password_set_at or {})
         report.members.append(member)
-        if info is None:
-            problems.append(f"member role {name!r} does not exist")
-            continue
-        mine = [s for s in live if s.user == name]
-        member.can_login = info.can_log_in_now
-        member.sessions = len(mine)
-        member.sessions_hidden = sum(1 for s in mine if not s.details_visible)
-        member.valid_until = info.valid_until.isoformat() if info.valid_until else None
-        member.password_set_at = (password_set_at or {}).get(name)
-        drift = found.acts_as_group(name)
-        member.membership_ok = drift is None
-        if drift is not None:
-            problems.append(drift.problem)
-        if mine and not info.can_login:
-            problems.append(
-                f"{name!r} is NOLOGIN but has {len(mine)} session(s): they keep running, and "
-                "fail when they reconnect"
-            )
-        if state is not None:
-            member.declared_login = name in state.login
+        problems += member_problems
     if state is not None and context:
         hint = _resume_hint(family, state, found, context)
         problems += [f"drift: {d.problem}{hint}" for d in found.login_drift(state)]
-        for name in state.login:
-            info = found.roles.get(name)
-            if check_password and info is not None and info.can_log_in_now:
-                why = check_password(name)
-                if why:
-                    problems.append(f"password drift: {why}; run alembic upgrade to send it again")
+        if check_password is not None:
+            problems += _password_problems(found, state, check_password)
     if found.roles and not found.can_log_in() and not (state and state.decommissioned):
         problems.append(f"lockout risk: no member of {family.group!r} can log in")
     return report
+
+
+def _password_problems(
+    found: FamilyCatalog, state: FamilyState, check_password: PasswordCheck
+) -> list[str]:
+    problems = []
+    for name in state.login:
+        info = found.roles.get(name)
+        if info is not None and info.can_log_in_now and (why := check_password(name)):
+            problems.append(f"password drift: {why}; run alembic upgrade to send it again")
+    return problems
+
+
+def _claim_problems(report: FamilyReport, found: FamilyCatalog, database: str) -> list[str]:
+    owners = {claims.claimed_by(info) for info in found.roles.values()} - {None}
+    report.claimed_by = next(iter(owners)) if len(owners) == 1 else None
+    foreign = sorted(o for o in owners if o is not None and o != database)
+    if not foreign:
+        return []
+    return [
+        f"managed from database {', '.join(map(repr, foreign))}, not {database!r}: the "
+        "upgrade refuses it (roles are cluster-wide); -x take_over moves it here"
+    ]
+
+
+def _member(
+    found: FamilyCatalog,
+    name: str,
+    live: list[SessionInfo],
+    state: FamilyState | None,
+    password_set_at: dict[str, str],
+) -> tuple[MemberReport, list[str]]:
+    info = found.roles.get(name)
+    member = MemberReport(name, info is not None)
+    if info is None:
+        return member, [f"member role {name!r} does not exist"]
+    problems = []
+    mine = [s for s in live if s.user == name]
+    member.can_login = info.can_log_in_now
+    member.sessions = len(mine)
+    member.sessions_hidden = sum(1 for s in mine if not s.details_visible)
+    member.valid_until = info.valid_until.isoformat() if info.valid_until else None
+    member.password_set_at = password_set_at.get(name)
+    drift = found.acts_as_group(name)
+    member.membership_ok = drift is None
+    if drift is not None:
+        problems.append(drift.problem)
+    if mine and not info.can_login:
+        problems.append(
+            f"{name!r} is NOLOGIN but has {len(mine)} session(s): they keep running, and "
+            "fail when they reconnect"
+        )
+    if state is not None:
+        member.declared_login = name in state.login
+    return member, problems
 
 
 def _history_exists(reader: Reader) -> bool:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from rolekit.client._credentials import Credentials
 from rolekit.client._sources import ProjectSource, env_source
@@ -19,6 +19,19 @@ logger = logging.getLogger(__name__)
 
 _MAX_LOGGED_ONCE: Final = 1024
 _NO_STAMP: Final[Hashable] = object()
+
+
+class _Count:
+    """A counter of the provider, read under its lock (``refresh_count`` and the like)."""
+
+    def __init__(self, attribute: str, doc: str) -> None:
+        self.attribute, self.__doc__ = attribute, doc
+
+    def __get__(self, provider: CredentialsProvider | None, owner: type | None = None) -> Any:
+        if provider is None:
+            return self
+        with provider._lock:
+            return int(getattr(provider, self.attribute))
 
 
 class CredentialsProvider:
@@ -178,29 +191,14 @@ class CredentialsProvider:
                 since = self._generation
         return self._read(since, "requested", strict=True)[0]
 
-    @property
-    def generation(self) -> int:
-        """Incremented by every read of the source, successful or not."""
-        with self._lock:
-            return self._generation
-
-    @property
-    def refresh_count(self) -> int:
-        """Reads of the source after the first successful one."""
-        with self._lock:
-            return self._refreshes
-
-    @property
-    def fallback_count(self) -> int:
-        """Connections opened as a member other than the preferred one."""
-        with self._lock:
-            return self._fallbacks
-
-    @property
-    def auth_failure_count(self) -> int:
-        """Logins the server rejected."""
-        with self._lock:
-            return self._auth_failures
+    generation = _Count(
+        "_generation", "Incremented by every read of the source, successful or not."
+    )
+    refresh_count = _Count("_refreshes", "Reads of the source after the first successful one.")
+    fallback_count = _Count(
+        "_fallbacks", "Connections opened as a member other than the preferred one."
+    )
+    auth_failure_count = _Count("_auth_failures", "Logins the server rejected.")
 
     def _read(self, since: int, reason: str, *, strict: bool) -> tuple[Credentials, int]:
         """Fetch from the source unless another thread did since generation ``since``."""

@@ -77,40 +77,50 @@ def attach(
         _attached[engine] = provider
 
     def do_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        params = {k: v for k, v in cparams.items() if k not in ("user", "password")}
-
-        def open_(user: str, password: Secret) -> Any:
-            return dialect.connect(*cargs, **params, user=user, password=password.reveal())
-
-        connection, user, preferred = open_with_fallback(provider, open_)
-        if record is not None:
-            record.info[_INFO_KEY] = _Placement(user, preferred, time.monotonic())
-        return connection
+        return _connect(provider, dialect, record, cargs, cparams)
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        placed = record.info.get(_INFO_KEY)
-        if not isinstance(placed, _Placement):
-            return
-        preferred = provider.current().preferred[0]
-        if placed.user == preferred:
-            return
-        if placed.preferred != preferred:
-            logger.debug(
-                "replacing a pooled connection of %s: %s is preferred now", placed.user, preferred
-            )
-            raise sa_exc.DisconnectionError(f"rolekit: moving from {placed.user} to {preferred}")
-        if (
-            fallback_recycle >= 0
-            and time.monotonic() - placed.opened >= fallback_recycle
-            and not provider.recently_rejected(preferred, fallback_recycle)
-        ):
-            logger.debug(
-                "replacing a fallback connection of %s: retrying %s", placed.user, preferred
-            )
-            raise sa_exc.DisconnectionError(f"rolekit: retrying {preferred}")
+        _check_placement(provider, record, fallback_recycle)
 
     event.listen(engine, "do_connect", do_connect)
     event.listen(engine, "checkout", checkout)
+
+
+def _connect(
+    provider: CredentialsProvider, dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]
+) -> Any:
+    """Open a pool connection as the preferred member; remember where it went."""
+    params = {k: v for k, v in cparams.items() if k not in ("user", "password")}
+
+    def open_(user: str, password: Secret) -> Any:
+        return dialect.connect(*cargs, **params, user=user, password=password.reveal())
+
+    connection, user, preferred = open_with_fallback(provider, open_)
+    if record is not None:
+        record.info[_INFO_KEY] = _Placement(user, preferred, time.monotonic())
+    return connection
+
+
+def _check_placement(provider: CredentialsProvider, record: Any, fallback_recycle: float) -> None:
+    """At checkout: replace a pooled connection that is on the wrong member."""
+    placed = record.info.get(_INFO_KEY)
+    if not isinstance(placed, _Placement):
+        return
+    preferred = provider.current().preferred[0]
+    if placed.user == preferred:
+        return
+    if placed.preferred != preferred:
+        logger.debug(
+            "replacing a pooled connection of %s: %s is preferred now", placed.user, preferred
+        )
+        raise sa_exc.DisconnectionError(f"rolekit: moving from {placed.user} to {preferred}")
+    if (
+        fallback_recycle >= 0
+        and time.monotonic() - placed.opened >= fallback_recycle
+        and not provider.recently_rejected(preferred, fallback_recycle)
+    ):
+        logger.debug("replacing a fallback connection of %s: retrying %s", placed.user, preferred)
+        raise sa_exc.DisconnectionError(f"rolekit: retrying {preferred}")
 
 
 def create_engine(

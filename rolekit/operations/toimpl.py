@@ -56,48 +56,62 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
     else:
         found = FamilyCatalog.read(session, family)
         superuser = session.superuser
-        problems = found.conflicts() + [
-            f"member role {name!r} exists but is not a member of {family.group!r}"
-            for name in found.not_in_group()
-        ]
-        if not superuser and version >= PG16:
-            problems += [
-                f"the migration user has no ADMIN OPTION on existing role {name!r} (made by "
-                f"another user); an administrator must GRANT {name} TO the migration user "
-                "WITH ADMIN OPTION, or drop it"
-                for name in catalog.roles_without_admin(session, found.roles)
-            ]
-        if problems:
-            raise FamilyConflictError(
-                f"cannot create role family {family.group!r}: " + "; ".join(problems)
-            )
+        _refuse_conflicts(session, found, superuser)
         to_claim = _check_claims(session, found, _take_over(operations))
-    for name in family.roles:
-        if name not in found.roles:
-            session.execute(ddl.create_nologin_role(name))
-            to_claim.append(name)
-    if operation.grant_to_migrator and not superuser:
+    to_claim += _create_and_grant(
+        session, found, grant_to_migrator=operation.grant_to_migrator and not superuser
+    )
+    if session.offline:
+        return
+    _claim(session, sorted(set(to_claim)), found)
+    after = FamilyCatalog.read(session, family)
+    for name in family.members:
+        if drift := after.acts_as_group(name):
+            raise FamilyConflictError(f"{drift.problem} after the grant")
+
+
+def _create_and_grant(
+    session: Session, found: FamilyCatalog, *, grant_to_migrator: bool
+) -> list[str]:
+    """Create the missing roles and grants; return the roles created."""
+    family, version = found.family, session.server_version
+    created = [name for name in family.roles if name not in found.roles]
+    for name in created:
+        session.execute(ddl.create_nologin_role(name))
+    if grant_to_migrator:
         session.execute(ddl.grant_to_current_user(family.group, version))
         # So the drain can see the members' sessions in detail and
         # --terminate can end them without pg_read_all_stats/pg_signal_backend.
         for name in family.members:
             session.execute(ddl.grant_member_to_current_user(name, version))
     for name in family.members:
-        drift = found.acts_as_group(name) if name in found.roles else None
         if name not in found.roles:
             session.execute(ddl.grant_membership(family.group, name, version))
             session.execute(ddl.set_login_role(name, family.group))
-        elif drift is not None:
+        elif drift := found.acts_as_group(name):
             for stmt in drift.repair:
                 session.execute(stmt)
-    if session.offline:
-        return
-    _claim(session, sorted(set(to_claim)), found)
-    after = FamilyCatalog.read(session, family)
-    for name in family.members:
-        drift = after.acts_as_group(name)
-        if drift is not None:
-            raise FamilyConflictError(f"{drift.problem} after the grant")
+    return created
+
+
+def _refuse_conflicts(session: Session, found: FamilyCatalog, superuser: bool) -> None:
+    """Existing roles that cannot become the family: refuse before any change."""
+    family = found.family
+    problems = found.conflicts() + [
+        f"member role {name!r} exists but is not a member of {family.group!r}"
+        for name in found.not_in_group()
+    ]
+    if not superuser and session.server_version >= PG16:
+        problems += [
+            f"the migration user has no ADMIN OPTION on existing role {name!r} (made by "
+            f"another user); an administrator must GRANT {name} TO the migration user "
+            "WITH ADMIN OPTION, or drop it"
+            for name in catalog.roles_without_admin(session, found.roles)
+        ]
+    if problems:
+        raise FamilyConflictError(
+            f"cannot create role family {family.group!r}: " + "; ".join(problems)
+        )
 
 
 def _wait_gone(reader: Reader, users: list[str], timeout: float = TERMINATE_WAIT) -> None:

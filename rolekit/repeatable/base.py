@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
@@ -32,13 +31,12 @@ if TYPE_CHECKING:
 CHECKSUM_VERSION = "1"
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One statement; *secret* is a password to send as a SCRAM verifier."""
 
     stmt: sql.Composable
     secret_role: str | None = None
-    secret: Secret | None = field(default=None, compare=False)
+    secret: Secret | None = None
     secret_key: str | None = None
 
 

@@ -10,7 +10,7 @@ key (useless without the file), or scrypt where a file has no key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from psycopg2 import sql
 
@@ -68,8 +68,7 @@ _MIGRATE = {
 }
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """The current changelog row of a repeatable."""
 
     id: str
@@ -78,8 +77,7 @@ class Entry:
     step_digests: tuple[str, ...] = ()
 
 
-@dataclass
-class Changelog:
+class Changelog(NamedTuple):
     """What the changelog holds at the start of a run."""
 
     exists: bool

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import NamedTuple
 
 from rolekit import catalog, claims, ddl
 from rolekit.errors import ClaimError, RepeatableError
@@ -52,8 +53,7 @@ class PlanItem:
         return self.status in (Status.PENDING, Status.CHANGED)
 
 
-@dataclass(frozen=True)
-class LoginCheck:
+class LoginCheck(NamedTuple):
     """A login to try once the transaction committed."""
 
     role: str
@@ -96,6 +96,10 @@ def _changed_steps(
     """The steps whose digest the changelog has not recorded as sent."""
     sent_before = set(sent)
     changed = [s for s, d in zip(steps, digests, strict=True) if d not in sent_before]
+    # A member that logged in with the password on file (the check before the
+    # migration) already has it on the server, whatever its digest says: the
+    # file may only have gained a fingerprint key, or another host's key.
+    changed = [s for s in changed if s.secret_role not in run.password_verified]
     if changed and run.fingerprint_key is not None:
         # The secrets file may only have gained its fingerprint key since:
         # the same password then has another (keyed) digest and must not be
@@ -146,8 +150,7 @@ def _decide(
     return PlanItem(rep, Status.UNCHANGED, "checksum unchanged", checksum, [], digests)
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """What each repeatable would do, and what the catalog held when deciding."""
 
     items: list[PlanItem]
@@ -185,7 +188,7 @@ def plan(
             items.append(PlanItem(rep, Status.PENDING, "its roles do not exist yet"))
             continue
         if rep.phase > 0:  # login changes see which passwords this run sends first
-            observed = replace(observed, passwords_sent=frozenset(sent))
+            observed = observed._replace(passwords_sent=frozenset(sent))
         oids = [observed.roles[t].oid for t in rep.targets() if t in observed.roles]
         item = _decide(rep, run, observed, log_state.entries.get(rep.id), oids, session.offline)
         if item.will_run:
@@ -243,56 +246,68 @@ def _logins_to_verify(
     return list(checks.values())
 
 
-def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> RunReport:
-    """Plan and execute the repeatables that changed, recording each run."""
-    state = changelog.read(session) if not session.offline else changelog.Changelog(False, b"", {})
-    run = replace(run, salt=state.salt or _random.token_bytes(16))
-    planned = plan(session, run, repeatables, state)
-    items = planned.items
-    for item in items:
-        if item.status == Status.SKIPPED:
-            log.info("skipped %s: %s", item.repeatable.id, item.reason)
-    report = RunReport(items)
-    active = [i.repeatable for i in items if i.status != Status.SKIPPED]
-    if not session.offline:
-        _claim(session, run, active, planned.observed)
-    if not report.executed:
-        return report
+def _before_sending(
+    session: Session, run: RunContext, report: RunReport, state: changelog.Changelog
+) -> changelog.Changelog:
+    """Refuse a verifier that would be logged; create or migrate the changelog."""
     secret = next((i for i in report.executed for s in i.steps if s.secret is not None), None)
     if secret is not None and session.offline:
         raise RepeatableError(
             f"refusing to write a password verifier into an offline script (repeatable "
             f"{secret.repeatable.id!r}); run the upgrade online, or offline without that context"
         )
-    if not session.offline:
-        if secret is not None:
-            session.log_safety().require_safe(
-                allow_verifier_in_log=run.allow_verifier_in_log,
-                what=f"a password verifier (repeatable {secret.repeatable.id!r})",
-            )
-        migrated = changelog.ensure(session, state, salt=run.salt)
-        if migrated.version != state.version:  # an older schema was just migrated
-            report = RunReport(plan(session, run, repeatables, migrated).items)
-    for item in report.executed:
-        rep = item.repeatable
-        log.info("running %s (%s: %s)", rep.id, item.status, item.reason)
-        started = time.monotonic()
-        rep.apply(session, run, item.steps)
-        if session.offline:
-            continue
-        oids = catalog.roles(session, rep.targets()) if rep.targets() else {}
-        changelog.record(
-            session,
-            id=rep.id,
-            checksum=item.checksum or "",
-            context_expression=rep.context.text if rep.context else None,
-            context_used=",".join(sorted(run.contexts)) or None,
-            exec_type="executed" if item.status == Status.PENDING else "reran",
-            duration_ms=(time.monotonic() - started) * 1000,
-            target_oids=[oids[t].oid for t in rep.targets()],
-            step_digests=item.step_digests,
-            passwords_set=[s.secret_role for s in item.steps if s.secret_role],
+    if session.offline:
+        return state
+    if secret is not None:
+        session.log_safety().require_safe(
+            allow_verifier_in_log=run.allow_verifier_in_log,
+            what=f"a password verifier (repeatable {secret.repeatable.id!r})",
         )
+    return changelog.ensure(session, state, salt=run.salt)
+
+
+def _run(session: Session, run: RunContext, item: PlanItem) -> None:
+    """Execute one repeatable and record it in the changelog."""
+    rep = item.repeatable
+    log.info("running %s (%s: %s)", rep.id, item.status, item.reason)
+    started = time.monotonic()
+    rep.apply(session, run, item.steps)
+    if session.offline:
+        return
+    oids = catalog.roles(session, rep.targets()) if rep.targets() else {}
+    changelog.record(
+        session,
+        id=rep.id,
+        checksum=item.checksum or "",
+        context_expression=rep.context.text if rep.context else None,
+        context_used=",".join(sorted(run.contexts)) or None,
+        exec_type="executed" if item.status == Status.PENDING else "reran",
+        duration_ms=(time.monotonic() - started) * 1000,
+        target_oids=[oids[t].oid for t in rep.targets()],
+        step_digests=item.step_digests,
+        passwords_set=[s.secret_role for s in item.steps if s.secret_role],
+    )
+
+
+def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> RunReport:
+    """Plan and execute the repeatables that changed, recording each run."""
+    state = changelog.read(session) if not session.offline else changelog.Changelog(False, b"", {})
+    run = replace(run, salt=state.salt or _random.token_bytes(16))
+    planned = plan(session, run, repeatables, state)
+    for item in planned.items:
+        if item.status == Status.SKIPPED:
+            log.info("skipped %s: %s", item.repeatable.id, item.reason)
+    report = RunReport(planned.items)
+    if not session.offline:
+        active = [i.repeatable for i in planned.items if i.status != Status.SKIPPED]
+        _claim(session, run, active, planned.observed)
+    if not report.executed:
+        return report
+    migrated = _before_sending(session, run, report, state)
+    if migrated.version != state.version:  # an older schema was just migrated
+        report = RunReport(plan(session, run, repeatables, migrated).items)
+    for item in report.executed:
+        _run(session, run, item)
     if not session.offline:
         report.to_verify = _logins_to_verify(run, report.executed, repeatables)
     return report

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psycopg2 import sql
 
@@ -63,18 +63,13 @@ class Sql(Repeatable):
 
 
 class SqlFile(Sql):
-    """SQL read from a file, relative to the repeatables folder."""
+    """SQL read from a file, relative to the repeatables folder.
 
-    def __init__(
-        self,
-        id: str,
-        path: str,
-        *,
-        targets: Sequence[str] = (),
-        context: str | None = None,
-        run_always: bool = False,
-    ) -> None:
-        super().__init__(id, "", targets=targets, context=context, run_always=run_always)
+    Takes the options of :class:`Sql` (``targets``, ``context``, ``run_always``).
+    """
+
+    def __init__(self, id: str, path: str, **options: Any) -> None:
+        super().__init__(id, "", **options)
         self.path = path
 
     def sql_text(self, run: RunContext) -> str:
@@ -162,6 +157,8 @@ class SetLogin(Repeatable):
 
     def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
         super().apply(session, run, steps)
+        if session.offline:
+            return
         disabled = [
             r for r in self.login if _disabled_in(r, steps) and r not in run.terminate_after_commit
         ]
@@ -227,15 +224,8 @@ class FamilyLogin(Repeatable):
     phase = 1
     converges = True
 
-    def __init__(
-        self,
-        id: str,
-        group: str,
-        members: Sequence[str] | None = None,
-        *,
-        context: str | None = None,
-    ) -> None:
-        super().__init__(id, context=context)
+    def __init__(self, id: str, group: str, members: Sequence[str] | None = None, **options: Any):
+        super().__init__(id, **options)  # context=...
         self.family = RoleFamily.of(group, members)
 
     def targets(self) -> tuple[str, ...]:
@@ -336,6 +326,8 @@ class FamilyLogin(Repeatable):
 
     def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
         super().apply(session, run, steps)
+        if session.offline:  # a script: the server checks nothing until it runs it
+            return
         state = self.state(run)
         # Verified after the repairs and before the commit, which is when the
         # LOGIN takes effect: a member that would not act as the group never

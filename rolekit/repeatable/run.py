@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from rolekit.catalog import RoleInfo
 from rolekit.errors import SecretsError
@@ -23,6 +23,14 @@ from rolekit.runtime.config import DEFAULT_DRAIN_TIMEOUT, Settings
 from rolekit.secrets import Secret, SecretsFile, check_strength, secret_key
 
 log = logging.getLogger(__name__)
+
+
+class PasswordChecks(Protocol):
+    """Logins as the members that may log in (:class:`rolekit.runtime.logins.PasswordDrift`)."""
+
+    verified: frozenset[str]
+
+    def __call__(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)
@@ -47,10 +55,24 @@ class RunContext:
     allow_verifier_in_log: bool = False
     #: members whose drain timed out with terminate: they are ended after the commit
     terminate_after_commit: frozenset[str] = frozenset()
-    #: LOGIN members whose login with the secrets file's password was rejected
-    password_drift: frozenset[str] = frozenset()
+    #: finds the LOGIN members that reject the secrets file's password (a login
+    #: test that runs while the migration starts; calling it waits for it)
+    password_checks: PasswordChecks | None = None
     #: caches of the secrets file (filled on first use, never by callers)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def password_drift(self) -> frozenset[str]:
+        """LOGIN members whose login with the secrets file's password was rejected."""
+        return self.password_checks() if self.password_checks is not None else frozenset()
+
+    @property
+    def password_verified(self) -> frozenset[str]:
+        """LOGIN members that accepted the secrets file's password: the server has it."""
+        if self.password_checks is None:
+            return frozenset()
+        self.password_checks()  # waits for the logins
+        return self.password_checks.verified
 
     @property
     def secrets_file(self) -> SecretsFile:
@@ -65,15 +87,26 @@ class RunContext:
 
     @property
     def fingerprint_key(self) -> bytes | None:
-        """The secrets file's fingerprint key; without one, checksums fall back
-        to slow scrypt fingerprints (about 50 ms per password per run)."""
+        """The secrets file's fingerprint key, added to a plaintext file that has none.
+
+        A ``passwords.env`` filled in by hand has no key; rolekit adds one (the
+        file is rewritten atomically, every other byte kept), so checksums are
+        a fast keyed HMAC instead of scrypt (about 50 ms and 16 MiB per
+        password per run).  An age file is committed and shared: rolekit does
+        not rewrite it during an upgrade, and without a key it keeps scrypt.
+        """
         if "key" not in self._cache:
-            key = self.secrets_file.fingerprint_key()
-            if key is None:
+            secrets = self.secrets_file
+            key = secrets.fingerprint_key()
+            if key is None and not secrets.encrypted:
+                secrets.ensure_fingerprint_key()
+                key = secrets.fingerprint_key()
+                log.info("added a fingerprint key to %s (fast keyed checksums)", secrets.path)
+            elif key is None:
                 log.warning(
                     "%s has no fingerprint key, so checksums use slow scrypt fingerprints; "
                     "'rolekit gen-password ROLE --context %s --write' adds one",
-                    self.secrets_file.path,
+                    secrets.path,
                     self.primary,
                 )
             self._cache["key"] = key
@@ -104,8 +137,7 @@ class RunContext:
         )
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(NamedTuple):
     """What the planner read from the catalog and found in the plan, for the repeatables."""
 
     roles: Mapping[str, RoleInfo]

@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rolekit._fileio import atomic_write, flocked, read_regular_file
 from rolekit._names import check_role_name
@@ -51,8 +50,7 @@ class Phase(StrEnum):
     LOCKED_OUT = "locked-out"
 
 
-@dataclass(frozen=True)
-class FamilyState:
+class FamilyState(NamedTuple):
     """The login state of one family in one context."""
 
     login: tuple[str, ...]
@@ -94,36 +92,8 @@ class FamilyState:
             raise StateFileError(
                 f"{where}: unknown keys {unknown}; allowed: {', '.join(sorted(_STATE_KEYS))}"
             )
-        login = data.get("login")
-        if not isinstance(login, list):
-            raise StateFileError(f"{where}.login: expected a list of member names")
-        for index, member in enumerate(login):
-            if not isinstance(member, str):
-                raise StateFileError(f"{where}.login[{index}]: expected a role name (a string)")
-            try:
-                check_role_name(member, what=f"login[{index}]")
-            except RoleNameError as exc:
-                raise StateFileError(
-                    f"{where}.login lists roles that are not its members: {exc}"
-                ) from None
-        if len(set(login)) != len(login) or len(login) > 2:
-            raise StateFileError(f"{where}.login: list at most two distinct members")
-        incoming = data.get("incoming")
-        if incoming is not None and not isinstance(incoming, str):
-            raise StateFileError(f"{where}.incoming: expected a member name (a string)")
-        if incoming is not None and incoming not in login:
-            raise StateFileError(f"{where}.incoming: {incoming!r} is not in 'login'")
-        if len(login) == 2 and incoming is None:
-            # Neither begin (already in overlap) nor finish (which member stays?)
-            # could move on from here.
-            raise StateFileError(
-                f"{where}: both members may log in but 'incoming' is not set; set \"incoming\" "
-                "to the member applications move to, so 'rotate finish' knows which one stays"
-            )
-        if len(login) == 1 and incoming is not None:
-            raise StateFileError(
-                f"{where}: 'incoming' is only meaningful while both members may log in; remove it"
-            )
+        login = _login(where, data.get("login"))
+        incoming = _incoming(where, data.get("incoming"), login)
         retire = data.get("retire", Retire.NOLOGIN.value)
         if not isinstance(retire, str) or retire not in {r.value for r in Retire}:
             raise StateFileError(
@@ -141,7 +111,111 @@ class FamilyState:
                 f"{where}: 'decommissioned' is true but 'login' lists members; empty 'login' "
                 "to decommission the family, or remove 'decommissioned'"
             )
-        return cls(tuple(login), incoming, Retire(retire), decommissioned)
+        return cls(login, incoming, Retire(retire), decommissioned)
+
+
+def _login(where: str, login: Any) -> tuple[str, ...]:
+    if not isinstance(login, list):
+        raise StateFileError(f"{where}.login: expected a list of member names")
+    for index, member in enumerate(login):
+        if not isinstance(member, str):
+            raise StateFileError(f"{where}.login[{index}]: expected a role name (a string)")
+        try:
+            check_role_name(member, what=f"login[{index}]")
+        except RoleNameError as exc:
+            raise StateFileError(
+                f"{where}.login lists roles that are not its members: {exc}"
+            ) from None
+    if len(set(login)) != len(login) or len(login) > 2:
+        raise StateFileError(f"{where}.login: list at most two distinct members")
+    return tuple(login)
+
+
+def _incoming(where: str, incoming: Any, login: tuple[str, ...]) -> str | None:
+    if incoming is not None and not isinstance(incoming, str):
+        raise StateFileError(f"{where}.incoming: expected a member name (a string)")
+    if incoming is not None and incoming not in login:
+        raise StateFileError(f"{where}.incoming: {incoming!r} is not in 'login'")
+    if len(login) == 2 and incoming is None:
+        # Neither begin (already in overlap) nor finish (which member stays?)
+        # could move on from here.
+        raise StateFileError(
+            f"{where}: both members may log in but 'incoming' is not set; set \"incoming\" "
+            "to the member applications move to, so 'rotate finish' knows which one stays"
+        )
+    if len(login) == 1 and incoming is not None:
+        raise StateFileError(
+            f"{where}: 'incoming' is only meaningful while both members may log in; remove it"
+        )
+    return incoming
+
+
+def _validate(
+    name: str, raw: Any
+) -> tuple[dict[str, dict[str, FamilyState]], dict[str, tuple[str, str]]]:
+    """The families' states and members of a parsed state file, checked."""
+    if (
+        not isinstance(raw, dict)
+        or raw.get("version") != STATE_VERSION
+        or isinstance(raw.get("version"), bool)
+    ):
+        raise StateFileError(
+            f'{name}: expected {{"version": {STATE_VERSION}, "families": {{...}}}}'
+        )
+    unknown = sorted(set(raw) - {"version", "families", "members"})
+    if unknown:
+        raise StateFileError(f"{name}: unknown top-level keys {unknown}")
+    families = {
+        family: _states(f"{name}: families.{family}", contexts)
+        for family, contexts in _by_family(name, raw, "families", "contexts").items()
+    }
+    members = {
+        family: _pair(name, family, pair, families.get(family, {}))
+        for family, pair in _by_family(name, raw, "members", "two member names").items()
+    }
+    return families, members
+
+
+def _by_family(name: str, raw: dict[str, Any], key: str, what: str) -> dict[str, Any]:
+    """``raw[key]``, a map from family names (checked) to *what*."""
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise StateFileError(f"{name}: '{key}' must map family names to {what}")
+    for family in value:
+        check_role_name(family, what=f"{name}: family name")
+    return value
+
+
+def _states(where: str, contexts: Any) -> dict[str, FamilyState]:
+    if not isinstance(contexts, dict):
+        raise StateFileError(f"{where}: must map context names to states")
+    states: dict[str, FamilyState] = {}
+    for context, data in contexts.items():
+        lowered = check_context_name(context)
+        if lowered in states:
+            raise StateFileError(
+                f"{where}: contexts {context!r} and another spelling of it both appear; "
+                "contexts are case-insensitive, keep one"
+            )
+        states[lowered] = FamilyState.from_json(f"{where}.{context}", data)
+    return states
+
+
+def _pair(name: str, family: str, pair: Any, states: dict[str, FamilyState]) -> tuple[str, str]:
+    where = f"{name}: members.{family}"
+    two = isinstance(pair, list) and len(pair) == 2 and all(isinstance(m, str) for m in pair)
+    if not two or pair[0] == pair[1]:
+        raise StateFileError(f"{where}: expected a list of two distinct member names")
+    for member in pair:
+        check_role_name(member, what=where)
+    for context, state in states.items():
+        strangers = sorted(set(state.login) - set(pair))
+        if strangers:
+            raise StateFileError(
+                f"{name}: families.{family}.{context}.login lists {strangers}, which are "
+                f"not its members ({', '.join(pair)})"
+            )
+    return (pair[0], pair[1])
 
 
 def _no_duplicates(where: str) -> Any:
@@ -187,72 +261,7 @@ class RotationState:
             raw = json.loads(raw_bytes.decode("utf-8"), object_pairs_hook=_no_duplicates(str(path)))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StateFileError(f"cannot read rotation state {path}: {exc}") from None
-        families = cls._validate(path.name, raw)
-        return cls(path, families, cls._validate_members(path.name, raw, families))
-
-    @staticmethod
-    def _validate_members(
-        name: str, raw: dict[str, Any], families: dict[str, dict[str, FamilyState]]
-    ) -> dict[str, tuple[str, str]]:
-        given = raw.get("members", {})
-        if not isinstance(given, dict):
-            raise StateFileError(f"{name}: 'members' must map family names to two member names")
-        members: dict[str, tuple[str, str]] = {}
-        for family, pair in given.items():
-            where = f"{name}: members.{family}"
-            check_role_name(family, what=f"{name}: family name")
-            if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or not all(isinstance(m, str) for m in pair)
-                or pair[0] == pair[1]
-            ):
-                raise StateFileError(f"{where}: expected a list of two distinct member names")
-            for member in pair:
-                check_role_name(member, what=where)
-            for context, state in families.get(family, {}).items():
-                strangers = sorted(set(state.login) - set(pair))
-                if strangers:
-                    raise StateFileError(
-                        f"{name}: families.{family}.{context}.login lists {strangers}, which are "
-                        f"not its members ({', '.join(pair)})"
-                    )
-            members[family] = (pair[0], pair[1])
-        return members
-
-    @staticmethod
-    def _validate(name: str, raw: Any) -> dict[str, dict[str, FamilyState]]:
-        if (
-            not isinstance(raw, dict)
-            or raw.get("version") != STATE_VERSION
-            or isinstance(raw.get("version"), bool)
-        ):
-            raise StateFileError(
-                f'{name}: expected {{"version": {STATE_VERSION}, "families": {{...}}}}'
-            )
-        unknown = sorted(set(raw) - {"version", "families", "members"})
-        if unknown:
-            raise StateFileError(f"{name}: unknown top-level keys {unknown}")
-        families_raw = raw.get("families", {})
-        if not isinstance(families_raw, dict):
-            raise StateFileError(f"{name}: 'families' must map family names to contexts")
-        families: dict[str, dict[str, FamilyState]] = {}
-        for family, contexts in families_raw.items():
-            where = f"{name}: families.{family}"
-            check_role_name(family, what=f"{name}: family name")
-            if not isinstance(contexts, dict):
-                raise StateFileError(f"{where}: must map context names to states")
-            states: dict[str, FamilyState] = {}
-            for context, data in contexts.items():
-                lowered = check_context_name(context)
-                if lowered in states:
-                    raise StateFileError(
-                        f"{where}: contexts {context!r} and another spelling of it both appear; "
-                        "contexts are case-insensitive, keep one"
-                    )
-                states[lowered] = FamilyState.from_json(f"{where}.{context}", data)
-            families[family] = states
-        return families
+        return cls(path, *_validate(path.name, raw))
 
     def get(self, family: str, context: str) -> FamilyState | None:
         return self.families.get(family, {}).get(context.lower())

@@ -36,7 +36,7 @@ from rolekit.family_catalog import FamilyCatalog
 from rolekit.rotation.state import FamilyState, Phase, RotationState, locked
 from rolekit.runtime.config import Settings
 from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.environment import ROTATION_ATTRIBUTE, MigrationFailed
+from rolekit.runtime.environment import ROTATION_ATTRIBUTE, SETTINGS_ATTRIBUTE, MigrationFailed
 from rolekit.runtime.logins import login_works
 from rolekit.secrets import DEFAULT_PASSWORD_LENGTH, SecretsFile, generate_password
 
@@ -129,6 +129,7 @@ def _upgrade(settings: Settings, context: str, extra: Sequence[str], target: Rot
     config = Config(str(settings.ini_path))
     config.cmd_opts = argparse.Namespace(x=[f"context={context}", *extra])
     config.attributes[ROTATION_ATTRIBUTE] = target
+    config.attributes[SETTINGS_ATTRIBUTE] = settings
     try:
         alembic_command.upgrade(config, "head")
     except MigrationFailed as exc:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
-from types import TracebackType
 from typing import Any
 
 import psycopg2
@@ -68,6 +67,15 @@ class MigrationFailed(CommandError):
 #: ``config.attributes`` key under which ``rolekit rotate --apply`` passes the
 #: rotation state to apply, before it writes it to the state file
 ROTATION_ATTRIBUTE = "rolekit.rotation"
+#: ``config.attributes`` key of the settings a Python caller already resolved
+#: (``rolekit.command`` with a database URL of its own)
+SETTINGS_ATTRIBUTE = "rolekit.settings"
+
+
+def settings_for(env: EnvironmentContext) -> Settings:
+    """The settings a caller passed in, else those of the run's alembic.ini."""
+    given = env.config.attributes.get(SETTINGS_ATTRIBUTE)
+    return given if isinstance(given, Settings) else Settings.from_alembic_config(env.config)
 
 
 def active_contexts(env: EnvironmentContext) -> tuple[frozenset[str], str | None, str]:
@@ -155,7 +163,7 @@ def prepare(
             for name, info in sorted(roles.items())
             if info.can_log_in_now and run.must_log_in(name) and name not in retiring
         ]
-        run = replace(run, password_drift=password_drift(control, run, logging_in))
+        run = replace(run, password_checks=password_drift(control, run, logging_in))
     return run
 
 
@@ -168,15 +176,10 @@ class RolekitRun:
         connection, and nothing held while waiting.
     """
 
-    def __init__(
-        self,
-        env: EnvironmentContext,
-        connection: Connection | None = None,
-        settings: Settings | None = None,
-    ) -> None:
+    def __init__(self, env: EnvironmentContext, connection: Connection | None = None) -> None:
         self.env = env
         self.connection = connection
-        self.settings = settings or Settings.from_alembic_config(env.config)
+        self.settings = settings_for(env)
         self.repeatables: list[Repeatable] = []
         self.run: RunContext | None = None
         self.report: RunReport | None = None
@@ -212,12 +215,7 @@ class RolekitRun:
         self.report = apply(self._session, self.run, self.repeatables)
         return self.report
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
         if exc is None and self.connection is not None:
             try:
                 with ControlConnection.borrow(self.connection) as control:
@@ -262,7 +260,7 @@ def database_error(exc: BaseException) -> RolekitError:
 
 def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
     """Run Alembic's migrations and rolekit's repeatables in one transaction."""
-    settings = Settings.from_alembic_config(env.config)
+    settings = settings_for(env)
     if env.is_offline_mode():
         env.configure(
             url=settings.require_url(),
@@ -271,13 +269,13 @@ def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
             transaction_per_migration=False,
             **configure_kw,
         )
-        with RolekitRun(env, settings=settings) as rolekit, env.begin_transaction():
+        with RolekitRun(env) as rolekit, env.begin_transaction():
             env.run_migrations()
             rolekit.apply_repeatables()
         return
     engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
     try:
-        with engine.connect() as connection, RolekitRun(env, connection, settings) as rolekit:
+        with engine.connect() as connection, RolekitRun(env, connection) as rolekit:
             env.configure(connection=connection, transaction_per_migration=False, **configure_kw)
             with env.begin_transaction():
                 env.run_migrations()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -31,9 +32,14 @@ _KEPT = ("host", "hostaddr", "port", "dbname", "sslmode", "sslrootcert", "sslcer
 APPLICATION_NAME = "rolekit-verify"
 
 
-def _connect(control: ControlConnection, role: str, password: str) -> Any:
+def connect_params(control: ControlConnection) -> dict[str, str]:
+    """Where the control connection went, so member logins go to the same server."""
     params = control.dbapi_connection.get_dsn_parameters()
-    kept = {k: v for k, v in params.items() if k in _KEPT and v}
+    return {k: v for k, v in params.items() if k in _KEPT and v}
+
+
+def _connect(where: ControlConnection | dict[str, str], role: str, password: str) -> Any:
+    kept = connect_params(where) if isinstance(where, ControlConnection) else where
     return psycopg2.connect(
         **kept,
         user=role,
@@ -49,38 +55,69 @@ def _password_rejected(exc: psycopg2.Error) -> bool:
     return "password authentication failed" in str(exc)
 
 
+class PasswordDrift:
+    """Members that may log in and reject the secrets file's password, found by logging in.
+
+    The logins run in a thread while the migration starts (a login is a
+    connection and a SCRAM exchange, about as long as the rest of a no-op
+    upgrade's own work); calling the object waits for them.
+
+    :raises RolekitError: on call, when a login failed for another reason (no
+        pg_hba.conf entry for this host...): rolekit cannot tell, and says how
+        to skip the check.
+    """
+
+    def __init__(
+        self, params: dict[str, str], secrets: Sequence[tuple[str, Secret]], source: str
+    ) -> None:
+        self._params, self._secrets, self._source = params, secrets, source
+        self._found: frozenset[str] = frozenset()
+        #: members that accepted the password on file: the server has it
+        self.verified: frozenset[str] = frozenset()
+        self._error: RolekitError | None = None
+        self._thread = threading.Thread(target=self._run, name="rolekit-logins", daemon=True)
+        if secrets:
+            self._thread.start()
+
+    def _run(self) -> None:
+        drifted, verified = set(), set()
+        for role, secret in self._secrets:
+            try:
+                conn = _connect(self._params, role, secret.reveal())
+            except psycopg2.OperationalError as exc:
+                if _password_rejected(exc):
+                    log.warning(
+                        "%s rejects the password in %s: it drifted (changed outside rolekit); "
+                        "sending it again",
+                        role,
+                        self._source,
+                    )
+                    drifted.add(role)
+                    continue
+                self._error = RolekitError(
+                    f"cannot log in as {role!r} to check its password: {first_line(exc)}. "
+                    "Nothing was changed. Allow it in pg_hba.conf for this host, or set "
+                    "verify_logins = false in [rolekit] to skip login checks"
+                )
+                return
+            conn.close()
+            verified.add(role)
+        self._found, self.verified = frozenset(drifted), frozenset(verified)
+
+    def __call__(self) -> frozenset[str]:
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._found
+
+
 def password_drift(
     control: ControlConnection, run: RunContext, roles: Iterable[str]
-) -> frozenset[str]:
-    """Members among *roles* (they may log in) that reject the secrets file's password.
-
-    :raises RolekitError: a login failed for another reason (no pg_hba.conf
-        entry for this host...): rolekit cannot tell, and says how to skip it.
-    """
-    drifted = set()
-    for role in roles:
-        if not run.has_secret(role):
-            continue
-        secret, _ = run.secret(role)
-        try:
-            conn = _connect(control, role, secret.reveal())
-        except psycopg2.OperationalError as exc:
-            if _password_rejected(exc):
-                log.warning(
-                    "%s rejects the password in %s: it drifted (changed outside rolekit); "
-                    "sending it again",
-                    role,
-                    run.secrets_file.path.name,
-                )
-                drifted.add(role)
-                continue
-            raise RolekitError(
-                f"cannot log in as {role!r} to check its password: {first_line(exc)}. Nothing "
-                "was changed. Allow it in pg_hba.conf for this host, or set verify_logins = "
-                "false in [rolekit] to skip login checks"
-            ) from None
-        conn.close()
-    return frozenset(drifted)
+) -> PasswordDrift:
+    """Start checking the passwords of *roles* (they may log in); see :class:`PasswordDrift`."""
+    secrets = [(role, run.secret(role)[0]) for role in roles if run.has_secret(role)]
+    return PasswordDrift(connect_params(control), secrets, run.secrets_file.path.name)
 
 
 def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> None:

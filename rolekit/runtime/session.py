@@ -22,12 +22,12 @@ from psycopg2 import sql
 from psycopg2.extensions import TRANSACTION_STATUS_INERROR
 
 from rolekit.errors import RolekitError
-from rolekit.runtime.logsafety import LogSafety, assess
 
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
 
     from rolekit.catalog import Reader
+    from rolekit.runtime.logsafety import LogSafety
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ class Session:
     def log_safety(self) -> LogSafety:
         """The logging settings around verifiers, read once per run."""
         if self._log_safety is None:
+            from rolekit.runtime.logsafety import assess  # only runs that send a verifier
+
             self._log_safety = assess(self, superuser=self.superuser)
         return self._log_safety
 

@@ -32,7 +32,8 @@ strength), ``_fingerprint``, ``_dotenv`` (strict reader and editor), ``_age``,
 ``_file`` (:class:`SecretsFile`); file I/O is :mod:`rolekit._fileio`.
 """
 
-from rolekit.secrets._age import AGE_IDENTITY_ENV, AGE_IDENTITY_FILE_ENV, AGE_RECIPIENTS_ENV
+from typing import TYPE_CHECKING, Any
+
 from rolekit.secrets._dotenv import MAX_FILE_BYTES, MAX_LINE_BYTES
 from rolekit.secrets._file import SecretsFile, contexts_in
 from rolekit.secrets._fingerprint import FINGERPRINT_KEY, fingerprint
@@ -46,6 +47,19 @@ from rolekit.secrets._keys import (
 )
 from rolekit.secrets._secret import Secret
 from rolekit.secrets._warnings import SecretsFileWarning
+
+if TYPE_CHECKING:
+    from rolekit.secrets._age import AGE_IDENTITY_ENV, AGE_IDENTITY_FILE_ENV, AGE_RECIPIENTS_ENV
+
+
+def __getattr__(name: str) -> Any:
+    """The age settings' names, without importing age support until asked (PEP 562)."""
+    if name in ("AGE_IDENTITY_ENV", "AGE_IDENTITY_FILE_ENV", "AGE_RECIPIENTS_ENV"):
+        from rolekit.secrets import _age
+
+        return getattr(_age, name)
+    raise AttributeError(f"module 'rolekit.secrets' has no attribute {name!r}")
+
 
 __all__ = [
     "AGE_IDENTITY_ENV",

@@ -61,15 +61,16 @@ def pyrage_module(err: Errors) -> ModuleType:
         raise err("age files need the pyrage package: pip install 'rolekit[age]'") from None
 
 
-def _parse_identity(pyrage: ModuleType, text: str) -> _AgeIdentity:
+def _parse_identity(pyrage: ModuleType, text: str, err: Errors, where: str) -> _AgeIdentity:
     """Parse one ``AGE-SECRET-KEY-1...``; pyrage's error is not re-raised.
 
-    :raises ValueError: without any part of ``text`` in its message.
+    :raises SecretsError: "*where* is not an age X25519 identity", without any
+        part of *text*.
     """
     try:
         identity: _AgeIdentity = pyrage.x25519.Identity.from_str(text)
     except pyrage.IdentityError:
-        raise ValueError("not an age X25519 identity") from None
+        raise err(f"{where} is not an age X25519 identity (AGE-SECRET-KEY-1...)") from None
     return identity
 
 
@@ -84,59 +85,45 @@ def load_identities(err: Errors) -> _Identities | None:
     file_name = os.environ.get(AGE_IDENTITY_FILE_ENV, "").strip()
     if file_name:
         identity_path = Path(file_name).expanduser()
-        data = read_regular_file(
-            identity_path,
-            _MAX_IDENTITY_FILE_BYTES,
-            what=f"age identity file (from {AGE_IDENTITY_FILE_ENV})",
-            fail=Errors(identity_path, err.lookup),
-            follow_symlinks=True,
-        )[0]
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise err(
-                f"age identity file {identity_path} (from "
-                f"{AGE_IDENTITY_FILE_ENV}) is not UTF-8 text"
-            ) from None
-        found = 0
-        for number, raw_line in enumerate(text.splitlines(), start=1):
-            line = raw_line.strip()
-            if not line or line.startswith("#"):
-                continue
-            try:
-                keys.append(_parse_identity(pyrage, line))
-            except ValueError:
-                raise err(
-                    f"line {number} of age identity file {identity_path} (from "
-                    f"{AGE_IDENTITY_FILE_ENV}) is not an age X25519 identity "
-                    "(AGE-SECRET-KEY-1...)"
-                ) from None
-            found += 1
-        if not found:
-            raise err(
-                f"age identity file {identity_path} (from {AGE_IDENTITY_FILE_ENV}) "
-                "holds no identity (AGE-SECRET-KEY-1...)"
-            )
-        mode = identity_path.stat().st_mode
-        if mode & (stat.S_IRGRP | stat.S_IROTH):
-            warn(
-                f"age identity file {identity_path} is readable by group or "
-                f"others (mode {stat.S_IMODE(mode):04o}); run: chmod 600 "
-                f"{identity_path}"
-            )
+        keys += _identity_file(pyrage, identity_path, err)
         sources.append(f"identity file {identity_path} ({AGE_IDENTITY_FILE_ENV})")
     inline = os.environ.get(AGE_IDENTITY_ENV, "").strip()
     if inline:
-        try:
-            keys.append(_parse_identity(pyrage, inline))
-        except ValueError:
-            raise err(
-                f"{AGE_IDENTITY_ENV} is not an age X25519 identity (AGE-SECRET-KEY-1...)"
-            ) from None
+        keys.append(_parse_identity(pyrage, inline, err, AGE_IDENTITY_ENV))
         sources.append(AGE_IDENTITY_ENV)
     if not keys:
         return None
     return _Identities(keys=keys, source=" and ".join(sources))
+
+
+def _identity_file(pyrage: ModuleType, path: Path, err: Errors) -> list[_AgeIdentity]:
+    """The identities of an age identity file (comments and several keys allowed)."""
+    what = f"age identity file {path} (from {AGE_IDENTITY_FILE_ENV})"
+    data = read_regular_file(
+        path,
+        _MAX_IDENTITY_FILE_BYTES,
+        what=f"age identity file (from {AGE_IDENTITY_FILE_ENV})",
+        fail=Errors(path, err.lookup),
+        follow_symlinks=True,
+    )[0]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise err(f"{what} is not UTF-8 text") from None
+    keys = [
+        _parse_identity(pyrage, line.strip(), err, f"line {number} of {what}")
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    if not keys:
+        raise err(f"{what} holds no identity (AGE-SECRET-KEY-1...)")
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        warn(
+            f"age identity file {path} is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+        )
+    return keys
 
 
 def recipients(identities: _Identities | None, err: Errors) -> list[object]:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import codecs
 import io
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from dotenv.parser import parse_stream
 
@@ -36,8 +35,7 @@ _LEADING_SPACE_RE: Final = re.compile(r"\s*")
 _EOL_RE: Final = re.compile(r"(?:\r\n|\n|\r)\Z")
 
 
-@dataclass(frozen=True)
-class Parsed:
+class Parsed(NamedTuple):
     """What a valid secrets file holds."""
 
     #: key -> non-empty value

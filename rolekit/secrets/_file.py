@@ -9,6 +9,7 @@ A plaintext file tracked by git is refused: its passwords are in history.
 from __future__ import annotations
 
 import codecs
+import importlib
 import logging
 import os
 import stat
@@ -16,10 +17,10 @@ import subprocess
 import threading
 from pathlib import Path
 from secrets import token_hex
+from types import ModuleType
 from typing import Final
 
 from rolekit._fileio import Stamp, atomic_write, flocked, read_regular_file, stamp_of
-from rolekit.secrets._age import AGE_MAGIC, decrypt, encrypt, x25519_stanzas
 from rolekit.secrets._dotenv import (
     MAX_FILE_BYTES,
     Errors,
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 
 #: an age file may be larger than its plaintext (header, tags, armor)
 MAX_AGE_FILE_BYTES: Final = 2 * MAX_FILE_BYTES
+
+
+def _age() -> ModuleType:
+    """The age module, imported only for ``.age`` files (it costs every run otherwise)."""
+    return importlib.import_module("rolekit.secrets._age")
 
 
 def git_tracks(path: Path) -> bool:
@@ -194,7 +200,7 @@ class SecretsFile:
             data, info = read_regular_file(
                 self.path, MAX_AGE_FILE_BYTES, what="the secrets file", fail=err
             )
-            plaintext = decrypt(data, err)
+            plaintext = _age().decrypt(data, err)
         else:
             plaintext, info = read_regular_file(
                 self.path, MAX_FILE_BYTES, what="the secrets file", fail=err
@@ -275,9 +281,10 @@ class SecretsFile:
                     data, _ = read_regular_file(
                         self.path, MAX_AGE_FILE_BYTES, what="the secrets file", fail=err
                     )
-                    old_stanzas = x25519_stanzas(data)
-                    plaintext = decrypt(data, err)
-                    armored = not data.startswith(AGE_MAGIC)
+                    age = _age()
+                    old_stanzas = age.x25519_stanzas(data)
+                    plaintext = age.decrypt(data, err)
+                    armored = not data.startswith(age.AGE_MAGIC)
                 else:
                     plaintext, info = read_regular_file(
                         self.path, MAX_FILE_BYTES, what="the secrets file", fail=err
@@ -295,7 +302,7 @@ class SecretsFile:
                     f"the file would grow over {MAX_FILE_BYTES // 1024} KiB; refusing to write it"
                 )
             if self.encrypted:
-                new_data = encrypt(new_data, old_stanzas, armored, err)
+                new_data = _age().encrypt(new_data, old_stanzas, armored, err)
             atomic_write(self.path, new_data, mode=0o600, fail=err)
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from rolekit.testing import Project
 from tests.guards.helpers import KILLPOINT, can_login, check, creds, password, rotate
-from tests.reliability.helpers import Spawned, wait_for_output
+from tests.reliability.helpers import Spawned, rolekit_cmd, wait_for_output
 
 BEGIN_POINTS = {
     # secrets file written, nothing sent yet
@@ -28,6 +27,7 @@ BEGIN_POINTS = {
     # committed and verified; the state file not yet written
     "before-state-file": "rolekit.rotation.state:RotationState.save",
 }
+FINISH = ("rotate", "my_app", "finish", "--context", "dev", "--apply")
 FINISH_POINTS = {
     "in-transaction": "rolekit.repeatable.kinds:decisive_check",
     "before-state-file": "rolekit.rotation.state:RotationState.save",
@@ -78,12 +78,7 @@ def _apps_can_log_in(project: Project) -> None:
             project.cluster.connect(role, password(project, role)).close()
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
-def test_begin_killed_in_every_phase_is_completed_by_the_next_run(
-    any_project: Project, signame: str
-) -> None:
-    project = any_project
-    project.upgrade("dev")
+def _begin_phases(project: Project, signame: str) -> None:
     for phase, point in BEGIN_POINTS.items():
         active = creds(project)["user"]
         standby = "my_app_jerry" if active == "my_app_tom" else "my_app_tom"
@@ -103,12 +98,7 @@ def test_begin_killed_in_every_phase_is_completed_by_the_next_run(
         assert creds(project)["user"] == standby
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
-def test_finish_killed_in_every_phase_is_completed_by_the_next_run(
-    any_project: Project, signame: str
-) -> None:
-    project = any_project
-    project.upgrade("dev")
+def _finish_phases(project: Project, signame: str) -> None:
     for phase, point in [("drain", ""), *FINISH_POINTS.items()]:
         old = creds(project)["user"]
         rotate(project, "begin")
@@ -116,27 +106,10 @@ def test_finish_killed_in_every_phase_is_completed_by_the_next_run(
         if phase in ("drain", "terminating"):
             # an application still on the old member keeps the drain waiting
             leftover = project.cluster.connect(old, password(project, old))
-        extra = (
-            ["--drain-timeout", "1", "--terminate"]
-            if phase == "terminating"
-            else ["--drain-timeout", "30"]
-        )
+        extra = ["--drain-timeout", "1", "--terminate"] if phase == "terminating" else []
+        extra = extra or ["--drain-timeout", "30"]
         if phase == "drain":
-            run = Spawned(
-                project,
-                [
-                    sys.executable,
-                    "-m",
-                    "rolekit.cli",
-                    "rotate",
-                    "my_app",
-                    "finish",
-                    "--context",
-                    "dev",
-                    "--apply",
-                    *extra,
-                ],
-            )
+            run = Spawned(project, rolekit_cmd(*FINISH, *extra))
             wait_for_output(run, "drain: waiting")
             run.proc.send_signal(getattr(signal, signame))
             assert run.finish(timeout=60).returncode in (-9, 143)
@@ -151,3 +124,14 @@ def test_finish_killed_in_every_phase_is_completed_by_the_next_run(
         assert check(project).returncode == 0, phase
         assert can_login(project)[old] is False
         _apps_can_log_in(project)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_rotations_killed_in_every_phase_are_completed_by_the_next_run(
+    any_project: Project, signame: str
+) -> None:
+    """Each phase of ``begin --apply``, then of ``finish --apply``, killed in turn."""
+    project = any_project
+    project.upgrade("dev")
+    _begin_phases(project, signame)
+    _finish_phases(project, signame)
