@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rolekit.secrets import SecretsFile, generate_password
+from rolekit.testing import inprocess
 from rolekit.testing.cluster import Cluster
 
 
@@ -29,6 +30,10 @@ class Project:
 
     :param user: the migration user (the cluster's superuser when ``None``).
     :param pythonpath: folders put first on ``PYTHONPATH`` of the commands.
+    :param in_process: run ``alembic`` and ``rolekit`` commands in this
+        process (:mod:`rolekit.testing.inprocess`), with the output and exit
+        code their command lines give, in a fraction of the time; background
+        commands (:meth:`spawn`) are always real processes.
     """
 
     def __init__(
@@ -40,6 +45,7 @@ class Project:
         dbname: str = "postgres",
         *,
         pythonpath: Sequence[Path] = (),
+        in_process: bool = False,
     ) -> None:
         self.root = root
         self.cluster = cluster
@@ -48,6 +54,7 @@ class Project:
         self.dbname = dbname
         self.url = cluster.url(user, password, dbname)
         self.pythonpath = tuple(pythonpath)
+        self.in_process = in_process
         self.outputs: list[str] = []  # everything alembic/rolekit printed, for leak checks
         self.passwords: dict[str, str] = {}
 
@@ -124,9 +131,18 @@ class Project:
     def run(
         self, *cmd: str, check: bool = True, timeout: float = 180, **env: Any
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            cmd, cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout
-        )
+        program = inprocess.runnable(cmd) if self.in_process else None
+        if program is not None:
+            proc = inprocess.run(program, cmd[3:], cwd=self.root, env=self.env(**env))
+        else:
+            proc = subprocess.run(
+                cmd,
+                cwd=self.root,
+                env=self.env(**env),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         self.outputs.append(proc.stdout + proc.stderr)
         if check and proc.returncode != 0:
             raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

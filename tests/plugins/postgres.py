@@ -32,6 +32,7 @@ _reported: set[str] = set()
 
 def example_project(root: Path, cluster: Cluster, **kw: Any) -> Project:
     """The example project copied to *root*, its members with fresh passwords."""
+    kw.setdefault("in_process", True)
     return Project.copy(
         REPO, root, cluster, members=MEMBERS, contexts=CONTEXTS, pythonpath=[REPO], **kw
     )
