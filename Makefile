@@ -49,7 +49,9 @@ test-fast: venv bytecode
 demo: venv bytecode
 	$(PY) -m bench.demo
 
+# The drain bench measures login tracking on PostgreSQL 17 (a login event trigger).
 bench: venv debs bytecode
+	$(PY) scripts/fetch_pg.py 17
 	$(PY) -m bench
 
 clean:

@@ -243,8 +243,20 @@ def demo(work: Path) -> int:
             _progress(load, runner, "moved")
 
             step("rotate 3/3 -- finish: wait for the old member to drain, then NOLOGIN")
+            # The demo's apps connect many times a second, so a 5 s quiet period
+            # shows the mechanics; the default (90 s) is for clients that connect
+            # once a minute.
             runner.rolekit(
-                "rotate", FAMILY, "finish", "--context", CONTEXT, "--apply", "--drain-timeout", "60"
+                "rotate",
+                FAMILY,
+                "finish",
+                "--context",
+                CONTEXT,
+                "--apply",
+                "--drain-timeout",
+                "60",
+                "--quiet-period",
+                "5",
             )
             time.sleep(1.5)
             _progress(load, runner, "steady")

@@ -29,10 +29,10 @@ from psycopg2.extensions import encrypt_password
 
 from bench.common import MEMBERS, example, log
 from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
-from bench.pgbouncer import PgBouncer
 from bench.stats import failure_bursts
 from rolekit.secrets import generate_password
 from rolekit.testing import Cluster
+from rolekit.testing.pgbouncer import PgBouncer
 
 ROTATIONS = 6
 LAG = 0.5

@@ -38,13 +38,13 @@ from psycopg2.extensions import encrypt_password
 from bench import pooled
 from bench.common import MEMBERS, RESULTS, example, log, machine, write_json
 from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
-from bench.pgbouncer import PgBouncer
 from bench.stats import Record, SessionSampler, Window, per_second, summarize
 from rolekit import command
 from rolekit.errors import RolekitError
 from rolekit.runtime.config import Settings
 from rolekit.secrets import generate_password
 from rolekit.testing import Cluster, Project
+from rolekit.testing.pgbouncer import PgBouncer
 
 SINGLE_USER = "app_single"
 AUTH_QUERY_NAME = "rolekit-pgbouncer-auth-query"
@@ -76,6 +76,9 @@ class Config:
     max_phase_s: float = 300.0
     steady_s: float = 4.0
     drain_timeout_s: float = 60.0
+    #: the drain's quiet period: the load connects every few milliseconds, so a
+    #: short one suffices here (the default, 90 s, would only make the bench slow)
+    quiet_s: float = 3.0
     baseline_changes: int = 2
     #: also run a PgBouncer using auth_query (see AUTH_QUERY_NOTE)
     pgbouncer_auth_query: bool = True
@@ -199,11 +202,17 @@ class _Rotations:
         phase: Phase,
         creds_path: Path,
         connecting: list[Any],
+        poolers: tuple[str, ...],
     ) -> None:
         self.cfg, self.project, self.bouncer, self.phase = cfg, project, bouncer, phase
         self.creds_path, self.connecting = creds_path, connecting
+        # the drain watches both PgBouncers and closes their idle server
+        # connections of the old member (they run with default timeouts)
         self.settings = replace(
-            Settings.load(project.root / "alembic.ini"), database_url=project.url
+            Settings.load(project.root / "alembic.ini"),
+            database_url=project.url,
+            drain_quiet_period=cfg.quiet_s,
+            poolers=poolers,
         )
 
     def attempts(self) -> int:
@@ -341,8 +350,9 @@ def _rolekit_phase(
     go.set()
     log("rolekit: load running")
 
+    poolers = tuple(b.admin_url() for b in (bouncer, auth_query) if b is not None)
     driver = _Rotations(
-        cfg, project, bouncer, phase, creds_path, [p for p in pools if p is not app]
+        cfg, project, bouncer, phase, creds_path, [p for p in pools if p is not app], poolers
     )
     try:
         n = driver.run()
@@ -550,10 +560,13 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
         try:
             users = {m: project.secret_of(m) for m in MEMBERS}
             with contextlib.ExitStack() as stack:
-                bouncer = stack.enter_context(PgBouncer(cluster, auth="file", users=users))
+                admin = ("pgbouncer_admin", generate_password())
+                bouncer = stack.enter_context(
+                    PgBouncer(cluster, auth="file", users=users, admin=admin)
+                )
                 auth_query = None
                 if cfg.pgbouncer_auth_query:
-                    auth_query = stack.enter_context(PgBouncer(cluster, auth="query"))
+                    auth_query = stack.enter_context(PgBouncer(cluster, auth="query", admin=admin))
                 info["pgbouncer"] = bouncer.version
                 phase, found = _rolekit_phase(
                     cfg, cluster, project, bouncer, auth_query, work, sampler

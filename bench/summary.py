@@ -58,7 +58,8 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         f"{cfg['pooled_threads']} threads (pool size {cfg['pool_size']}); "
         f"{data['phases']['rolekit']['rotations']} full rolekit rotations (tom → jerry → tom → …) "
         "driven by the CLI (`rotate begin --apply`, lag, app switch, "
-        "`rotate finish --apply --drain-timeout 60`), "
+        f"`rotate finish --apply --drain-timeout 60`, quiet period {cfg.get('quiet_s', 0)} s; "
+        "both PgBouncers with their default timeouts, watched as `[rolekit] poolers`), "
         f"{cfg['baseline_changes']} changes per baseline. The rolekit scenarios run "
         "together through the same rotations; each baseline runs alone afterwards on the same "
         "cluster. Latencies are of successful attempts: connect for the connect-per-query "
@@ -218,6 +219,110 @@ def _scale(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def _drain(data: dict[str, Any]) -> list[str]:
+    cfg = data["config"]
+    rows = []
+    for s in data["scenarios"]:
+        clients = s["clients"]
+        after = clients.get("after_finish")
+        finishes = "; ".join(
+            f"{f['finish']} (exit {f['exit_code']}, {f['seconds']} s"
+            + (f", {f['while']})" if f.get("while") else ")")
+            for f in s["finishes"]
+        )
+        rows.append(
+            [
+                s["scenario"],
+                s["what"],
+                finishes,
+                clients["attempts"],
+                clients["failures"],
+                f"{after['failures']} of {after['attempts']}" if after else "-",
+            ]
+        )
+    poll, track = data["poll_cost"], data["tracking_cost"]
+    return [
+        "## The drain against the whole deployment (`drain.json`)",
+        "",
+        f"Machine: {_machine(data['machine'])}.",
+        "",
+        f"Quiet period {cfg['quiet_s']} s; finishes expected to refuse use a drain timeout of "
+        f"{cfg['refuse_timeout_s']} s. Baselines are the drain before it watched the whole "
+        "deployment (one look, primary only); their clients keep connecting after `finish` "
+        "passed, and the last column counts what failed then.",
+        "",
+        *_table(
+            [
+                "scenario",
+                "clients",
+                "finish",
+                "client attempts",
+                "client failures",
+                "failures after a passed finish",
+            ],
+            rows,
+        ),
+        "",
+        f"**Client failures where rolekit reported success: "
+        f"{data['failures_where_rolekit_succeeded']}.**",
+        "",
+        "The drain's poll: one prepared query (`pg_stat_get_activity()`) per host every "
+        f"10 ms, {poll['backends_in_pg_stat_activity']} backends on the server, beside the same "
+        "poll through the `pg_stat_activity` view. Server CPU is the polling backend's "
+        f"(`/proc`); an idle backend used {poll['idle_backend_cpu_ms_per_second']} ms/s.",
+        "",
+        *_table(
+            [
+                "poll",
+                "polls/s",
+                "p50 ms",
+                "p99 ms",
+                "server CPU ms/s",
+                "% of a core",
+                "µs per poll",
+            ],
+            [
+                [
+                    name,
+                    p["polls_per_second"],
+                    p["poll_latency_ms_p50"],
+                    p["poll_latency_ms_p99"],
+                    p["server_cpu_ms_per_second"],
+                    p["server_cpu_share_of_one_core_pct"],
+                    p["server_cpu_us_per_poll"],
+                ]
+                for name, p in (
+                    ("rolekit's drain (prepared)", poll["drain_poll"]),
+                    ("pg_stat_activity view", poll["view_poll"]),
+                )
+            ],
+        ),
+        "",
+        f"Login latency with the tracking trigger (PostgreSQL {track['postgresql_major']}, "
+        f"{track['samples_each']} SCRAM logins each, in alternating rounds):",
+        "",
+        *_table(
+            ["", "p50 ms", "p99 ms", "ratio to no trigger (p50)"],
+            [
+                [
+                    label,
+                    track[f"login_ms_p50_{key}"],
+                    track[f"login_ms_p99_{key}"],
+                    track[f"ratio_{key}"],
+                ]
+                for label, key in (
+                    ("trigger disabled", "without"),
+                    ("trigger, role not leaving", "other"),
+                    ("trigger, leaving member", "leaving"),
+                )
+            ],
+        ),
+        "",
+        f"Benchmark wall time: {data.get('bench_duration_s', '?')} s.",
+        "",
+    ]
+
+
 def write() -> Path:
     lines = [
         "# rolekit benchmarks",
@@ -230,6 +335,7 @@ def write() -> Path:
         ("rotation_under_load.json", _rotation),
         ("upgrade_overhead.json", _overhead),
         ("scale.json", _scale),
+        ("drain.json", _drain),
     )
     for name, render in sections:
         data = _load(name)

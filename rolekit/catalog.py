@@ -170,6 +170,48 @@ def sessions(reader: Reader, users: Iterable[str]) -> list[SessionInfo]:
     return [SessionInfo(*row) for row in rows]
 
 
+class SessionPoll:
+    """The drain's poll of one autocommit connection: *users*' backends, many times a second.
+
+    It calls ``pg_stat_get_activity()`` itself, prepared once: the
+    ``pg_stat_activity`` view joins ``pg_database`` and ``pg_authid`` and is
+    planned again at every call, which costs the server about four times as
+    much per poll (``bench/drain.py`` measures it).  The same columns are
+    visible to every role as through the view: pid and user always, the rest
+    with the privileges of the backend's role.  In autocommit every poll is
+    its own transaction, so there is no statistics snapshot to clear.
+    """
+
+    _count = 0
+
+    def __init__(self, reader: Reader, users: Iterable[str]) -> None:
+        self.reader = reader
+        rows = reader.fetchall(
+            sql.SQL("SELECT oid::bigint, rolname::text FROM pg_roles WHERE rolname = ANY(%s)"),
+            (list(users),),
+        )
+        self.names: dict[int, str] = dict(rows)
+        SessionPoll._count += 1
+        self.statement = sql.Identifier(f"rolekit_poll_{SessionPoll._count}")
+        reader.fetchall(
+            sql.SQL(
+                "PREPARE {}(oid[]) AS SELECT pid, usesysid::bigint, coalesce(application_name, ''),"
+                " host(client_addr), backend_start, backend_type IS NOT NULL"
+                " FROM pg_stat_get_activity(NULL) WHERE usesysid = ANY($1)"
+                " AND pid <> pg_backend_pid()"
+            ).format(self.statement)
+        )
+
+    def __call__(self) -> list[SessionInfo]:
+        rows = self.reader.fetchall(
+            sql.SQL("EXECUTE {}(%s::oid[])").format(self.statement), (list(self.names),)
+        )
+        return [SessionInfo(pid, self.names[oid], *rest) for pid, oid, *rest in rows]
+
+    def close(self) -> None:
+        self.reader.fetchall(sql.SQL("DEALLOCATE {}").format(self.statement))
+
+
 def sessions_of_oids(reader: Reader, oids: Iterable[int]) -> list[int]:
     """Backends still running as roles that no longer exist (by their old OIDs)."""
     rows = reader.fetchall(

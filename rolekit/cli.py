@@ -27,7 +27,9 @@ import sqlalchemy
 from rolekit import command
 from rolekit.contexts import primary_context
 from rolekit.errors import ExitCode, RolekitError, first_line
+from rolekit.inspection import PlaceReport
 from rolekit.rotation.workflow import Transition
+from rolekit.runtime.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT
 from rolekit.secrets import DEFAULT_PASSWORD_LENGTH
 
 Command = Callable[[argparse.Namespace, "_Output"], int]
@@ -127,6 +129,7 @@ def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
             context,
             apply=args.apply,
             drain_timeout=args.drain_timeout,
+            quiet_period=args.quiet_period,
             terminate=args.terminate,
         )
     _render_transition(step, out)
@@ -156,17 +159,44 @@ def cmd_status(args: argparse.Namespace, out: _Output) -> int:
                 f"password_set={m.password_set_at or '-'}  valid_until={m.valid_until or '-'}"
                 f"  membership={'ok' if m.membership_ok else 'WRONG'}"
             )
+            lines += [
+                f"    {_place_line(place)}"
+                for place in m.places
+                if len(m.places) > 1 or place.last_login
+            ]
+        lines.append(f"  login tracking: {r.login_tracking}")
         lines += [f"  problem: {p}" for p in r.problems]
+    lines += [f"problem: {p}" for p in result.deployment_problems]
     lines.append("last repeatable runs:")
     lines += [
         f"  {x['applied_at']}  {x['id']} ({x['exec_type']}, {x['context'] or '-'})"
         for x in result.last_runs
     ] or ["  none"]
     out.emit(
-        {"families": [r.to_json() for r in result.families], "last_runs": result.last_runs},
+        {
+            "families": [r.to_json() for r in result.families],
+            "last_runs": result.last_runs,
+            "deployment_problems": result.deployment_problems,
+        },
         "\n".join(lines),
     )
     return ExitCode.PROBLEM if result.problems else ExitCode.OK
+
+
+def _place_line(place: PlaceReport) -> str:
+    """``on replica h:5433/db: sessions=2, last seen 2026-...`` for one host or pooler."""
+    if place.kind == "pooler":
+        used = f"pooler clients={place.pooler_clients}"
+    else:
+        hidden = f" ({place.sessions_hidden} hidden)" if place.sessions_hidden else ""
+        used = f"sessions={place.sessions}{hidden}"
+    seen = f", last seen {place.last_seen}" if place.last_seen else ""
+    login = (
+        f", last login {place.last_login} from {place.last_login_from} (tracked)"
+        if place.last_login
+        else ""
+    )
+    return f"on {place.place}: {used}{seen}{login}"
 
 
 def cmd_check(args: argparse.Namespace, out: _Output) -> int:
@@ -261,7 +291,9 @@ def _parser() -> argparse.ArgumentParser:
         "begin: the standby member gets a fresh password in the context's secrets file and\n"
         "  the state file lets both members log in (overlap). Hand out 'rolekit creds'.\n"
         "finish: the state file lets only the new member log in; the upgrade waits until\n"
-        "  the old member has no sessions (showing who is left), then disables it.\n"
+        "  nothing has used the old member for the quiet period -- no session on the\n"
+        "  primary or a configured replica, no PgBouncer client, no tracked login --\n"
+        "  showing who is left, then disables it and waits for the replicas to replay it.\n"
         "Without --apply only the files change: commit them and let the deploy run\n"
         "'alembic -x context=C upgrade head' (GitOps). With --apply the state file changes\n"
         "only once the database committed; an interrupted run is completed by re-running it.",
@@ -273,7 +305,17 @@ def _parser() -> argparse.ArgumentParser:
         "--drain-timeout",
         type=float,
         metavar="S",
-        help="finish: seconds to wait for the old member's sessions",
+        help="finish: seconds to wait for the old member to drain, quiet period included "
+        f"(default {DEFAULT_DRAIN_TIMEOUT:g}, or [rolekit] drain_timeout); when it runs out "
+        "nothing is changed (exit 3)",
+    )
+    p.add_argument(
+        "--quiet-period",
+        type=float,
+        metavar="S",
+        help="finish: seconds the old member must go unseen everywhere before it is disabled "
+        f"(default {DEFAULT_DRAIN_QUIET_PERIOD:g}, or [rolekit] drain_quiet_period): a client "
+        "that connects now and then is still a user",
     )
     p.add_argument(
         "--terminate",

@@ -9,6 +9,7 @@ tests and benchmarks call them directly.  Errors are
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from sqlalchemy import create_engine, pool
 from rolekit import inspection
 from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts, primary_context
-from rolekit.errors import ChangelogError, RolekitError, UnreachableError, first_line
+from rolekit.errors import ChangelogError, GuardError, RolekitError, UnreachableError, first_line
 from rolekit.family import RoleFamily
 from rolekit.repeatable import changelog
 from rolekit.repeatable.engine import plan as plan_repeatables
@@ -34,6 +35,7 @@ from rolekit.rotation.state import RotationState
 from rolekit.rotation.workflow import Step, Transition
 from rolekit.runtime.config import Settings
 from rolekit.runtime.control import ControlConnection
+from rolekit.runtime.deployment import Deployment
 from rolekit.runtime.logins import login_problem
 from rolekit.runtime.session import Session
 from rolekit.secrets import (
@@ -43,6 +45,8 @@ from rolekit.secrets import (
     contexts_in,
     generate_password,
 )
+
+log = logging.getLogger(__name__)
 
 ConfigLike = str | os.PathLike[str] | Settings
 
@@ -172,12 +176,18 @@ def rotate_finish(
     *,
     apply: bool = False,
     drain_timeout: float | None = None,
+    quiet_period: float | None = None,
     terminate: bool = False,
 ) -> Transition:
-    """overlap -> steady on the new member, once the old one drained."""
+    """overlap -> steady on the new member, once the old one drained.
+
+    :param quiet_period: seconds the old member must go unseen on every host
+        and pooler before it is disabled (default: the settings').
+    """
     settings = load_settings(config)
     fam = _rotation_family(settings, family, context)
     extra = [f"drain_timeout={drain_timeout}"] if drain_timeout is not None else []
+    extra += [f"drain_quiet_period={quiet_period}"] if quiet_period is not None else []
     extra += ["terminate=true"] if terminate else []
     return workflow.rotate(
         settings, fam, context.lower(), Step.FINISH, apply=apply, upgrade_x=extra
@@ -212,17 +222,41 @@ def creds(config: ConfigLike, family: str, context: str) -> Creds:
 class Status:
     families: list[inspection.FamilyReport]
     last_runs: list[dict[str, Any]]
+    #: replicas or poolers rolekit cannot reach or trust, unknown standbys
+    deployment_problems: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
-        return [f"{r.group}: {p}" for r in self.families for p in r.problems]
+        return self.deployment_problems + [
+            f"{r.group}: {p}" for r in self.families for p in r.problems
+        ]
+
+
+@contextlib.contextmanager
+def _deployment(
+    settings: Settings, control: ControlConnection
+) -> Iterator[tuple[Deployment | None, list[str]]]:
+    """The replicas and poolers, or why not (a problem to report, not a crash)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            deployment = stack.enter_context(Deployment.open(settings, control, progress=log.info))
+        except (UnreachableError, GuardError) as exc:
+            yield None, [str(exc)]
+            return
+        try:
+            deployment.check_standbys()
+        except GuardError as exc:
+            yield deployment, [str(exc)]
+            return
+        yield deployment, []
 
 
 def status(config: ConfigLike, context: str | None = None) -> Status:
-    """Each family against the catalog: login, sessions, passwords, drift."""
+    """Each family against the catalog: login, passwords, drift, and who uses
+    each member on every host and pooler."""
     settings = load_settings(config)
     run, repeatables = _run_context(settings, context)
-    with _control(settings) as control:
+    with _control(settings) as control, _deployment(settings, control) as (deployment, trouble):
         database = control.scalar(sql.SQL("SELECT current_database()"))
         set_at = inspection.password_set_times(control)
 
@@ -246,10 +280,11 @@ def status(config: ConfigLike, context: str | None = None) -> Status:
                     password_set_at=set_at,
                     state_missing=applies and state is None,
                     check_password=check_password if settings.verify_logins and applies else None,
+                    deployment=deployment,
                 )
             )
         runs = inspection.last_runs(control)
-    return Status(reports, runs)
+    return Status(reports, runs, trouble)
 
 
 def check(config: ConfigLike, context: str | None = None) -> list[str]:

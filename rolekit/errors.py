@@ -124,6 +124,10 @@ class VerificationError(RolekitError):
     exit_code = ExitCode.PROBLEM
 
 
+class ReplicaLagError(VerificationError):
+    """The change committed, but a standby had not replayed it in time."""
+
+
 class BothMembersFailedError(RolekitError):
     """Every member the credential source knows was rejected, even after a refresh.
 

@@ -14,14 +14,33 @@ from typing import Any
 
 from psycopg2 import sql
 
-from rolekit import catalog, claims
+from rolekit import catalog, claims, tracking
 from rolekit.catalog import Reader, SessionInfo
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
 from rolekit.rotation.state import FamilyState, Phase
+from rolekit.runtime.deployment import Deployment
 
 #: checks a member's password by logging in: None if it works, else why not
 PasswordCheck = Callable[[str], "str | None"]
+
+
+@dataclass
+class PlaceReport:
+    """Where a member is in use: one host (primary or replica) or one pooler."""
+
+    place: str
+    #: ``primary``, ``replica`` or ``pooler``
+    kind: str
+    sessions: int = 0
+    #: sessions whose address PostgreSQL hides from the migration user
+    sessions_hidden: int = 0
+    pooler_clients: int = 0
+    #: now, when it has sessions or clients (rolekit keeps no history of samples)
+    last_seen: str | None = None
+    #: the last login the tracking trigger recorded (primary, PostgreSQL 17+)
+    last_login: str | None = None
+    last_login_from: str | None = None
 
 
 @dataclass
@@ -37,6 +56,7 @@ class MemberReport:
     #: when a SetPasswords repeatable last set its password (from the history)
     password_set_at: str | None = None
     membership_ok: bool = False
+    places: list[PlaceReport] = field(default_factory=list)
 
 
 @dataclass
@@ -48,6 +68,8 @@ class FamilyReport:
     members: list[MemberReport]
     claimed_by: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: "on", or why the drain samples instead (see rolekit.tracking)
+    login_tracking: str = "off"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +103,7 @@ def inspect_family(
     password_set_at: dict[str, str] | None = None,
     state_missing: bool = False,
     check_password: PasswordCheck | None = None,
+    deployment: Deployment | None = None,
 ) -> FamilyReport:
     found = FamilyCatalog.read(reader, family)
     live = catalog.sessions(reader, family.members)
@@ -111,7 +134,45 @@ def inspect_family(
             problems += _password_problems(found, state, check_password)
     if found.roles and not found.can_log_in() and not (state and state.decommissioned):
         problems.append(f"lockout risk: no member of {family.group!r} can log in")
+    if deployment is not None:
+        report.login_tracking = _add_places(report.members, deployment)
     return report
+
+
+def _add_places(members: list[MemberReport], deployment: Deployment) -> str:
+    """Fill each member's use per host and pooler; return the tracking state."""
+    names = [m.name for m in members]
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    places: dict[str, list[PlaceReport]] = {name: [] for name in names}
+    for host in deployment.hosts:
+        sessions = catalog.sessions(host.connection, names)
+        kind = "primary" if host is deployment.primary else "replica"
+        for name in names:
+            mine = [s for s in sessions if s.user == name]
+            hidden = sum(1 for s in mine if not s.details_visible)
+            places[name].append(
+                PlaceReport(host.name, kind, len(mine), hidden, last_seen=now if mine else None)
+            )
+    for pooler in deployment.poolers:
+        clients = pooler.clients(names)
+        for name in names:
+            count = sum(1 for c in clients if c.user == name)
+            places[name].append(
+                PlaceReport(
+                    pooler.name, "pooler", pooler_clients=count, last_seen=now if count else None
+                )
+            )
+    schema = deployment.tracking_schema
+    if schema is not None:
+        for login in tracking.recent_logins(deployment.primary.connection, schema, names):
+            first = places[login.user][0]  # the primary's
+            if first.last_login is None:  # newest first
+                at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=login.age)
+                first.last_login = at.isoformat(timespec="seconds")
+                first.last_login_from = login.client_addr
+    for member in members:
+        member.places = places[member.name]
+    return "on" if schema is not None else tracking.unavailable_note(deployment.primary.connection)
 
 
 def _password_problems(

@@ -1,3 +1,3 @@
 """Fixtures come from plugin modules, so no conftest imports another."""
 
-pytest_plugins = ["tests.plugins.postgres", "tests.plugins.reliability"]
+pytest_plugins = ["tests.plugins.postgres", "tests.plugins.reliability", "tests.plugins.deployment"]

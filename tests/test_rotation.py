@@ -139,7 +139,8 @@ def test_drain_timeout_changes_nothing_and_shows_progress(project: Project) -> N
         before, state = role_snapshot(project.cluster), project.state()
         proc = rotate(project, "finish", "--drain-timeout", "2", check=False)
         assert proc.returncode == 3
-        assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
+        assert "drain: waiting for 1 session(s) on primary 127.0.0.1:" in proc.stderr
+        assert "/postgres (my_app_tom: billing@127.0.0.1 x1)" in proc.stderr
         assert "nothing was changed" in proc.stderr
         assert role_snapshot(project.cluster) == before
         assert project.state() == state  # the state file is back to overlap
@@ -170,7 +171,8 @@ def test_drain_waits_until_the_last_session_leaves(project: Project) -> None:
     app.close()  # the application moves over mid-drain
     _, rest = proc.communicate(timeout=120)
     assert proc.returncode == 0, waiting + rest
-    assert "drain: waiting for 1 session(s) (my_app_tom: billing@127.0.0.1 x1)" in waiting
+    assert "drain: waiting for 1 session(s) on primary 127.0.0.1:" in waiting
+    assert "/postgres (my_app_tom: billing@127.0.0.1 x1)" in waiting
     assert "drain: my_app_tom drained after" in rest
     assert project.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'my_app_tom'") == [
         (False,)

@@ -92,3 +92,36 @@ class DropRoleFamilyOp(MigrateOperation):
 
     def reverse(self) -> CreateRoleFamilyOp:
         return CreateRoleFamilyOp(self.family)
+
+
+@Operations.register_operation("enable_login_tracking")
+class EnableLoginTrackingOp(MigrateOperation):
+    """Install exact login tracking; see :func:`enable_login_tracking`."""
+
+    @classmethod
+    def enable_login_tracking(cls, operations: Operations) -> Any:
+        """Record the logins of members a rotation is moving away from (PostgreSQL 17+).
+
+        Installs a ``login`` event trigger (see :mod:`rolekit.tracking`) so
+        ``finish`` refuses while the old member logged in within the quiet
+        period, even through connections too short to sample.  Where it
+        cannot be installed (before 17, or without a superuser) it logs why
+        and does nothing: the drain samples ``pg_stat_activity`` instead.
+        """
+        return operations.invoke(cls())
+
+    def reverse(self) -> DisableLoginTrackingOp:
+        return DisableLoginTrackingOp()
+
+
+@Operations.register_operation("disable_login_tracking")
+class DisableLoginTrackingOp(MigrateOperation):
+    """Remove login tracking; see :func:`disable_login_tracking`."""
+
+    @classmethod
+    def disable_login_tracking(cls, operations: Operations) -> Any:
+        """Remove what :func:`enable_login_tracking` installed (the downgrade)."""
+        return operations.invoke(cls())
+
+    def reverse(self) -> EnableLoginTrackingOp:
+        return EnableLoginTrackingOp()

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 
+import psycopg2
 from alembic.operations import Operations
+from psycopg2 import sql
 
-from rolekit import catalog, claims, ddl
+from rolekit import catalog, claims, ddl, tracking
 from rolekit.catalog import PG16, Reader
-from rolekit.errors import ClaimError, FamilyConflictError, LiveSessionsError, VerificationError
+from rolekit.errors import (
+    ClaimError,
+    FamilyConflictError,
+    LiveSessionsError,
+    PrivilegeError,
+    RolekitError,
+    VerificationError,
+    first_line,
+)
 from rolekit.family_catalog import FamilyCatalog
-from rolekit.operations.ops import CreateRoleFamilyOp, DropRoleFamilyOp
+from rolekit.operations.ops import (
+    CreateRoleFamilyOp,
+    DisableLoginTrackingOp,
+    DropRoleFamilyOp,
+    EnableLoginTrackingOp,
+)
 from rolekit.rotation.drain import TERMINATE_WAIT, describe, require_terminate
 from rolekit.runtime.config import x_argument, x_flag
 from rolekit.runtime.session import Session, session_for
+
+log = logging.getLogger(__name__)
 
 
 def _take_over(operations: Operations) -> frozenset[str]:
@@ -200,3 +218,62 @@ def _no_orphans(reader: Reader, group: str, oids: list[int]) -> None:
             "as one of its members (they logged in during the drop); end them with "
             "SELECT pg_terminate_backend(pid)"
         )
+
+
+def _tracking_schema(session: Session) -> str:
+    if session.offline:
+        return session.migration_context.version_table_schema or "public"
+    schema: str | None = session.scalar(sql.SQL("SELECT current_schema()::text"))
+    if schema is None:
+        raise RolekitError("login tracking needs a schema: the search_path names none that exists")
+    return schema
+
+
+@Operations.implementation_for(EnableLoginTrackingOp)
+def enable_login_tracking(operations: Operations, operation: EnableLoginTrackingOp) -> None:
+    session = session_for(operations.get_context())
+    superuser = True if session.offline else session.superuser
+    if why := tracking.unavailable_reason(session.server_version, superuser):
+        log.warning("enable_login_tracking: not installed: %s", why)
+        return
+    schema = _tracking_schema(session)
+    for stmt in tracking.install_statements(schema):
+        session.execute(stmt)
+    trigger = tracking.trigger_statement(schema)
+    if session.offline:
+        session.execute(trigger)  # a script: its runner decides about transactions
+    else:
+        session.after_commit.append(lambda reader: _create_login_trigger(reader, trigger))
+
+
+def _create_login_trigger(reader: Reader, trigger: sql.Composable) -> None:
+    """After the commit, on the control connection: one statement, one short lock
+    (see :func:`rolekit.tracking.trigger_statement`)."""
+    log.info("creating the login event trigger (holds new logins for this statement only)")
+    try:
+        reader.fetchall(trigger)
+    except psycopg2.Error as exc:
+        raise VerificationError(
+            f"the login tracking table and function are committed, but creating the login "
+            f"event trigger failed: {first_line(exc)}; tracking is off (rolekit status says "
+            "so). Fix the cause, then downgrade and upgrade that revision"
+        ) from None
+
+
+@Operations.implementation_for(DisableLoginTrackingOp)
+def disable_login_tracking(operations: Operations, operation: DisableLoginTrackingOp) -> None:
+    session = session_for(operations.get_context())
+    if session.server_version < tracking.PG17:
+        return  # nothing can have been installed
+    if not session.offline and not session.superuser:
+        if tracking.installed_schema(session) is None:
+            return
+        raise PrivilegeError(
+            "disable_login_tracking: dropping the login event trigger needs a superuser; "
+            "nothing was changed"
+        )
+    schema = _tracking_schema(session)
+    if not session.offline:
+        schema = tracking.installed_schema(session) or schema
+    for stmt in tracking.remove_statements(schema):
+        session.execute(stmt)

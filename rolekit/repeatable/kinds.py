@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg2 import sql
 
-from rolekit import ddl
+from rolekit import ddl, tracking
 from rolekit._names import check_role_name
 from rolekit.errors import (
     GuardError,
@@ -27,7 +27,6 @@ from rolekit.errors import (
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
 from rolekit.repeatable.base import Repeatable, Step
-from rolekit.rotation.drain import decisive_check
 from rolekit.rotation.state import FamilyState
 
 if TYPE_CHECKING:
@@ -163,7 +162,7 @@ class SetLogin(Repeatable):
             r for r in self.login if _disabled_in(r, steps) and r not in run.terminate_after_commit
         ]
         if disabled:
-            decisive_check(session, disabled)
+            run.decisive_check(session, disabled)
 
 
 class SetPasswords(Repeatable):
@@ -345,4 +344,7 @@ class FamilyLogin(Repeatable):
             if _disabled_in(m, steps) and m not in run.terminate_after_commit
         ]
         if disabled:
-            decisive_check(session, disabled)
+            run.decisive_check(session, disabled)
+        leaving = [m for m in state.login if m != state.preferred]
+        for stmt in tracking.leaving_statements(session, self.family.members, leaving):
+            session.execute(stmt)

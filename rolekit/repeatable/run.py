@@ -11,18 +11,25 @@ writing it here, and the fingerprint salt is passed in with
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from rolekit.catalog import RoleInfo
+from rolekit.catalog import Reader, RoleInfo
 from rolekit.errors import SecretsError
-from rolekit.rotation.drain import Progress, stderr_progress
+from rolekit.rotation.drain import Progress, decisive_check, stderr_progress
 from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import DEFAULT_DRAIN_TIMEOUT, Settings
+from rolekit.runtime.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT, Settings
 from rolekit.secrets import Secret, SecretsFile, check_strength, secret_key
 
 log = logging.getLogger(__name__)
+
+
+class DeploymentCheck(Protocol):
+    """The drain's last look at every host and pooler (see
+    :meth:`rolekit.runtime.deployment.Deployment.decisive_check`)."""
+
+    def __call__(self, primary: Reader, members: Sequence[str], within: float) -> None: ...
 
 
 class PasswordChecks(Protocol):
@@ -45,6 +52,8 @@ class RunContext:
     #: the per-database salt of the secret fingerprints (from the changelog)
     salt: bytes = b""
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: seconds a leaving member must go unseen before it is disabled
+    drain_quiet_period: float = DEFAULT_DRAIN_QUIET_PERIOD
     terminate: bool = False
     progress: Progress = stderr_progress
     #: families or roles this database may claim from another one (-x take_over)
@@ -58,6 +67,10 @@ class RunContext:
     #: finds the LOGIN members that reject the secrets file's password (a login
     #: test that runs while the migration starts; calling it waits for it)
     password_checks: PasswordChecks | None = None
+    #: members the drain found unused (they are disabled in this run)
+    retiring: frozenset[str] = frozenset()
+    #: set once the drain ran: looks at every host and pooler once more
+    deployment_check: DeploymentCheck | None = None
     #: caches of the secrets file (filled on first use, never by callers)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -125,6 +138,13 @@ class RunContext:
         except SecretsError as exc:
             raise SecretsError(f"secrets file {secrets_file.path}: {exc}") from None
         return value, secret_key(role, context)
+
+    def decisive_check(self, session: Reader, members: Sequence[str]) -> None:
+        """Refuse (inside the transaction, after ``NOLOGIN``) if *members* are in use anywhere."""
+        if self.deployment_check is not None:
+            self.deployment_check(session, members, self.drain_quiet_period)
+        else:
+            decisive_check(session, members)
 
     def must_log_in(self, role: str) -> bool:
         """Whether the rotation state lets *role* log in, in the run's context."""

@@ -24,19 +24,28 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from rolekit import catalog, ddl
 from rolekit.catalog import Privileges, Reader, SessionInfo
-from rolekit.errors import DrainTimeoutError, LiveSessionsError, PrivilegeError
+from rolekit.errors import (
+    DrainTimeoutError,
+    LiveSessionsError,
+    PrivilegeError,
+    RolekitError,
+    UnreachableError,
+    first_line,
+)
+from rolekit.rotation.usage import Source, Use, Watch, describe_uses, session_uses
+from rolekit.runtime.replicas import Host
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-#: seconds between two looks at pg_stat_activity while waiting
-POLL_INTERVAL = 0.5
+#: seconds between two decisions (and progress checks) while waiting
+DECIDE_INTERVAL = 0.05
 #: seconds to wait for terminated backends to exit
 TERMINATE_WAIT = 10.0
 
@@ -46,21 +55,9 @@ def stderr_progress(line: str) -> None:
     sys.stderr.flush()
 
 
-def describe(sessions: Sequence[SessionInfo]) -> str:
-    """``3 session(s) (my_app_tom: web@10.0.0.5 x2, worker@local x1)``.
-
-    An address PostgreSQL does not show us reads ``<hidden>``: the session
-    counts all the same.
-    """
-
-    def where(s: SessionInfo) -> str:
-        if not s.details_visible:
-            return "<hidden>"
-        return s.client_addr or "local"
-
-    counts = Counter((s.user, s.application_name or "?", where(s)) for s in sessions)
-    parts = [f"{user}: {app}@{addr} x{n}" for (user, app, addr), n in sorted(counts.items())]
-    return f"{len(sessions)} session(s) ({', '.join(parts)})"
+def describe(sessions: Sequence[SessionInfo], where: str = "the server") -> str:
+    """``3 session(s) on the server (my_app_tom: web@10.0.0.5 x2, worker@local x1)``."""
+    return describe_uses(session_uses(where, sessions))
 
 
 def visibility_note(privileges: Privileges, members: Sequence[str]) -> str | None:
@@ -88,42 +85,107 @@ def require_terminate(privileges: Privileges, members: Sequence[str], what: str)
         )
 
 
+class Outcome(NamedTuple):
+    """How a drain ended."""
+
+    drained: bool
+    #: uses seen at the end (live sessions and clients, recent tracked logins)
+    current: tuple[Use, ...]
+    #: what was seen last, and how many seconds ago (the watch's age if nothing)
+    last: tuple[Use, ...]
+    quiet_for: float
+
+
+def check_quiet_period(quiet_period: float, timeout: float) -> None:
+    """A quiet period longer than the timeout could never pass: refuse before waiting."""
+    if quiet_period > timeout:
+        raise RolekitError(
+            f"the drain timeout ({timeout:g}s) is shorter than the quiet period "
+            f"({quiet_period:g}s), so the drain could never pass; nothing was changed. Raise "
+            "--drain-timeout (-x drain_timeout) or lower --quiet-period (-x drain_quiet_period)"
+        )
+
+
 def wait_until_drained(
-    reader: Reader,
+    sources: Sequence[Source],
     members: Sequence[str],
     *,
     timeout: float,
+    quiet_period: float,
     progress: Progress = stderr_progress,
-    poll_interval: float = POLL_INTERVAL,
-) -> list[SessionInfo]:
-    """Wait until *members* have no sessions; return those left after *timeout*.
+) -> Outcome:
+    """Wait until no source has shown a use of *members* for *quiet_period* seconds.
 
-    Call it on the control connection, before the migration transaction:
-    it holds no lock while it waits.
+    Call it before the migration transaction: it holds no lock while it
+    waits.  Every source is polled in its own thread (see
+    :class:`~rolekit.rotation.usage.Watch`); this thread decides and reports.
+
+    :raises UnreachableError: a source stopped answering (rolekit cannot see
+        there any more, so it does not pass).
     """
-    started = time.monotonic()
-    reported = -1.0
-    while True:
-        live = catalog.sessions(reader, members)
-        waited = time.monotonic() - started
-        if not live:
-            if reported >= 0:
-                progress(f"drain: {', '.join(members)} drained after {waited:.1f}s")
-            return []
-        if waited >= timeout:
-            return live
-        if waited - reported >= 1.0 or reported < 0:
-            progress(f"drain: waiting for {describe(live)}; {waited:.0f}s of {timeout:.0f}s")
-            reported = waited
-        time.sleep(min(poll_interval, max(0.0, timeout - waited)))
+    check_quiet_period(quiet_period, timeout)
+    names = ", ".join(members)
+    places = ", ".join(s.name for s in sources)
+    progress(
+        f"drain: watching {places} for {names} (quiet period {quiet_period:g}s, "
+        f"timeout {timeout:g}s)"
+    )
+    with Watch(sources, members) as watch:
+        reported = -10.0
+        last_key: object = None
+        while True:
+            seen = watch.sighting()
+            if seen.failure is not None:
+                raise _lost_sight(*seen.failure)
+            now = time.monotonic()
+            waited, quiet_for = now - watch.started, now - seen.last_seen
+            if not seen.current and quiet_for >= quiet_period:
+                progress(
+                    f"drain: {names} drained after {waited:.1f}s (no use seen for {quiet_for:.1f}s)"
+                )
+                return Outcome(True, (), seen.last, quiet_for)
+            if waited >= timeout:
+                return Outcome(False, seen.current, seen.last, quiet_for)
+            key: object = seen.current or seen.last_seen
+            if seen.current:
+                line = f"waiting for {describe_uses(seen.current)}"
+            elif seen.last:
+                line = (
+                    f"last use {quiet_for:.0f}s ago ({describe_uses(seen.last)}); "
+                    f"{quiet_period - quiet_for:.0f}s of the quiet period left"
+                )
+            else:
+                line = f"nothing seen; {quiet_period - quiet_for:.0f}s of the quiet period left"
+            if waited - reported >= 5.0 or (key != last_key and waited - reported >= 1.0):
+                progress(f"drain: {line}; {waited:.0f}s of {timeout:.0f}s")
+                reported, last_key = waited, key
+            time.sleep(DECIDE_INTERVAL)
 
 
-def timeout_error(live: Sequence[SessionInfo], timeout: float) -> DrainTimeoutError:
-    users = ", ".join(sorted({s.user for s in live}))
+def _lost_sight(where: str, exc: BaseException) -> BaseException:
+    if not isinstance(exc, Exception):
+        return exc  # KeyboardInterrupt and the like: not ours to rephrase
+    return UnreachableError(
+        f"drain: lost sight of {where}: {first_line(exc)}; rolekit cannot see who uses the old "
+        "member there, so nothing was changed"
+    )
+
+
+def timeout_error(outcome: Outcome, timeout: float, quiet_period: float) -> DrainTimeoutError:
+    if outcome.current:
+        users = ", ".join(sorted({u.user for u in outcome.current}))
+        return DrainTimeoutError(
+            f"drain timeout ({timeout:.0f}s): {describe_uses(outcome.current)} still use "
+            f"{users}; nothing was changed. Move the remaining applications to the new "
+            "credentials (rolekit creds), raise the drain timeout, or end them with --terminate "
+            "(-x terminate=true)"
+        )
+    users = ", ".join(sorted({u.user for u in outcome.last}))
     return DrainTimeoutError(
-        f"drain timeout ({timeout:.0f}s): {describe(live)} still use {users}; nothing was "
-        "changed. Move the remaining applications to the new credentials (rolekit creds), "
-        "raise the drain timeout, or end them with --terminate (-x terminate=true)"
+        f"drain timeout ({timeout:.0f}s): {users} was last used {outcome.quiet_for:.0f}s ago "
+        f"({describe_uses(outcome.last)}), within the quiet period of {quiet_period:g}s; "
+        "nothing was changed. A client that connects now and then still uses it: move it to "
+        "the new credentials (rolekit creds), or raise the drain timeout"
     )
 
 
@@ -143,32 +205,35 @@ def decisive_check(reader: Reader, members: Sequence[str]) -> None:
 
 
 def terminate_and_confirm(
-    reader: Reader,
+    hosts: Sequence[Host],
     members: Sequence[str],
     *,
     progress: Progress = stderr_progress,
     timeout: float = TERMINATE_WAIT,
 ) -> None:
-    """End *members*' sessions, then look again until none is left.
+    """End *members*' sessions on every host, then look again until none is left.
 
-    Call it after ``NOLOGIN`` committed, so an application cannot log in
-    again between the termination and the commit.
+    Call it after ``NOLOGIN`` committed (and replayed on the standbys), so an
+    application cannot log in again between the termination and the commit.
 
     :raises LiveSessionsError: sessions remain after *timeout* seconds.
     """
     deadline = time.monotonic() + timeout
-    ended: set[int] = set()
-    while live := catalog.sessions(reader, members):
-        fresh = [s for s in live if s.pid not in ended]
-        if fresh:
-            progress(f"drain: terminating {describe(fresh)}")
-            reader.fetchall(ddl.terminate_backends(), ([s.pid for s in fresh],))
-            ended.update(s.pid for s in fresh)
+    ended: set[tuple[str, int]] = set()
+    while live := [(h, s) for h in hosts for s in catalog.sessions(h.connection, members)]:
+        for host in hosts:
+            fresh = [s for h, s in live if h is host and (h.name, s.pid) not in ended]
+            if fresh:
+                progress(f"drain: terminating {describe_uses(session_uses(host.name, fresh))}")
+                host.connection.fetchall(ddl.terminate_backends(), ([s.pid for s in fresh],))
+                ended.update((host.name, s.pid) for s in fresh)
         if time.monotonic() >= deadline:
+            left = [u for h, s in live for u in session_uses(h.name, [s])]
             raise LiveSessionsError(
-                f"NOLOGIN is committed, but {describe(live)} were still running "
+                f"NOLOGIN is committed, but {describe_uses(left)} were still running "
                 f"{timeout:.0f}s after being terminated; end them by hand "
-                f"(SELECT pg_terminate_backend(pid) for pids {', '.join(str(s.pid) for s in live)})"
+                "(SELECT pg_terminate_backend(pid) for pids "
+                f"{', '.join(str(u.pid) for u in left)})"
             )
         time.sleep(0.1)
     if ended:

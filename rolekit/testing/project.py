@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class Project:
         process (:mod:`rolekit.testing.inprocess`), with the output and exit
         code their command lines give, in a fraction of the time; background
         commands (:meth:`spawn`) are always real processes.
+    :param env: environment variables every command gets (for instance a
+        short ``ROLEKIT_DRAIN_QUIET_PERIOD``, so tests need not wait 90 s).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Project:
         *,
         pythonpath: Sequence[Path] = (),
         in_process: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
         self.cluster = cluster
@@ -55,6 +58,7 @@ class Project:
         self.url = cluster.url(user, password, dbname)
         self.pythonpath = tuple(pythonpath)
         self.in_process = in_process
+        self.extra_env = dict(env or {})
         self.outputs: list[str] = []  # everything alembic/rolekit printed, for leak checks
         self.passwords: dict[str, str] = {}
 
@@ -119,12 +123,44 @@ class Project:
     def write_repeatables(self, source: str, name: str = "my_app.py") -> None:
         (self.root / "migrations" / "repeatable" / name).write_text(source)
 
+    def add_revision(
+        self, revision: str, down_revision: str, upgrade: str, downgrade: str, doc: str = ""
+    ) -> Path:
+        """Write ``migrations/versions/<revision>.py``; *upgrade* and *downgrade*
+        are one statement each, using ``op`` (``op.enable_login_tracking()``)."""
+        path = self.root / "migrations" / "versions" / f"{revision}.py"
+        path.write_text(
+            f'''"""{doc or revision}
+
+Revision ID: {revision}
+Revises: {down_revision}
+"""
+
+from alembic import op
+
+revision = {revision!r}
+down_revision = {down_revision!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    {upgrade}
+
+
+def downgrade() -> None:
+    {downgrade}
+'''
+        )
+        return path
+
     # -- commands ------------------------------------------------------------
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("ROLEKIT_CONTEXT", "DATABASE_URL")}
         paths = [*map(str, self.pythonpath), env.get("PYTHONPATH", "")]
         env.update(DATABASE_URL=self.url, PYTHONPATH=os.pathsep.join(filter(None, paths)))
+        env.update(self.extra_env)
         env.update(extra)
         return env
 

@@ -67,7 +67,9 @@ def _second_project(project: Project, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("other")
     shutil.copy(project.root / "alembic.ini", root / "alembic.ini")
     shutil.copytree(project.root / "migrations", root / "migrations")
-    other = Project(root, project.cluster, project.user, project.password, "other")
+    other = Project(
+        root, project.cluster, project.user, project.password, "other", env=project.extra_env
+    )
     other.fresh_passwords(MEMBERS, CONTEXTS)
     return other
 

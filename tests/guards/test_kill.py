@@ -29,7 +29,7 @@ BEGIN_POINTS = {
 }
 FINISH = ("rotate", "my_app", "finish", "--context", "dev", "--apply")
 FINISH_POINTS = {
-    "in-transaction": "rolekit.repeatable.kinds:decisive_check",
+    "in-transaction": "rolekit.repeatable.run:RunContext.decisive_check",
     "before-state-file": "rolekit.rotation.state:RotationState.save",
     # with --terminate: NOLOGIN committed, the stragglers not yet ended
     "terminating": "rolekit.runtime.environment:drain.terminate_and_confirm",

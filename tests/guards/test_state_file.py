@@ -90,7 +90,14 @@ def test_begin_during_a_finish_is_refused_on_any_checkout(
     for name in ("alembic.ini", "passwords.env"):
         shutil.copy(project.root / name, other_root / name)
     shutil.copytree(project.root / "migrations", other_root / "migrations")
-    other = Project(other_root, project.cluster, project.user, project.password, pythonpath=[REPO])
+    other = Project(
+        other_root,
+        project.cluster,
+        project.user,
+        project.password,
+        pythonpath=[REPO],
+        env=project.extra_env,
+    )
     passwords = {r: password(project, r) for r in ("my_app_tom", "my_app_jerry")}
     with sleeping_session(project, "my_app_tom"):
         run = Spawned(project, rolekit_cmd(*FINISH, "4"))

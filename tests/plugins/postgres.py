@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 MEMBERS = ("my_app_tom", "my_app_jerry")
 #: contexts whose passwords every test project gets
 CONTEXTS = ("dev", "local")
+#: the quiet period of test projects: long enough to see every poll of every
+#: host more than ten times, short enough that a finish does not wait 90 s.
+#: Tests of the quiet period itself pass their own.
+TEST_QUIET_PERIOD = "0.3"
 
 FULL_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_PG_VERSIONS", "15").split()]
 COMPAT_VERSIONS = [int(v) for v in os.environ.get("ROLEKIT_COMPAT_VERSIONS", "").split()]
@@ -33,6 +37,7 @@ _reported: set[str] = set()
 def example_project(root: Path, cluster: Cluster, **kw: Any) -> Project:
     """The example project copied to *root*, its members with fresh passwords."""
     kw.setdefault("in_process", True)
+    kw.setdefault("env", {"ROLEKIT_DRAIN_QUIET_PERIOD": TEST_QUIET_PERIOD})
     return Project.copy(
         REPO, root, cluster, members=MEMBERS, contexts=CONTEXTS, pythonpath=[REPO], **kw
     )

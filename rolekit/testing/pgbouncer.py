@@ -1,4 +1,4 @@
-"""A private PgBouncer in front of a sandbox cluster, started and stopped by the bench.
+"""A private PgBouncer in front of a sandbox cluster, for tests and benchmarks.
 
 Two ways to authenticate clients (``auth_type = scram-sha-256`` both):
 
@@ -13,8 +13,12 @@ Two ways to authenticate clients (``auth_type = scram-sha-256`` both):
   the same password with a new salt: server logins then fail for up to
   ``server_login_retry`` seconds.
 
-A short ``server_lifetime``/``server_idle_timeout`` makes server connections
-move to the new member, so rolekit's drain ends.
+``server_lifetime``/``server_idle_timeout`` default to PgBouncer's own
+(3600 s and 600 s); rolekit's drain closes idle server connections of the
+leaving member itself, through the admin console (*admin*: a user put in
+``admin_users``, see :meth:`PgBouncer.admin_url`).
+
+The ``pgbouncer`` binary comes from the Debian package (``make debs``).
 """
 
 from __future__ import annotations
@@ -33,43 +37,32 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import quote
 
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from rolekit.testing import Cluster
+from rolekit.testing.cluster import Cluster
 
-AUTH_USER = "bench_pgbouncer_auth"
+AUTH_USER = "pgbouncer_auth"
 
 _LOOKUP = """
-CREATE SCHEMA IF NOT EXISTS bench_pgbouncer;
-CREATE OR REPLACE FUNCTION bench_pgbouncer.user_lookup(in i_username text,
+CREATE SCHEMA IF NOT EXISTS pgbouncer_auth;
+CREATE OR REPLACE FUNCTION pgbouncer_auth.user_lookup(in i_username text,
     out uname text, out phash text)
 RETURNS record LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS
 $$ SELECT usename::text, passwd::text FROM pg_catalog.pg_shadow WHERE usename = i_username $$;
-REVOKE ALL ON FUNCTION bench_pgbouncer.user_lookup(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgbouncer_auth.user_lookup(text) FROM PUBLIC;
 """
 
 
-def ensure_installed() -> str:
-    """Return the pgbouncer binary, installing the Debian package as root if missing."""
+def find_binary() -> str:
+    """The pgbouncer binary (installed with the Debian package, ``make debs``)."""
     found = shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
     )
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise RuntimeError(
-            "pgbouncer is not installed and we are not root: apt-get install pgbouncer"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True, env=env, capture_output=True
-    )
-    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not os.path.exists(found):
-        raise RuntimeError("pgbouncer still missing after apt-get install")
+    if found is None:
+        raise RuntimeError("pgbouncer is not installed: apt-get install pgbouncer (make debs)")
     return found
 
 
@@ -94,22 +87,23 @@ class PgBouncer:
         cluster: Cluster,
         *,
         pool_mode: str = "session",
-        server_lifetime: int = 2,
-        server_idle_timeout: int = 2,
+        server_lifetime: int | None = None,
+        server_idle_timeout: int | None = None,
         default_pool_size: int = 20,
         dbname: str = "postgres",
         auth: str = "file",
         users: dict[str, str] | None = None,
+        admin: tuple[str, str] | None = None,
     ) -> None:
         if auth not in ("file", "query"):
             raise ValueError(f"auth must be 'file' or 'query', not {auth!r}")
         self.cluster = cluster
-        self.binary = ensure_installed()
+        self.binary = find_binary()
         self.version = version(self.binary)
+        timeouts = {"server_lifetime": server_lifetime, "server_idle_timeout": server_idle_timeout}
         self.settings: dict[str, Any] = {
             "pool_mode": pool_mode,
-            "server_lifetime": server_lifetime,
-            "server_idle_timeout": server_idle_timeout,
+            **{k: v for k, v in timeouts.items() if v is not None},
             "default_pool_size": default_pool_size,
             "auth_type": "scram-sha-256",
             "auth": "auth_file (plain passwords, reloaded on rotation)"
@@ -119,6 +113,10 @@ class PgBouncer:
         }
         self.auth = auth
         self.users = dict(users or {})
+        self.admin = admin
+        if admin is not None:
+            self.users[admin[0]] = admin[1]
+            self.settings["admin_users"] = admin[0]
         self.reloads = 0
         self.dbname = dbname
         self.port = 0
@@ -132,11 +130,17 @@ class PgBouncer:
             os.chown(self._tmp, *self._owner)
 
     def _write(self, path: Path, text: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A new file renamed over the old one, as deploy tools swap files.  An
+        # in-place rewrite (same inode, same size: passwords of the same length)
+        # was sometimes not picked up by PgBouncer 1.18's reload here (about one
+        # run in four kept the old password); a renamed file always was.
+        tmp = path.with_name(path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
             file.write(text)
         if self._owner:
-            os.chown(path, *self._owner)
+            os.chown(tmp, *self._owner)
+        os.replace(tmp, path)
 
     def _prepare_server(self) -> str:
         password = secrets.token_urlsafe(24)
@@ -150,10 +154,10 @@ class PgBouncer:
                 verifier = encrypt_password(password, AUTH_USER, conn, "scram-sha-256")
                 cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(role), (verifier,))
                 cur.execute(_LOOKUP)
-                cur.execute(sql.SQL("GRANT USAGE ON SCHEMA bench_pgbouncer TO {}").format(role))
+                cur.execute(sql.SQL("GRANT USAGE ON SCHEMA pgbouncer_auth TO {}").format(role))
                 cur.execute(
                     sql.SQL(
-                        "GRANT EXECUTE ON FUNCTION bench_pgbouncer.user_lookup(text) TO {}"
+                        "GRANT EXECUTE ON FUNCTION pgbouncer_auth.user_lookup(text) TO {}"
                     ).format(role)
                 )
         finally:
@@ -167,13 +171,22 @@ class PgBouncer:
         lines = [f"{quote(user)} {quote(password)}\n" for user, password in self.users.items()]
         self._write(self._tmp / "userlist.txt", "".join(lines))
 
-    def set_users(self, users: dict[str, str]) -> None:
-        """Rewrite the auth_file with these plain passwords and reload PgBouncer."""
+    def set_users(self, users: dict[str, str], *, timeout: float = 10) -> None:
+        """Rewrite the auth_file with these plain passwords and reload PgBouncer.
+
+        Returns once PgBouncer logged the reload, as a deploy step that checks
+        its work would: a client given the new password before that is refused.
+        """
         self.users.update(users)
         self._write_userlist()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGHUP)
             self.reloads += 1
+            deadline = time.monotonic() + timeout
+            while self.log_text().count("got SIGHUP") < self.reloads:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"PgBouncer did not reload within {timeout:.0f}s")
+                time.sleep(0.01)
 
     def start(self) -> Self:
         auth: dict[str, Any] = {}
@@ -181,7 +194,7 @@ class PgBouncer:
             self.users[AUTH_USER] = self._prepare_server()
             auth = {
                 "auth_user": AUTH_USER,
-                "auth_query": "SELECT uname, phash FROM bench_pgbouncer.user_lookup($1)",
+                "auth_query": "SELECT uname, phash FROM pgbouncer_auth.user_lookup($1)",
             }
         self._write_userlist()
         settings = {k: v for k, v in self.settings.items() if k != "auth"}
@@ -228,6 +241,18 @@ class PgBouncer:
                 time.sleep(0.05)
             self.stop()
         raise RuntimeError(f"pgbouncer did not start:\n{self.log_text()[-2000:]}")
+
+    def admin_url(self) -> str:
+        """The admin console's URL, as ``[rolekit] poolers`` takes it (it holds the password)."""
+        if self.admin is None:
+            raise ValueError("this PgBouncer has no admin user (pass admin=(user, password))")
+        user, password = (quote(part, safe="") for part in self.admin)
+        return f"postgresql://{user}:{password}@{self.host}:{self.port}/pgbouncer"
+
+    def url(self, user: str, password: str) -> str:
+        """A client URL through this PgBouncer."""
+        auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        return f"postgresql+psycopg2://{auth}@{self.host}:{self.port}/{self.dbname}"
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

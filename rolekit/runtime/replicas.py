@@ -1,0 +1,215 @@
+"""Streaming standbys: where else the old member can be logged in.
+
+Roles live in the primary's catalog and replicate: ``NOLOGIN`` committed on
+the primary locks the old member out of every hot standby as soon as it is
+replayed there.  So a drain that only looks at the primary's
+``pg_stat_activity`` can pass while applications read from a standby as the
+old member.  rolekit therefore
+
+* connects to every replica named in ``[rolekit] replicas`` (or
+  ``ROLEKIT_REPLICAS``), with the primary URL's user and password unless a
+  replica URL carries its own, and refuses when one cannot be reached or is
+  not a standby of this primary;
+* counts the physical WAL senders on the primary and on each replica
+  (cascades) and refuses when there are more streaming standbys than
+  configured ones: a standby it does not know is one it cannot watch;
+* after the commit, waits (bounded) until each replica has replayed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import sqlalchemy.exc
+from psycopg2 import sql
+from sqlalchemy.engine import URL, make_url
+
+from rolekit.errors import GuardError, ReplicaLagError, RolekitError, UnreachableError
+from rolekit.runtime.config import REPLICAS_UNCHECKED, Settings
+from rolekit.runtime.control import ControlConnection
+
+Progress = Callable[[str], None]
+
+#: physical WAL senders, one per streaming standby (or running base backup).
+#: A logical walsender is connected to a database; a physical one is not.
+#: Without pg_read_all_stats the address is NULL but the row is still there.
+_WAL_SENDERS = sql.SQL(
+    "SELECT coalesce(host(r.client_addr), 'local'), r.client_addr IS NOT NULL,"
+    " coalesce(r.application_name, '')"
+    " FROM pg_stat_replication r JOIN pg_stat_activity a ON a.pid = r.pid"
+    " WHERE a.datid IS NULL"
+)
+_IDENTITY = sql.SQL(
+    "SELECT (SELECT system_identifier FROM pg_control_system())::text, pg_is_in_recovery()"
+)
+
+
+class Host(NamedTuple):
+    """A server rolekit watches: the primary or a replica, on its own connection."""
+
+    name: str
+    connection: ControlConnection
+
+
+class WalSender(NamedTuple):
+    host: str
+    #: the standby's address as the sender sees it (``None``: hidden from us)
+    address: str | None
+    application_name: str
+
+
+def describe_url(url: URL) -> str:
+    """``host:port/db``: how messages name a server (never with the password)."""
+    return f"{url.host or 'local'}:{url.port or 5432}/{url.database or ''}"
+
+
+def replica_url(primary: str, replica: str) -> URL:
+    """The replica's URL, with the primary's user, password and database where it has none."""
+    base = make_url(primary)
+    try:
+        url = make_url(replica)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        # the value may be a mistyped URL holding a password: do not echo it
+        raise RolekitError(
+            "[rolekit] replicas / ROLEKIT_REPLICAS holds an entry that is not a "
+            "postgresql://host:port/db URL (entries are separated by spaces or commas)"
+        ) from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise RolekitError(f"replica {describe_url(url)}: not a postgresql:// URL")
+    if url.host is None:
+        raise RolekitError(f"replica URL {url.render_as_string()} names no host")
+    if url.username is None:
+        url = url.set(username=base.username, password=base.password)
+    if url.database is None:
+        url = url.set(database=base.database)
+    return url.set(drivername=base.drivername)
+
+
+@contextlib.contextmanager
+def open_replicas(settings: Settings, primary: ControlConnection) -> Iterator[list[Host]]:
+    """Connect to every configured replica and check it is a standby of *primary*.
+
+    :raises UnreachableError: a replica cannot be reached (rolekit cannot see
+        who uses the old member there, so it refuses).
+    :raises GuardError: a replica is not in recovery, or belongs to another
+        cluster.
+    """
+    url = settings.require_url()
+    identity = primary.fetchall(_IDENTITY)[0][0]
+    with contextlib.ExitStack() as stack:
+        hosts = []
+        for entry in settings.replicas:
+            target = replica_url(url, entry)
+            name = f"replica {describe_url(target)}"
+            try:
+                conn = stack.enter_context(
+                    ControlConnection.open(
+                        target.render_as_string(hide_password=False), application_name="rolekit"
+                    )
+                )
+            except UnreachableError as exc:
+                raise UnreachableError(
+                    f"cannot reach {name}: {exc}; rolekit cannot see who uses the old member "
+                    "there, so it refuses. Fix [rolekit] replicas (ROLEKIT_REPLICAS)"
+                ) from None
+            system, in_recovery = conn.fetchall(_IDENTITY)[0]
+            if not in_recovery:
+                raise GuardError(
+                    f"{name} is not a standby (pg_is_in_recovery() is false); nothing was "
+                    "changed. [rolekit] replicas must name this primary's streaming standbys"
+                )
+            if system != identity:
+                raise GuardError(
+                    f"{name} is a standby of another cluster (system identifier {system}, the "
+                    f"primary's is {identity}); nothing was changed. Fix [rolekit] replicas"
+                )
+            hosts.append(Host(name, conn))
+        yield hosts
+
+
+def wal_senders(hosts: Sequence[Host]) -> list[WalSender]:
+    """The streaming standbys (physical WAL senders) of every host."""
+    return [
+        WalSender(host.name, address if visible else None, app)
+        for host in hosts
+        for address, visible, app in host.connection.fetchall(_WAL_SENDERS)
+    ]
+
+
+def check_standbys(settings: Settings, primary: Host, replicas: Sequence[Host]) -> list[WalSender]:
+    """Refuse when more standbys stream than are configured (see the module docs).
+
+    Every standby has exactly one upstream, so the WAL senders of the primary
+    and of the configured replicas together count every standby of the tree
+    that rolekit can reach.  Returns them, for the report.
+    """
+    senders = wal_senders([primary, *replicas])
+    if settings.replicas_unchecked or len(senders) <= len(replicas):
+        return senders
+    seen = ", ".join(
+        f"{s.address or '<address hidden>'} ({s.application_name or 'no application_name'}) "
+        f"via {s.host}"
+        for s in senders
+    )
+    hidden = (
+        "; addresses read <address hidden> without pg_read_all_stats"
+        if any(s.address is None for s in senders)
+        else ""
+    )
+    raise GuardError(
+        f"{len(senders)} streaming standby(s) replicate this database ({seen}), but "
+        f"{len(replicas)} replica(s) are configured; nothing was changed. rolekit cannot see "
+        "who uses the old member on a standby it does not know: name each standby in "
+        f"[rolekit] replicas (or ROLEKIT_REPLICAS){hidden}, or set "
+        f"'replicas = {REPLICAS_UNCHECKED}' to accept the risk"
+    )
+
+
+def wait_for_replay(
+    primary: ControlConnection,
+    replicas: Sequence[Host],
+    *,
+    timeout: float,
+    progress: Progress,
+) -> None:
+    """Wait until every replica has replayed what the primary has written so far.
+
+    Called right after the commit, so the commit's WAL is included.
+    ``pg_current_wal_insert_lsn`` rather than the flush position: with
+    ``synchronous_commit = off`` the commit record may not be flushed yet.
+
+    :raises ReplicaLagError: a replica is behind after *timeout* seconds.
+    """
+    if not replicas:
+        return
+    target = primary.scalar(sql.SQL("SELECT pg_current_wal_insert_lsn()::text"))
+    started = time.monotonic()
+    waiting = list(replicas)
+    while True:
+        behind = []
+        for host in waiting:
+            done = host.connection.scalar(
+                sql.SQL("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"), (target,)
+            )
+            if done:
+                progress(
+                    f"replicas: {host.name} replayed the commit ({target}) after "
+                    f"{time.monotonic() - started:.1f}s"
+                )
+            else:
+                behind.append(host)
+        waiting = behind
+        if not waiting:
+            return
+        if time.monotonic() - started >= timeout:
+            names = ", ".join(h.name for h in waiting)
+            raise ReplicaLagError(
+                f"the change is committed on the primary, but {names} had not replayed it "
+                f"({target}) after {timeout:.0f}s: its applications still see the old roles. "
+                "Check replication (pg_stat_replication on the primary); raise "
+                "[rolekit] replica_wait to wait longer"
+            )
+        time.sleep(0.05)

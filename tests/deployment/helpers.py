@@ -1,0 +1,29 @@
+"""Clients and settings of the whole-deployment drain tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rolekit.testing import AppClient as Client
+from rolekit.testing import Cluster, Project
+from tests.guards.helpers import password
+
+
+def replica_urls(*replicas: Cluster) -> str:
+    """``ROLEKIT_REPLICAS``: host, port and database only, so the primary URL's
+    user and password apply (what the README documents)."""
+    return ", ".join(f"postgresql://{r.host}:{r.port}/postgres" for r in replicas)
+
+
+def connect_as(project: Project, role: str, server: Cluster | None = None) -> Callable[[], Any]:
+    """Log in as *role* with its current password, to *server* (the primary by default)."""
+    target = server or project.cluster
+
+    def connect() -> Any:
+        return target.connect(role, password(project, role), application_name="app")
+
+    return connect
+
+
+__all__ = ["Client", "connect_as", "replica_urls"]
