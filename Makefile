@@ -28,8 +28,10 @@ debs:
 	fi
 
 lint: venv
-	$(VENV)/bin/ruff check rolekit tests bench scripts
+	$(VENV)/bin/ruff check rolekit tests bench scripts examples
+	$(VENV)/bin/ruff format --check rolekit tests bench scripts examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict --ignore-missing-imports examples
 
 # Bytecode up front, as an installed package has it: every alembic/rolekit
 # subprocess would otherwise compile rolekit again (PYTHONDONTWRITEBYTECODE).

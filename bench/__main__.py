@@ -1,4 +1,4 @@
-"""``python -m bench [rotation|overhead|scale|drain ...] [--pg N]`` (``make bench``)."""
+"""``python -m bench [rotation|overhead|clients|scale|drain ...] [--pg N]`` (``make bench``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "which",
         nargs="*",
-        metavar="{rotation,overhead,scale,drain}",
-        help="benchmarks to run (default: all four)",
+        metavar="{rotation,overhead,clients,scale,drain}",
+        help="benchmarks to run (default: all five)",
     )
     parser.add_argument(
         "--pg",
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL major version (default: system 15, else the newest cached)",
     )
     args = parser.parse_args(argv)
-    known = ["rotation", "overhead", "scale", "drain"]
+    known = ["rotation", "overhead", "clients", "scale", "drain"]
     unknown = [w for w in args.which if w not in known]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(known)})")
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import overhead
 
             overhead.run(args.pg)
+        elif name == "clients":
+            from bench import client_overhead
+
+            client_overhead.run(args.pg)
         elif name == "scale":
             from bench import scale
 

@@ -1,19 +1,22 @@
-"""A pooled SQLAlchemy application built on :mod:`rolekit.client`.
+"""Pooled applications built on :mod:`rolekit.client`, one per stack.
 
-One process, several threads, one engine from :func:`rolekit.client.create_engine`
-with a ``QueuePool``.  Its :class:`~rolekit.client.CredentialsProvider` reads
-the same application credentials file the other apps use (so it follows the
-rotation with the same lag) and re-reads it when the file changes; the engine
-then replaces pooled connections of the old member at their next checkout.
+One process, several threads (or asyncio tasks), one pool: SQLAlchemy's
+``QueuePool`` on psycopg2, ``psycopg_pool``, an asyncpg pool, or SQLAlchemy's
+async engine on asyncpg (:data:`STACKS`).  Its provider reads the same
+credentials file the other apps use with
+:meth:`~rolekit.client.CredentialsProvider.from_file` (so it follows the
+rotation with the same lag); the pool then replaces connections of the old
+member (at checkout, or asyncpg's at its next acquire).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,66 +32,212 @@ from bench.load import (
 )
 from rolekit.testing import Cluster
 
+#: the application stacks a pooled app can be built on, and how
+STACKS: dict[str, str] = {
+    "sqlalchemy-psycopg2": "rolekit.client.create_engine, QueuePool on psycopg2, threads",
+    "psycopg-pool": "rolekit.client.psycopg.connection_pool (psycopg_pool), threads",
+    "asyncpg-pool": "rolekit.client.asyncpg.create_pool, asyncio tasks",
+    "sqlalchemy-asyncpg": "rolekit.client.create_async_engine on asyncpg, asyncio tasks",
+}
 
-def _engine(url: str, creds_path: str, pool_size: int) -> tuple[Any, Any, Counter[str]]:
-    """The app's engine on :mod:`rolekit.client`, and a count of its physical logins."""
-    import os
+Outcome = tuple[int, str, str | None]
+Record = tuple[float, float, int, str]
+
+
+def _sync_stack(
+    stack: str, host: str, port: int, provider: Any, pool_size: int
+) -> tuple[Callable[[], Outcome], Callable[[], object], Counter[str]]:
+    """One checkout and query of a threaded stack, its close, and its physical logins."""
+    physical: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def login(user: str) -> None:
+        with lock:
+            physical[user] += 1
+
+    if stack == "psycopg-pool":
+        from rolekit.client import psycopg as rk_psycopg
+
+        pool = rk_psycopg.connection_pool(
+            provider,
+            f"host={host} port={port} dbname=postgres connect_timeout=10 "
+            "application_name=bench-pooled",
+            min_size=pool_size,
+            max_size=pool_size,
+            timeout=30,
+            open=True,
+            configure=lambda conn: login(conn.info.user),
+        )
+
+        def pool_query() -> Outcome:
+            try:
+                with pool.connection() as conn:
+                    row = conn.execute("SELECT session_user").fetchone()
+                    return OK, str(row[0] if row else "?"), None
+            except Exception as exc:
+                return QUERY_FAILED, "?", f"checkout+query: {_first_line(exc)}"
+
+        return pool_query, pool.close, physical
 
     from sqlalchemy import event
 
-    from rolekit.client import Credentials, CredentialsProvider, create_engine
+    from rolekit.client import create_engine
 
-    path = Path(creds_path)
-
-    def fetch() -> Credentials:
-        data = json.loads(path.read_text())
-        return Credentials.of(data["user"], data["password"])
-
-    def stamp() -> Hashable:
-        info = os.stat(path)
-        return (info.st_mtime_ns, info.st_size, info.st_ino)
-
-    provider = CredentialsProvider(
-        fetch, stamp=stamp, description=f"{path.name} (bench app config)"
-    )
     engine = create_engine(
-        url,
+        f"postgresql+psycopg2://{host}:{port}/postgres",
         provider,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=30,
         connect_args={"application_name": "bench-pooled", "connect_timeout": 10},
     )
-    physical: Counter[str] = Counter()
-    lock = threading.Lock()
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: Any) -> None:
-        with dbapi_connection.cursor() as cur:
-            cur.execute("SELECT session_user")
-            row = cur.fetchone()
-        with lock:
-            physical[str(row[0]) if row else "?"] += 1
+        login(dbapi_connection.info.user)
 
-    return engine, provider, physical
+    def engine_query() -> Outcome:
+        try:
+            conn = engine.connect()
+        except Exception as exc:
+            return CONNECT_FAILED, "?", f"checkout: {_first_line(exc)}"
+        try:
+            return OK, str(conn.exec_driver_sql("SELECT session_user").scalar()), None
+        except Exception as exc:
+            return QUERY_FAILED, "?", f"query: {_first_line(exc)}"
+        finally:
+            conn.close()
+
+    return engine_query, engine.dispose, physical
 
 
-def _query_once(engine: Any) -> tuple[int, str, str | None]:
-    """One checkout and query: (status, user it ran as, error or None)."""
-    try:
-        conn = engine.connect()
-    except Exception as exc:
-        return CONNECT_FAILED, "?", f"checkout: {_first_line(exc)}"
-    try:
-        return OK, str(conn.exec_driver_sql("SELECT session_user").scalar()), None
-    except Exception as exc:
-        return QUERY_FAILED, "?", f"query: {_first_line(exc)}"
-    finally:
-        conn.close()
+async def _async_stack(
+    stack: str, host: str, port: int, provider: Any, pool_size: int
+) -> tuple[Callable[[], Awaitable[Outcome]], Callable[[], Awaitable[object]], Counter[str]]:
+    """:func:`_sync_stack` for the asyncio stacks."""
+    physical: Counter[str] = Counter()
+    if stack == "asyncpg-pool":
+        from rolekit.client import asyncpg as rk_asyncpg
+
+        async def init(conn: Any) -> None:
+            physical[str(await conn.fetchval("SELECT session_user"))] += 1
+
+        pool = await rk_asyncpg.create_pool(
+            provider,
+            host=host,
+            port=port,
+            database="postgres",
+            min_size=pool_size,
+            max_size=pool_size,
+            timeout=10,
+            init=init,
+            server_settings={"application_name": "bench-pooled"},
+        )
+
+        async def pool_query() -> Outcome:
+            try:
+                async with pool.acquire(timeout=30) as conn:
+                    return OK, str(await conn.fetchval("SELECT session_user")), None
+            except Exception as exc:
+                return QUERY_FAILED, "?", f"acquire+query: {_first_line(exc)}"
+
+        return pool_query, pool.close, physical
+
+    from sqlalchemy import event, text
+
+    from rolekit.client import create_async_engine
+
+    engine = create_async_engine(
+        f"postgresql+asyncpg://{host}:{port}/postgres",
+        provider,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+        connect_args={"server_settings": {"application_name": "bench-pooled"}, "timeout": 10},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        # in SQLAlchemy's greenlet: the adapted cursor may run a query here
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT session_user")
+        physical[str(cursor.fetchone()[0])] += 1
+        cursor.close()
+
+    async def engine_query() -> Outcome:
+        try:
+            async with engine.connect() as conn:
+                return OK, str((await conn.execute(text("SELECT session_user"))).scalar()), None
+        except Exception as exc:
+            return QUERY_FAILED, "?", f"checkout+query: {_first_line(exc)}"
+
+    return engine_query, engine.dispose, physical
+
+
+class _Recorder:
+    """Each query's (start, ms, status, user) and the errors, from threads or tasks."""
+
+    def __init__(self, count: Any) -> None:
+        self.records: list[Record] = []
+        self.errors: Counter[str] = Counter()
+        self.count = count
+        self.lock = threading.Lock()
+
+    def note(self, started: float, t0: float, outcome: Outcome) -> None:
+        status, user, error = outcome
+        with self.lock:
+            self.records.append((started, (time.perf_counter() - t0) * 1000, status, user))
+            if error:
+                self.errors[error] += 1
+        with self.count.get_lock():
+            self.count.value += 1
+
+
+def _run_async(
+    stack: str, host: str, port: int, provider: Any, pool_size: int, tasks: int,
+    think_s: float, stop: Any, recorder: _Recorder,
+) -> Counter[str]:  # fmt: skip
+    async def main() -> Counter[str]:
+        query, close, physical = await _async_stack(stack, host, port, provider, pool_size)
+
+        async def task() -> None:
+            while not stop.is_set():
+                started, t0 = time.time(), time.perf_counter()
+                recorder.note(started, t0, await query())
+                await asyncio.sleep(think_s)
+
+        await asyncio.gather(*(task() for _ in range(tasks)))
+        await close()
+        return physical
+
+    return asyncio.run(main())
+
+
+def _run_threads(
+    stack: str, host: str, port: int, provider: Any, pool_size: int, threads: int,
+    think_s: float, stop: Any, recorder: _Recorder,
+) -> Counter[str]:  # fmt: skip
+    query, close, physical = _sync_stack(stack, host, port, provider, pool_size)
+
+    def loop() -> None:
+        while not stop.is_set():
+            started, t0 = time.time(), time.perf_counter()
+            recorder.note(started, t0, query())
+            time.sleep(think_s)
+
+    workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    close()
+    return physical
 
 
 def _app_main(
-    url: str,
+    stack: str,
+    host: str,
+    port: int,
     creds_path: str,
     out_path: str,
     threads: int,
@@ -100,41 +249,22 @@ def _app_main(
     count: Any,
 ) -> None:
     lower_priority()
-    engine, provider, physical = _engine(url, creds_path, pool_size)
-    records: list[tuple[float, float, int, str]] = []
-    errors: Counter[str] = Counter()
-    lock = threading.Lock()
+    from rolekit.client import CredentialsProvider
 
-    def loop() -> None:
-        mine: list[tuple[float, float, int, str]] = []
-        errs: Counter[str] = Counter()
-        while not stop.is_set():
-            started, t0 = time.time(), time.perf_counter()
-            status, user, error = _query_once(engine)
-            mine.append((started, (time.perf_counter() - t0) * 1000, status, user))
-            if error:
-                errs[error] += 1
-            with count.get_lock():
-                count.value += 1
-            time.sleep(think_s)
-        with lock:
-            records.extend(mine)
-            errors.update(errs)
-
-    workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+    # the app reads the same credentials file as the other apps, as a mounted
+    # file: re-read when it changes
+    provider = CredentialsProvider.from_file(creds_path)
+    recorder = _Recorder(count)
     with ready.get_lock():
         ready.value += 1
     go.wait()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    engine.dispose()
+    run = _run_async if stack in ("asyncpg-pool", "sqlalchemy-asyncpg") else _run_threads
+    physical = run(stack, host, port, provider, pool_size, threads, think_s, stop, recorder)
     Path(out_path).write_text(
         json.dumps(
             {
-                "records": records,
-                "errors": dict(errors),
+                "records": recorder.records,
+                "errors": dict(recorder.errors),
                 "physical_connects": dict(physical),
                 "provider": {
                     "refreshes": provider.refresh_count,
@@ -156,12 +286,15 @@ class PooledApp(_Workers):
         creds_path: Path,
         out_dir: Path,
         *,
+        stack: str = "sqlalchemy-psycopg2",
         threads: int = 4,
         pool_size: int = 4,
         think_s: float = 0.005,
     ) -> None:
-        self.name = name
-        self.url = f"postgresql+psycopg2://{cluster.host}:{cluster.port}/postgres"
+        if stack not in STACKS:
+            raise ValueError(f"unknown stack {stack!r}; choose one of {', '.join(STACKS)}")
+        self.name, self.stack = name, stack
+        self.host, self.port = cluster.host, cluster.port
         self.creds_path = creds_path
         self.out_path = out_dir / f"{name}.json"
         self.threads = threads
@@ -176,7 +309,9 @@ class PooledApp(_Workers):
         self.proc = MP.Process(
             target=_app_main,
             args=(
-                self.url,
+                self.stack,
+                self.host,
+                self.port,
                 str(self.creds_path),
                 str(self.out_path),
                 self.threads,

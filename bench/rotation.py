@@ -8,7 +8,14 @@ scenarios run side by side through the same rotations, driven by the CLI:
   disconnect straight to PostgreSQL;
 * ``rolekit-client-pooled`` -- a pooled SQLAlchemy app built with
   :mod:`rolekit.client`, threads running queries;
-* ``rolekit-pgbouncer`` -- worker processes connecting through PgBouncer.
+* ``rolekit-pgbouncer`` -- worker processes connecting through PgBouncer
+  (and a second PgBouncer using ``auth_query``).
+
+Then the client stacks alone, through more rotations: one pooled app per
+stack (:data:`STACK_APPS`: SQLAlchemy on psycopg2, psycopg_pool, an asyncpg
+pool, SQLAlchemy's async engine on asyncpg), until each ran
+``min_stack_queries`` queries.  Alone, so that the asyncio stacks are not
+starved of CPU by the connect-per-query workers and their latencies compare.
 
 Then the baselines, each with the same worker processes:
 
@@ -47,6 +54,13 @@ from rolekit.testing import Cluster, Project
 from rolekit.testing.pgbouncer import PgBouncer
 
 SINGLE_USER = "app_single"
+#: the client-stacks phase: its pooled apps, by scenario name, and the stack of each
+STACK_APPS = {
+    "stack-sqlalchemy-psycopg2": "sqlalchemy-psycopg2",
+    "stack-psycopg-pool": "psycopg-pool",
+    "stack-asyncpg-pool": "asyncpg-pool",
+    "stack-sqlalchemy-asyncpg": "sqlalchemy-asyncpg",
+}
 AUTH_QUERY_NAME = "rolekit-pgbouncer-auth-query"
 AUTH_QUERY_NOTE = (
     "The same rotations through a second PgBouncer that authenticates with auth_query "
@@ -72,6 +86,8 @@ class Config:
     max_rotations: int = 6
     #: rolekit scenarios together must reach this many attempts
     min_attempts: int = 10_000
+    #: each stack of the client-stacks phase must run this many queries
+    min_stack_queries: int = 6_000
     #: ...but the rolekit phase stops after this many seconds regardless
     max_phase_s: float = 300.0
     steady_s: float = 4.0
@@ -203,9 +219,11 @@ class _Rotations:
         creds_path: Path,
         connecting: list[Any],
         poolers: tuple[str, ...],
+        enough: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg, self.project, self.bouncer, self.phase = cfg, project, bouncer, phase
         self.creds_path, self.connecting = creds_path, connecting
+        self.enough = enough or (lambda: self.attempts() >= cfg.min_attempts)
         # the drain watches both PgBouncers and closes their idle server
         # connections of the old member (they run with default timeouts)
         self.settings = replace(
@@ -273,7 +291,7 @@ class _Rotations:
 
     def _more(self, n: int, longest: float, deadline: float) -> bool:
         cfg = self.cfg
-        enough = self.attempts() >= cfg.min_attempts
+        enough = self.enough()
         time_left = time.time() + 2 * longest < deadline
         return (
             n < cfg.rotations or n % 2 == 1 or (not enough and n < cfg.max_rotations and time_left)
@@ -292,9 +310,88 @@ class _Rotations:
                 break
             phase.rotations = n
             longest = max(longest, time.time() - started)
-        while self.attempts() < cfg.min_attempts and time.time() < deadline:
+        while not self.enough() and time.time() < deadline:
             time.sleep(0.5)
         return n
+
+
+def _pooled_apps(
+    cfg: Config, cluster: Cluster, creds_path: Path, work: Path, stacks: dict[str, str]
+) -> dict[str, pooled.PooledApp]:
+    return {
+        name: pooled.PooledApp(
+            name,
+            cluster,
+            creds_path,
+            work,
+            stack=stack,
+            threads=cfg.pooled_threads,
+            pool_size=cfg.pool_size,
+        )
+        for name, stack in stacks.items()
+    }
+
+
+def _app_scenarios(
+    cfg: Config, phase: Phase, apps: dict[str, pooled.PooledApp], sampler: SessionSampler
+) -> list[dict[str, Any]]:
+    scenarios = []
+    for name, app in apps.items():
+        records, errors = app.join()
+        scenarios.append(
+            _scenario(
+                name,
+                phase,
+                records,
+                errors,
+                sampler,
+                latency_of="checkout+query",
+                threads=cfg.pooled_threads,
+                pool_size=cfg.pool_size,
+                mode=pooled.STACKS[app.stack],
+                physical_connects=app.physical_connects,
+                client_provider=app.provider_stats,
+            )
+        )
+    return scenarios
+
+
+def _client_stacks_phase(
+    cfg: Config,
+    cluster: Cluster,
+    project: Project,
+    bouncer: PgBouncer,
+    poolers: tuple[str, ...],
+    work: Path,
+    sampler: SessionSampler,
+) -> tuple[Phase, list[dict[str, Any]]]:
+    """The pooled apps of every stack alone through rotations, each to ``min_stack_queries``."""
+    phase = Phase("rolekit-client-stacks")
+    creds_path = work / "stack-creds.json"
+    write_creds(creds_path, *project.creds())
+    apps = _pooled_apps(cfg, cluster, creds_path, work, STACK_APPS)
+    go = MP.Event()
+    for app in apps.values():
+        app.start(go)
+    wait_ready(list(apps.values()))
+    phase.started = time.time()
+    go.set()
+    log("client stacks: load running")
+
+    def enough() -> bool:
+        return all(app.attempts() >= cfg.min_stack_queries for app in apps.values())
+
+    # the PgBouncers still hold idle server connections from the first phase:
+    # the drain watches them and closes those of the leaving member
+    driver = _Rotations(cfg, project, bouncer, phase, creds_path, [], poolers, enough=enough)
+    try:
+        phase.rotations = driver.run()
+    finally:
+        phase.ended = time.time()
+        for app in apps.values():
+            app.stop()
+    log(f"client stacks: {phase.rotations} rotations in {phase.ended - phase.started:.1f}s")
+    return phase, _app_scenarios(cfg, phase, apps, sampler)
 
 
 def _rolekit_phase(
@@ -324,15 +421,10 @@ def _rolekit_phase(
         creds_path,
         work,
     )
-    app = pooled.PooledApp(
-        "rolekit-client-pooled",
-        cluster,
-        creds_path,
-        work,
-        threads=cfg.pooled_threads,
-        pool_size=cfg.pool_size,
+    apps = _pooled_apps(
+        cfg, cluster, creds_path, work, {"rolekit-client-pooled": "sqlalchemy-psycopg2"}
     )
-    pools: list[Any] = [direct, through_bouncer, app]
+    pools: list[Any] = [direct, through_bouncer, *apps.values()]
     aq_pool = None
     if auth_query is not None:
         aq_pool = WorkerPool(
@@ -351,8 +443,9 @@ def _rolekit_phase(
     log("rolekit: load running")
 
     poolers = tuple(b.admin_url() for b in (bouncer, auth_query) if b is not None)
+    aq = [aq_pool] if aq_pool is not None else []
     driver = _Rotations(
-        cfg, project, bouncer, phase, creds_path, [p for p in pools if p is not app], poolers
+        cfg, project, bouncer, phase, creds_path, [direct, through_bouncer, *aq], poolers
     )
     try:
         n = driver.run()
@@ -378,22 +471,7 @@ def _rolekit_phase(
             mode="processes, connect per query",
         )
     )
-    records, errors = app.join()
-    scenarios.append(
-        _scenario(
-            "rolekit-client-pooled",
-            phase,
-            records,
-            errors,
-            sampler,
-            latency_of="checkout+query",
-            threads=cfg.pooled_threads,
-            pool_size=cfg.pool_size,
-            mode="rolekit.client engine, pooled",
-            physical_connects=app.physical_connects,
-            client_provider=app.provider_stats,
-        )
-    )
+    scenarios += _app_scenarios(cfg, phase, apps, sampler)
     records, errors = through_bouncer.join()
     scenarios.append(
         _scenario(
@@ -571,8 +649,14 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
                 phase, found = _rolekit_phase(
                     cfg, cluster, project, bouncer, auth_query, work, sampler
                 )
-            phases[phase.name] = phase
-            scenarios += found
+                phases[phase.name] = phase
+                scenarios += found
+                poolers = tuple(b.admin_url() for b in (bouncer, auth_query) if b is not None)
+                phase, found = _client_stacks_phase(
+                    cfg, cluster, project, bouncer, poolers, work, sampler
+                )
+                phases[phase.name] = phase
+                scenarios += found
             status = project.rolekit("status", "--context", "dev", "--json", check=False)
             phase, scenario = _single_user(cfg, cluster, work, sampler)
             phases[phase.name] = phase
@@ -583,7 +667,7 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
         finally:
             sampler.stop()
             shutil.rmtree(work, ignore_errors=True)  # holds the project's passwords
-    rolekit_attempts = sum(s["attempts"] for s in scenarios if s["phase"] == "rolekit")
+    rolekit_attempts = sum(s["attempts"] for s in scenarios if s["phase"].startswith("rolekit"))
     data = {
         "machine": info,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
@@ -591,7 +675,7 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
         "rolekit_failures_total": sum(
             s["failed_connections"] + s["failed_queries"]
             for s in scenarios
-            if s["phase"] == "rolekit"
+            if s["phase"].startswith("rolekit")
         ),
         "scenarios": scenarios,
         "rolekit_status_after_rotations": _json_or_text(status.stdout),

@@ -63,8 +63,14 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         f"{cfg['baseline_changes']} changes per baseline. The rolekit scenarios run "
         "together through the same rotations; each baseline runs alone afterwards on the same "
         "cluster. Latencies are of successful attempts: connect for the connect-per-query "
-        "scenarios, checkout+query for the pooled app; the rotation window is begin → finish "
-        "(rolekit) or change → app switch + 1 s (baselines).",
+        "scenarios, checkout+query for the pooled apps; the rotation window is begin → finish "
+        "(rolekit) or change → app switch + 1 s (baselines). The `stack-*` scenarios ran "
+        "afterwards, alone, through "
+        f"{data['phases'].get('rolekit-client-stacks', {}).get('rotations', '?')} more "
+        "rotations: one pooled app per stack (SQLAlchemy on psycopg2, psycopg_pool, an asyncpg "
+        "pool, SQLAlchemy's async engine on asyncpg), each reading the credentials file with "
+        f"`CredentialsProvider.from_file`, {cfg['pooled_threads']} threads or tasks, pool size "
+        f"{cfg['pool_size']}, until each ran {cfg.get('min_stack_queries', '?')} queries.",
         "",
     ]
     rows = [
@@ -101,11 +107,13 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
-    rolekit_total = sum(s["attempts"] for s in data["scenarios"] if s.get("phase") == "rolekit")
+    rolekit_total = sum(
+        s["attempts"] for s in data["scenarios"] if s.get("phase", "").startswith("rolekit")
+    )
     lines += [
         "",
         f"rolekit scenarios together: {rolekit_total:,} attempts "
-        "(the pooled app's are queries, the others' connections), "
+        "(the pooled apps' are queries, the others' connections), "
         f"{data.get('rolekit_failures_total', '?')} failures. Benchmark wall time: "
         f"{data.get('bench_duration_s', '?')} s.",
     ]
@@ -163,6 +171,26 @@ def _overhead(data: dict[str, Any]) -> list[str]:
         f"({data['runs_each']} interleaved runs each, {data['revisions_each']} revisions each; "
         "each run is a fresh `alembic` subprocess, so Python start-up and imports are included). "
         f"Benchmark wall time: {data.get('bench_duration_s', '?')} s.",
+        "",
+    ]
+
+
+def _clients(data: dict[str, Any]) -> list[str]:
+    return [
+        "## What `rolekit.client` costs per query (`client_overhead.json`)",
+        "",
+        f"Machine: {_machine(data['machine'])}.",
+        "",
+        *_table(
+            ["stack", "rolekit p50 ms", "plain p50 ms", "ratio"],
+            [
+                [r["stack"], r["rolekit_p50_ms"], r["plain_p50_ms"], r["ratio"]]
+                for r in data["stacks"]
+            ],
+        ),
+        "",
+        f"{data['method']}; {data['rounds_each']} rounds of {data['queries_per_round']} queries "
+        f"each. Benchmark wall time: {data.get('bench_duration_s', '?')} s.",
         "",
     ]
 
@@ -334,6 +362,7 @@ def write() -> Path:
     sections = (
         ("rotation_under_load.json", _rotation),
         ("upgrade_overhead.json", _overhead),
+        ("client_overhead.json", _clients),
         ("scale.json", _scale),
         ("drain.json", _drain),
     )

@@ -18,13 +18,15 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psycopg2
 import sqlalchemy
 
-from rolekit import command
+from rolekit import command, creds_formats
+from rolekit._fileio import atomic_write
 from rolekit.contexts import primary_context
 from rolekit.errors import ExitCode, RolekitError, first_line
 from rolekit.inspection import PlaceReport
@@ -41,7 +43,7 @@ _EXAMPLES = {
         "  rolekit creds my_app --context prod --json   # redeploy apps with these\n"
         "  rolekit rotate my_app finish --context prod --apply --drain-timeout 300"
     ),
-    "creds": 'rolekit creds my_app --context prod --json   # {"user": ..., "password": ...}',
+    "creds": "rolekit creds my_app --context prod --format k8s-secret | kubectl apply -f -",
     "status": "rolekit status --context prod --json",
     "check": "rolekit check --context prod || echo drift",
     "gen-password": "rolekit gen-password my_app_tom --context dev --write",
@@ -137,9 +139,32 @@ def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
-    found = command.creds(args.config, args.family, _context(args))
-    password = found.password.reveal()
-    out.emit({"user": found.user, "password": password}, f"user={found.user}\npassword={password}")
+    found = command.creds(
+        args.config,
+        args.family,
+        _context(args),
+        host=args.host,
+        port=args.port,
+        dbname=args.dbname,
+        verifiers=args.format == "pgbouncer",
+    )
+    fmt = args.format or ("json" if args.json else None)
+    if fmt is None:  # a person at a terminal
+        password = found.password.reveal()
+        out.emit({}, f"user={found.user}\npassword={password}")
+        return ExitCode.OK
+    text = found.render(fmt)
+    if args.output is None:
+        sys.stdout.write(text)
+        return ExitCode.OK
+    atomic_write(Path(args.output), text.encode(), mode=0o600, fail=RolekitError)
+    message = (
+        f"wrote the {fmt} credentials of {found.family} ({found.context}) to {args.output} (0600)"
+    )
+    if args.json:
+        sys.stdout.write(json.dumps({"output": args.output, "format": fmt}) + "\n")
+    else:
+        sys.stderr.write(message + "\n")
     return ExitCode.OK
 
 
@@ -322,9 +347,31 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="finish: after the timeout, disable the old member, then end its sessions",
     )
-    add("creds", "print the credentials applications should use now", cmd_creds).add_argument(
-        "family"
+    p = add(
+        "creds",
+        "print the credentials applications should use now",
+        cmd_creds,
+        "Both members that may log in, the preferred one first (during a rotation's overlap\n"
+        "an application that can fall back uses the second when the first is refused).\n"
+        "Formats, and what each is for:\n"
+        "  json        CredentialsProvider.from_file (a mounted file); same as --json\n"
+        "  env         set -a; . ./creds.env / systemd EnvironmentFile / docker --env-file:\n"
+        "              PGUSER, PGPASSWORD and <FAMILY>_USER/_PASSWORD/_ALT_USER/_ALT_PASSWORD\n"
+        "              (CredentialsProvider.from_env('<FAMILY>'))\n"
+        "  pgpass      libpq's password file, one line per member\n"
+        "  k8s-secret  a v1 Secret for 'kubectl apply -f -' (stable name, labels)\n"
+        "  pgbouncer   PgBouncer auth_file lines: the SCRAM verifiers the server stores\n"
+        "              (read from pg_authid: needs a superuser), never a password\n"
+        "  url         postgresql://user:password@host:port/db (password percent-encoded)\n"
+        "Secrets go to stdout, or with --output to a file written atomically with mode 0600;\n"
+        "never to arguments or the environment of other processes.",
     )
+    p.add_argument("family")
+    p.add_argument("--format", choices=creds_formats.FORMATS, help="output format (see above)")
+    p.add_argument("--output", metavar="FILE", help="write to FILE (atomic, mode 0600)")
+    p.add_argument("--host", help="database host for pgpass/url (default: the project's URL)")
+    p.add_argument("--port", type=int, help="database port for pgpass/url")
+    p.add_argument("--dbname", help="database name for pgpass/url")
     add(
         "status",
         "members, logins, sessions, password age and expiry, membership options, last runs",

@@ -21,11 +21,18 @@ from alembic.runtime.migration import MigrationContext
 from psycopg2 import sql
 from sqlalchemy import create_engine, pool
 
-from rolekit import inspection
+from rolekit import handout, inspection
 from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts, primary_context
-from rolekit.errors import ChangelogError, GuardError, RolekitError, UnreachableError, first_line
+from rolekit.errors import (
+    ChangelogError,
+    GuardError,
+    RolekitError,
+    UnreachableError,
+    first_line,
+)
 from rolekit.family import RoleFamily
+from rolekit.handout import Creds
 from rolekit.repeatable import changelog
 from rolekit.repeatable.engine import plan as plan_repeatables
 from rolekit.repeatable.loader import load_repeatables, login_members, require_known_contexts
@@ -197,22 +204,26 @@ def rotate_finish(
 # -- creds ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Creds:
-    family: str
-    context: str
-    user: str
-    password: Secret = field(repr=False)
-
-
-def creds(config: ConfigLike, family: str, context: str) -> Creds:
-    """The credentials applications should use now."""
-    settings = load_settings(config)
-    state = RotationState.load(settings.state_file).get(family, context)
-    if state is None or state.preferred is None:
-        raise RolekitError(f"no member of {family!r} may log in in context {context!r}")
-    secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
-    return Creds(family, context.lower(), state.preferred, secrets.get(state.preferred, context))
+def creds(
+    config: ConfigLike,
+    family: str,
+    context: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    dbname: str | None = None,
+    verifiers: bool = False,
+) -> Creds:
+    """The credentials applications should use now; see :func:`rolekit.handout.creds`."""
+    return handout.creds(
+        load_settings(config),
+        family,
+        context,
+        host=host,
+        port=port,
+        dbname=dbname,
+        verifiers=verifiers,
+    )
 
 
 # -- status and check -------------------------------------------------------------

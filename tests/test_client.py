@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ from rolekit.errors import RolekitError
 from rolekit.rotation.state import FamilyState, RotationState
 from rolekit.secrets import Secret, SecretsFile
 from rolekit.testing import Cluster, Project
+from tests.clients.helpers import JERRY, TOM, Workload, set_state, wait_for
 
-TOM, JERRY = "my_app_tom", "my_app_jerry"
 log = logging.getLogger(__name__)
 
 
@@ -46,30 +45,11 @@ def where(cluster: Cluster) -> dict[str, Any]:
     return {"host": cluster.host, "port": cluster.port, "dbname": "postgres", "connect_timeout": 10}
 
 
-def set_state(project: Project, login: list[str], incoming: str | None = None) -> None:
-    """Edit rotation.json like a GitOps user would (in place, not atomically)."""
-    data = project.state()
-    entry: dict[str, Any] = {"login": login}
-    if incoming:
-        entry["incoming"] = incoming
-    data["families"]["my_app"]["dev"] = entry
-    project.write_state(data)
-
-
 def copy_atomically(src: Path, dst: Path) -> None:
     """Put a copy in place the way a config agent would: write aside, then rename."""
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copy2(src, tmp)
     os.replace(tmp, dst)
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def session_users(cluster: Cluster) -> Counter[str]:
@@ -88,80 +68,21 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Workload:
-    """An application: ``threads`` threads running queries through one engine, nonstop.
+def engine_workload(engine: sqlalchemy.Engine, threads: int, *, retry: bool = False) -> Workload:
+    """An application: *threads* threads querying through one engine, nonstop.
 
-    Each query records the member it ran as (``session_user``).  With
-    ``retry_disconnects`` a query whose connection was killed under it
-    (``pg_terminate_backend``) is retried once, as SQLAlchemy recommends;
-    such retries are counted apart, and a query that still fails is a
-    failure.
+    With *retry* a query whose connection was killed under it
+    (``pg_terminate_backend``) is retried once, as SQLAlchemy recommends.
     """
 
-    def __init__(self, engine: sqlalchemy.Engine, threads: int, *, retry_disconnects: bool = False):
-        self.engine = engine
-        self.retry_disconnects = retry_disconnects
-        self.lock = threading.Lock()
-        self.by_user: Counter[str] = Counter()
-        self.failures: list[str] = []
-        self.retried = 0
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"app-{i}", daemon=True) for i in range(threads)
-        ]
+    def query() -> str:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT session_user")).scalar_one())
 
-    def __enter__(self) -> Workload:
-        for thread in self._threads:
-            thread.start()
-        wait_for("the application to start", lambda: self.total() >= 100)
-        return self
+    def killed(exc: BaseException) -> bool:
+        return retry and isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        self.engine.dispose()
-
-    def _query(self) -> str:
-        with self.engine.connect() as conn:
-            user: str = conn.execute(text("SELECT session_user")).scalar_one()
-            return user
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                try:
-                    user = self._query()
-                except sa_exc.DBAPIError as exc:
-                    if not (self.retry_disconnects and exc.connection_invalidated):
-                        raise
-                    with self.lock:
-                        self.retried += 1
-                    user = self._query()
-            except Exception as exc:
-                with self.lock:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-            else:
-                with self.lock:
-                    self.by_user[user] += 1
-            time.sleep(0.005)
-
-    def counts(self) -> Counter[str]:
-        with self.lock:
-            return Counter(self.by_user)
-
-    def total(self) -> int:
-        return sum(self.counts().values())
-
-    def only_as(self, user: str) -> Callable[[], bool]:
-        return lambda: self.only(user)
-
-    def only(self, user: str, seconds: float = 0.5) -> bool:
-        """Whether every query of the next ``seconds`` ran as ``user``."""
-        before = self.counts()
-        time.sleep(seconds)
-        new = self.counts() - before
-        return bool(new) and set(new) == {user}
+    return Workload(query, threads, retry=killed, close=engine.dispose)
 
 
 @pytest.fixture
@@ -195,7 +116,7 @@ def test_32_threads_follow_two_full_rotations_without_a_failed_query(
     )
     drains: list[str] = []
     started = time.monotonic()
-    with Workload(engine, 32) as app:
+    with engine_workload(engine, 32) as app:
         assert app.only(TOM)
         for old, new in [(TOM, JERRY), (JERRY, TOM)]:
             # start: a fresh password and both may log in, the new one preferred.
@@ -250,7 +171,7 @@ def test_late_credential_source_falls_back_and_recovers(
         fallback_recycle=1.0,
     )  # fmt: skip
     started = time.monotonic()
-    with Workload(engine, 16, retry_disconnects=True) as app:
+    with engine_workload(engine, 16, retry=True) as app:
         passwords.add(project.set_password(JERRY, "dev"))
         set_state(project, [TOM, JERRY], incoming=JERRY)
         project.upgrade("dev")
@@ -508,6 +429,8 @@ def test_project_files_are_reread_when_they_change(tmp_path: Path) -> None:
         ('... failed: FATAL:  database "nodb" does not exist\n', None),
         ("... failed: Connection refused\n\tIs the server running on that host", None),
         ("... failed: timeout expired\n", None),
+        ('connection to server at "127.0.0.1", port 6432 failed: FATAL:  SASL authentication '
+         "failed\n", "rejected by the pooler"),  # PgBouncer
     ],
 )  # fmt: skip
 def test_auth_failure_reason(message: str, reason: str | None) -> None:
@@ -515,12 +438,31 @@ def test_auth_failure_reason(message: str, reason: str | None) -> None:
     assert client.auth_failure_reason(psycopg2.ProgrammingError(message)) is None
 
 
+def test_auth_failure_reason_of_asyncpg_and_psycopg() -> None:
+    """The async drivers' classes: SQLSTATEs where given, PgBouncer's 08P01 by message."""
+    import asyncpg
+    import psycopg
+
+    rejected = asyncpg.exceptions.InvalidPasswordError('password authentication failed for "x"')
+    assert client.auth_failure_reason(rejected) == "rejected, SQLSTATE 28P01"
+    pooler = asyncpg.exceptions.ProtocolViolationError("SASL authentication failed")
+    assert client.auth_failure_reason(pooler) == "rejected by the pooler"
+    other = asyncpg.exceptions.ProtocolViolationError("unexpected message")
+    assert client.auth_failure_reason(other) is None
+    refused = psycopg.OperationalError("connection failed: Connection refused")
+    assert client.auth_failure_reason(refused) is None
+    assert client.auth_failure_reason(ConnectionRefusedError(111, "refused")) is None
+
+
 def test_engine_url_must_not_carry_credentials() -> None:
     provider = CredentialsProvider(lambda: Credentials.of(TOM, "x"))
     with pytest.raises(ValueError, match="must not carry"):
         client.create_engine("postgresql://tom:secret@db/app", provider)
-    with pytest.raises(ValueError, match="psycopg2 only"):
-        client.create_engine("postgresql+psycopg://db/app", provider)
+    with pytest.raises(ValueError, match="supports psycopg2, psycopg here"):
+        client.create_engine("postgresql+asyncpg://db/app", provider)
+    with pytest.raises(ValueError, match="supports asyncpg, psycopg here"):
+        client.create_async_engine("postgresql+psycopg2://db/app", provider)
+    assert client.create_engine("postgresql+psycopg://db/app", provider).dialect.driver == "psycopg"
     engine = client.create_engine("postgresql://db/app", provider)
     assert engine.dialect.driver == "psycopg2"
     client.attach(engine, provider)  # idempotent

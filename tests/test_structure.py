@@ -79,6 +79,10 @@ def test_importing_the_client_imports_no_alembic_no_repeatables_no_driver() -> N
         "alembic",
         "sqlalchemy",
         "psycopg2",
+        "psycopg",
+        "psycopg_pool",
+        "asyncpg",
+        "greenlet",
         "rolekit.repeatable",
         "rolekit.runtime.environment",
     ):
@@ -97,3 +101,18 @@ def test_importing_the_testing_harness_has_no_side_effects() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["0", "0"]  # no system paths globbed, no exit hook registered
+
+
+def test_each_driver_module_imports_only_its_driver() -> None:
+    """An asyncpg app does not load psycopg, and the reverse."""
+    for module, absent in (
+        ("rolekit.client.asyncpg", ("psycopg", "psycopg2", "sqlalchemy", "alembic")),
+        ("rolekit.client.psycopg", ("asyncpg", "psycopg2", "sqlalchemy", "alembic")),
+    ):
+        code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        modules = set(json.loads(out))
+        for forbidden in absent:
+            assert forbidden not in modules, (module, forbidden)

@@ -17,13 +17,22 @@ which one is preferred, and
 
 The credentials come from a :class:`CredentialsProvider`: the project's own
 files (``migrations/rotation.json`` and ``passwords.env``, re-read when they
-change), environment variables, or any callable (a vault, a secret manager).
+change), a mounted credentials file (:meth:`CredentialsProvider.from_file`:
+what ``rolekit creds --format json`` prints, kept current by a Kubernetes
+Secret volume or Vault Agent), environment variables, or any callable (a
+vault, a secret manager).
 Neither Alembic nor the project's migration files are imported: the family's
 members come from ``rotation.json`` (or ``members=``), and a driver is
 imported only when its helper is first used.
 
-Connections are opened with :func:`connect` (psycopg2) or through a
-SQLAlchemy engine from :func:`create_engine` / :func:`attach`.  User and
+Connections are opened with :func:`connect` (psycopg2), through a SQLAlchemy
+engine from :func:`create_engine` (psycopg2, psycopg 3) or
+:func:`create_async_engine` (asyncpg, psycopg 3) or :func:`attach`, or with
+the driver modules :mod:`rolekit.client.psycopg` (connections,
+``psycopg_pool`` pools, sync and async) and :mod:`rolekit.client.asyncpg`
+(connections and pools).  Each driver is an optional extra
+(``rolekit[psycopg]``, ``rolekit[asyncpg]``, ``rolekit[asyncio]`` for
+SQLAlchemy's async engine) and is imported only when used.  User and
 password always travel as separate keyword arguments, never inside a
 connection string, so no password needs quoting or escaping.
 
@@ -82,11 +91,13 @@ from rolekit.client._provider import CredentialsProvider
 from rolekit.errors import BothMembersFailedError
 
 if TYPE_CHECKING:  # imported on first use: each pulls in its driver
-    from rolekit.client._fallback import auth_failure_reason, connect
+    from rolekit.client._fallback import auth_failure_reason
+    from rolekit.client._psycopg2 import connect
     from rolekit.client._sqlalchemy import (
         DEFAULT_FALLBACK_RECYCLE,
         DEFAULT_POOL_RECYCLE,
         attach,
+        create_async_engine,
         create_engine,
     )
 
@@ -99,15 +110,17 @@ __all__ = [
     "attach",
     "auth_failure_reason",
     "connect",
+    "create_async_engine",
     "create_engine",
 ]
 
 #: public name -> the private module that defines it (and imports its driver)
 _LAZY = {
     "auth_failure_reason": "rolekit.client._fallback",
-    "connect": "rolekit.client._fallback",
+    "connect": "rolekit.client._psycopg2",
     "attach": "rolekit.client._sqlalchemy",
     "create_engine": "rolekit.client._sqlalchemy",
+    "create_async_engine": "rolekit.client._sqlalchemy",
     "DEFAULT_FALLBACK_RECYCLE": "rolekit.client._sqlalchemy",
     "DEFAULT_POOL_RECYCLE": "rolekit.client._sqlalchemy",
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from rolekit.client._credentials import Credentials
-from rolekit.client._sources import ProjectSource, env_source
+from rolekit.client._sources import FileSource, ProjectSource, env_source
 from rolekit.errors import RolekitError
 from rolekit.runtime.config import Settings
 
@@ -140,6 +140,29 @@ class CredentialsProvider:
         )
 
     @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> CredentialsProvider:
+        """Read a credentials document (``rolekit creds --format json``) from a file.
+
+        For a file that something else keeps up to date: a Kubernetes Secret
+        volume, Vault Agent, a CSI driver, a deploy step.  It is re-read when
+        it changes, including through the symlink swap Secret volumes use
+        (``..data``).  The document carries both members that may log in, so
+        the application can fall back while its copy is ahead of or behind the
+        database.  A partly written, empty or invalid file never replaces good
+        credentials: the last good ones are kept and the problem is logged
+        once per version of the file.
+
+        The file is read once before returning, so a wrong path fails at
+        start-up.
+
+        :raises RolekitError: the file is missing or not a valid document.
+        """
+        source = FileSource(Path(path))
+        provider = cls(source.fetch, stamp=source.stamp, description=source.description)
+        provider.current()
+        return provider
+
+    @classmethod
     def from_env(
         cls, prefix: str, *, environ: Mapping[str, str] | None = None
     ) -> CredentialsProvider:
@@ -161,6 +184,12 @@ class CredentialsProvider:
     def current(self) -> Credentials:
         """The credentials to use now (cached; re-read if the source changed)."""
         return self.snapshot()[0]
+
+    def peek(self) -> Credentials | None:
+        """The cached credentials, without looking at the source (no I/O: safe on
+        an event loop); ``None`` before the first read."""
+        with self._lock:
+            return self._creds
 
     def snapshot(self) -> tuple[Credentials, int]:
         """The current credentials and their generation.

@@ -1,4 +1,5 @@
-"""Where credentials come from: a rolekit project's files, or environment variables.
+"""Where credentials come from: a rolekit project's files, a mounted credentials
+file, or environment variables.
 
 A source is a ``fetch`` (returns :class:`Credentials`) and, where it can tell
 cheaply that it changed, a ``stamp``.  The project source reads the family's
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from rolekit._fileio import file_stamp
+from rolekit._fileio import file_stamp, read_regular_file
 from rolekit.client._credentials import Credentials
+from rolekit.client._document import from_document
 from rolekit.errors import RolekitError
 from rolekit.rotation.state import RotationState
 from rolekit.secrets import SecretsFile, secret_key
@@ -128,3 +130,41 @@ def env_source(prefix: str, environ: Mapping[str, str] | None) -> Callable[[], C
         return Credentials.of(user, password, alt_user, alt_password)
 
     return fetch
+
+
+#: a credentials document larger than this is refused (it cannot be one)
+_MAX_DOCUMENT_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A credentials document (``rolekit creds --format json``) in a mounted file.
+
+    Kubernetes Secret volumes, Vault Agent and CSI drivers update such a file
+    by swapping a symlink (``..data``) to a new directory, so the file is read
+    through symlinks, and its stamp (of the file they point at) shows the
+    swap by its new inode.
+    """
+
+    path: Path
+
+    @property
+    def description(self) -> str:
+        return f"credentials file {self.path}"
+
+    def stamp(self) -> Hashable:
+        return file_stamp(self.path)
+
+    def fetch(self) -> Credentials:
+        raw, _info = read_regular_file(
+            self.path,
+            _MAX_DOCUMENT_BYTES,
+            what=str(self.path),
+            fail=RolekitError,
+            follow_symlinks=True,
+        )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RolekitError(f"{self.path} is not UTF-8 text") from None
+        return from_document(text, str(self.path))

@@ -1,93 +1,136 @@
-"""SQLAlchemy wiring: an engine whose pool follows the provider (see the package docs)."""
+"""SQLAlchemy wiring: an engine whose pool follows the provider (see the package docs).
+
+Works for the synchronous drivers psycopg2 and psycopg (3), and for the async
+engines of asyncpg and psycopg: an ``AsyncEngine`` pools through its
+``sync_engine``, whose ``do_connect`` and ``checkout`` events run inside
+SQLAlchemy's greenlet on the event loop.  There the provider is never read
+on the loop: its reads go to a worker thread (``await_only`` on
+``asyncio.to_thread``) and the checkout asks a :class:`LoopPreference`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-import time
 import weakref
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.util import await_only
 
 from rolekit.client._fallback import open_with_fallback
+from rolekit.client._placement import (
+    DEFAULT_FALLBACK_RECYCLE,
+    DEFAULT_MAX_LIFETIME,
+    LoopPreference,
+    Placement,
+    move_reason,
+)
 from rolekit.client._provider import CredentialsProvider
 from rolekit.secrets import Secret
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 
 #: seconds after which :func:`create_engine`'s pool replaces any connection
-DEFAULT_POOL_RECYCLE: Final = 300
-#: seconds after which a connection opened by a fallback retries the preferred member
-DEFAULT_FALLBACK_RECYCLE: Final = 10.0
+DEFAULT_POOL_RECYCLE: Final = int(DEFAULT_MAX_LIFETIME)
 #: key of a pooled connection's placement in ``ConnectionPoolEntry.info``
 _INFO_KEY: Final = "rolekit.client"
-
-
-@dataclass(frozen=True, slots=True)
-class _Placement:
-    """Which member a pooled connection logged in as, and why."""
-
-    user: str
-    #: the member the source preferred when the connection was opened
-    preferred: str
-    opened: float
-
+#: drivers whose connect errors rolekit knows: sync, async
+_SYNC_DRIVERS: Final = ("psycopg2", "psycopg")
+_ASYNC_DRIVERS: Final = ("asyncpg", "psycopg")
 
 _attached: weakref.WeakKeyDictionary[Engine, CredentialsProvider] = weakref.WeakKeyDictionary()
 _attach_lock = threading.Lock()
 
+__all__ = [
+    "DEFAULT_FALLBACK_RECYCLE",
+    "DEFAULT_POOL_RECYCLE",
+    "attach",
+    "create_async_engine",
+    "create_engine",
+]
+
 
 def attach(
-    engine: Engine,
+    engine: Engine | AsyncEngine,
     provider: CredentialsProvider,
     *,
     fallback_recycle: float = DEFAULT_FALLBACK_RECYCLE,
 ) -> None:
-    """Make an existing psycopg2 engine log in through ``provider``.
+    """Make an existing engine (sync or async) log in through ``provider``.
 
     Installs a ``do_connect`` listener, which opens each new connection as
     the preferred member with the fallback of :func:`connect` (user and
     password in the engine's URL or ``connect_args`` are ignored), and a
     ``checkout`` listener, which replaces a pooled connection once it is on
-    the wrong member (see the module documentation for exactly when).  Set
+    the wrong member (see the package documentation for exactly when).  An
+    ``AsyncEngine`` is attached through its ``sync_engine``.  Set
     ``pool_pre_ping=True`` and a ``pool_recycle`` on the engine yourself, or
-    use :func:`create_engine`, which does.
+    use :func:`create_engine` / :func:`create_async_engine`, which do.
 
     :param fallback_recycle: seconds after which a connection opened as the
         non-preferred member (a fallback) retries the preferred one at
         checkout; negative to leave it to ``pool_recycle``.
-    :raises ValueError: the engine does not use psycopg2, or is already
-        attached to another provider.
+    :raises ValueError: the engine's driver is not psycopg2, psycopg or
+        asyncpg, or it is already attached to another provider.
     """
-    if engine.dialect.driver != "psycopg2":
+    sync_engine: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
+    dialect = sync_engine.dialect
+    is_async = bool(getattr(dialect, "is_async", False))
+    if dialect.driver not in (_ASYNC_DRIVERS if is_async else _SYNC_DRIVERS):
         raise ValueError(
-            f"rolekit.client supports the psycopg2 driver only, not {engine.dialect.driver!r}"
+            f"rolekit.client supports psycopg2 and psycopg engines, and async engines on "
+            f"asyncpg or psycopg; not {dialect.driver!r}{' (async)' if is_async else ''}"
         )
     with _attach_lock:
-        existing = _attached.get(engine)
+        existing = _attached.get(sync_engine)
         if existing is provider:
             return
         if existing is not None:
             raise ValueError(f"{engine!r} is already attached to {existing!r}")
-        _attached[engine] = provider
+        _attached[sync_engine] = provider
+    preference = LoopPreference(provider) if is_async else None
 
     def do_connect(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        return _connect(provider, dialect, record, cargs, cparams)
+        return _connect(provider, dialect, record, cargs, cparams, is_async=is_async)
 
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        _check_placement(provider, record, fallback_recycle)
+        placed = record.info.get(_INFO_KEY)
+        if not isinstance(placed, Placement):
+            return
+        if preference is not None:
+            preferred = preference.preferred() or placed.preferred
+        else:
+            preferred = provider.current().preferred[0]
+        reason = move_reason(placed, preferred, provider, fallback_recycle)
+        if reason is not None:
+            logger.debug("replacing a pooled connection of %s: %s", placed.user, reason)
+            raise sa_exc.DisconnectionError(f"rolekit: {reason}")
 
-    event.listen(engine, "do_connect", do_connect)
-    event.listen(engine, "checkout", checkout)
+    event.listen(sync_engine, "do_connect", do_connect)
+    event.listen(sync_engine, "checkout", checkout)
+
+
+def _off_loop(fn: Any, *args: Any) -> Any:
+    """Run a provider read in a worker thread from SQLAlchemy's greenlet (async engines)."""
+    return await_only(asyncio.to_thread(fn, *args))
 
 
 def _connect(
-    provider: CredentialsProvider, dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]
+    provider: CredentialsProvider,
+    dialect: Any,
+    record: Any,
+    cargs: Any,
+    cparams: dict[str, Any],
+    *,
+    is_async: bool,
 ) -> Any:
     """Open a pool connection as the preferred member; remember where it went."""
     params = {k: v for k, v in cparams.items() if k not in ("user", "password")}
@@ -95,32 +138,32 @@ def _connect(
     def open_(user: str, password: Secret) -> Any:
         return dialect.connect(*cargs, **params, user=user, password=password.reveal())
 
-    connection, user, preferred = open_with_fallback(provider, open_)
+    if is_async:
+        connection, user, preferred = open_with_fallback(provider, open_, call=_off_loop)
+    else:
+        connection, user, preferred = open_with_fallback(provider, open_)
     if record is not None:
-        record.info[_INFO_KEY] = _Placement(user, preferred, time.monotonic())
+        record.info[_INFO_KEY] = Placement.now(user, preferred)
     return connection
 
 
-def _check_placement(provider: CredentialsProvider, record: Any, fallback_recycle: float) -> None:
-    """At checkout: replace a pooled connection that is on the wrong member."""
-    placed = record.info.get(_INFO_KEY)
-    if not isinstance(placed, _Placement):
-        return
-    preferred = provider.current().preferred[0]
-    if placed.user == preferred:
-        return
-    if placed.preferred != preferred:
-        logger.debug(
-            "replacing a pooled connection of %s: %s is preferred now", placed.user, preferred
+def _url(url: str | URL, default_driver: str, allowed: tuple[str, ...]) -> URL:
+    """A PostgreSQL URL without credentials, with an explicit driver rolekit supports."""
+    parsed = make_url(url)
+    if parsed.username is not None or parsed.password is not None:
+        raise ValueError(
+            "the URL must not carry a user or password: the credentials provider supplies them"
         )
-        raise sa_exc.DisconnectionError(f"rolekit: moving from {placed.user} to {preferred}")
-    if (
-        fallback_recycle >= 0
-        and time.monotonic() - placed.opened >= fallback_recycle
-        and not provider.recently_rejected(preferred, fallback_recycle)
-    ):
-        logger.debug("replacing a fallback connection of %s: retrying %s", placed.user, preferred)
-        raise sa_exc.DisconnectionError(f"rolekit: retrying {preferred}")
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"rolekit.client needs a PostgreSQL URL, not {parsed.drivername!r}")
+    if parsed.drivername == "postgresql":
+        # name the driver: SQLAlchemy's default differs between versions
+        parsed = parsed.set(drivername=f"postgresql+{default_driver}")
+    if parsed.get_driver_name() not in allowed:
+        raise ValueError(
+            f"rolekit.client supports {', '.join(allowed)} here, not {parsed.drivername!r}"
+        )
+    return parsed
 
 
 def create_engine(
@@ -132,31 +175,44 @@ def create_engine(
 ) -> Engine:
     """A SQLAlchemy engine that logs in through ``provider``.
 
-    ``url`` names host, port and database only (``postgresql://db:5432/app``
-    or ``postgresql+psycopg2://...``): credentials come from the provider,
-    so a user or password in the URL is refused rather than silently
-    ignored.  ``pool_pre_ping`` defaults to true and ``pool_recycle`` to
-    :data:`DEFAULT_POOL_RECYCLE` seconds, which bounds how long any pooled
-    connection can stay on a member (see the module documentation); other
-    keyword arguments go to :func:`sqlalchemy.create_engine`.
+    ``url`` names host, port and database only (``postgresql://db:5432/app``,
+    ``postgresql+psycopg2://...`` or ``postgresql+psycopg://...``):
+    credentials come from the provider, so a user or password in the URL is
+    refused rather than silently ignored.  ``pool_pre_ping`` defaults to
+    true and ``pool_recycle`` to :data:`DEFAULT_POOL_RECYCLE` seconds, which
+    bounds how long any pooled connection can stay on a member (see the
+    package documentation); other keyword arguments go to
+    :func:`sqlalchemy.create_engine`.
 
     :raises ValueError: the URL carries credentials, is not PostgreSQL, or
-        names a driver other than psycopg2.
+        names another driver.
     """
-    parsed = make_url(url)
-    if parsed.username is not None or parsed.password is not None:
-        raise ValueError(
-            "the URL must not carry a user or password: the credentials provider supplies them"
-        )
-    if parsed.get_backend_name() != "postgresql":
-        raise ValueError(f"rolekit.client needs a PostgreSQL URL, not {parsed.drivername!r}")
-    if parsed.drivername == "postgresql":
-        # SQLAlchemy 2.1 defaults to psycopg 3; the fallback knows psycopg2's errors.
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    elif parsed.drivername != "postgresql+psycopg2":
-        raise ValueError(f"rolekit.client supports psycopg2 only, not {parsed.drivername!r}")
+    parsed = _url(url, "psycopg2", _SYNC_DRIVERS)
     engine_kw.setdefault("pool_pre_ping", True)
     engine_kw.setdefault("pool_recycle", DEFAULT_POOL_RECYCLE)
     engine = sqlalchemy.create_engine(parsed, **engine_kw)
+    attach(engine, provider, fallback_recycle=fallback_recycle)
+    return engine
+
+
+def create_async_engine(
+    url: str | URL,
+    provider: CredentialsProvider,
+    *,
+    fallback_recycle: float = DEFAULT_FALLBACK_RECYCLE,
+    **engine_kw: Any,
+) -> AsyncEngine:
+    """:func:`create_engine` for SQLAlchemy's asyncio extension.
+
+    ``url`` is ``postgresql+asyncpg://host:port/db`` or
+    ``postgresql+psycopg://host:port/db`` (``postgresql://`` means asyncpg).
+    The provider's files are never read on the event loop.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+
+    parsed = _url(url, "asyncpg", _ASYNC_DRIVERS)
+    engine_kw.setdefault("pool_pre_ping", True)
+    engine_kw.setdefault("pool_recycle", DEFAULT_POOL_RECYCLE)
+    engine = sa_create_async_engine(parsed, **engine_kw)
     attach(engine, provider, fallback_recycle=fallback_recycle)
     return engine

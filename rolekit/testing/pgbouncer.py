@@ -179,6 +179,18 @@ class PgBouncer:
         """
         self.users.update(users)
         self._write_userlist()
+        self._reload(timeout)
+
+    def set_auth_file(self, text: str, *, timeout: float = 10) -> None:
+        """Replace the auth_file with *text* (``rolekit creds --format pgbouncer``,
+        plus the admin user's line if any) and reload, like :meth:`set_users`."""
+        admin = ""
+        if self.admin is not None:
+            admin = f'"{self.admin[0]}" "{self.admin[1]}"\n'
+        self._write(self._tmp / "userlist.txt", text + admin)
+        self._reload(timeout)
+
+    def _reload(self, timeout: float) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGHUP)
             self.reloads += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,4 +27,17 @@ def connect_as(project: Project, role: str, server: Cluster | None = None) -> Ca
     return connect
 
 
-__all__ = ["Client", "connect_as", "replica_urls"]
+def wait_for_no_sessions(server: Cluster, role: str, timeout: float = 10) -> None:
+    """Wait until *server* runs no backend of *role*.
+
+    A backend exits a moment after its client closes, so a login check that
+    just ended (the upgrade verifies each member's login) can still be listed.
+    """
+    deadline = time.monotonic() + timeout
+    query = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+    while server.query_one(query, (role,)) != 0:
+        assert time.monotonic() < deadline, f"{role} still has sessions on {server}"
+        time.sleep(0.05)
+
+
+__all__ = ["Client", "connect_as", "replica_urls", "wait_for_no_sessions"]

@@ -15,7 +15,7 @@ import pytest
 
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
-from tests.deployment.helpers import Client, connect_as, replica_urls
+from tests.deployment.helpers import Client, connect_as, replica_urls, wait_for_no_sessions
 from tests.guards.helpers import can_login, is_migrator, password, rotate
 from tests.plugins.deployment import Replicated
 
@@ -132,6 +132,8 @@ def test_status_reports_each_member_on_each_host(
     project = deployed_project
     project.extra_env["ROLEKIT_REPLICAS"] = replica_urls(replicated.direct, replicated.cascade)
     project.upgrade("dev")
+    for server in (project.cluster, replicated.direct):
+        wait_for_no_sessions(server, "my_app_tom")
     with (
         Client(connect_as(project, "my_app_tom", replicated.direct), keep=True, interval=0.2),
         Client(connect_as(project, "my_app_tom"), keep=True, interval=0.2),

@@ -1,0 +1,174 @@
+"""``rolekit creds --format``: the credentials in the formats deploy systems read.
+
+Every format carries the members that may log in now, the preferred one
+first, so a consumer that can fall back (``rolekit.client``) does:
+
+========== ================================================================
+format     made for
+========== ================================================================
+json       ``CredentialsProvider.from_file`` (a mounted file), any program
+env        ``set -a; . ./creds.env``, systemd ``EnvironmentFile=``, docker
+           ``--env-file``: libpq's ``PGUSER``/``PGPASSWORD`` and the
+           ``<FAMILY>_USER``/``_PASSWORD``/``_ALT_USER``/``_ALT_PASSWORD``
+           that ``CredentialsProvider.from_env("<FAMILY>")`` reads
+pgpass     libpq's password file (``~/.pgpass``, ``PGPASSFILE``): one line
+           per member
+k8s-secret ``kubectl apply -f -``: a ``v1`` ``Secret`` (JSON) with a stable
+           name and labels; ``credentials.json`` for a volume read by
+           ``from_file``, ``PGUSER``/``PGPASSWORD`` for ``envFrom``
+pgbouncer  PgBouncer's ``auth_file`` (``userlist.txt``): the SCRAM verifiers
+           the server stores, never a password (PgBouncer logs in to the
+           server with a client's SCRAM keys only when its verifier is the
+           server's own, same salt and iterations)
+url        a libpq URL for the preferred member, password percent-encoded
+========== ================================================================
+
+Nothing here prints: :func:`render` returns the text, and the CLI writes it
+to stdout or (``--output``) to a 0600 file, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import quote
+
+from rolekit.client._credentials import Credentials
+from rolekit.client._document import to_document
+from rolekit.errors import RolekitError
+
+FORMATS: Final = ("json", "env", "pgpass", "k8s-secret", "pgbouncer", "url")
+#: the key of the credentials document in the Kubernetes Secret
+K8S_DOCUMENT_KEY: Final = "credentials.json"
+_SHELL_SAFE: Final = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the server says: where applications connect (the project's URL, or
+    ``--host``...) and, for ``pgbouncer``, the members' stored SCRAM verifiers."""
+
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+    verifiers: Mapping[str, str] | None = field(default=None, repr=False)
+
+
+def render(
+    fmt: str, creds: Credentials, family: str, context: str, target: Target = Target()
+) -> str:
+    """The text of *creds* in *fmt* (one of :data:`FORMATS`)."""
+    renderers = {
+        "json": _json,
+        "env": _env,
+        "pgpass": _pgpass,
+        "k8s-secret": _k8s_secret,
+        "pgbouncer": _pgbouncer,
+        "url": _url,
+    }
+    if fmt not in renderers:
+        raise RolekitError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return renderers[fmt](creds, family, context, target)
+
+
+def _json(creds: Credentials, family: str, context: str, target: Target) -> str:
+    return json.dumps(to_document(creds, family, context), indent=2) + "\n"
+
+
+def _shell(value: str) -> str:
+    """A POSIX-shell word: bare when safe, else single-quoted."""
+    if _SHELL_SAFE.fullmatch(value):
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def env_prefix(family: str) -> str:
+    return family.upper()
+
+
+def _env(creds: Credentials, family: str, context: str, target: Target) -> str:
+    user, secret = creds.preferred
+    prefix = env_prefix(family)
+    pairs = [("PGUSER", user), ("PGPASSWORD", secret.reveal())]
+    pairs += [(f"{prefix}_USER", user), (f"{prefix}_PASSWORD", secret.reveal())]
+    if creds.alternate is not None:
+        alt_user, alt_secret = creds.alternate
+        pairs += [(f"{prefix}_ALT_USER", alt_user), (f"{prefix}_ALT_PASSWORD", alt_secret.reveal())]
+    return "".join(f"{name}={_shell(value)}\n" for name, value in pairs)
+
+
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _pgpass(creds: Credentials, family: str, context: str, target: Target) -> str:
+    host = _pgpass_field(target.host) if target.host else "*"
+    port = str(target.port) if target.port else "*"
+    dbname = _pgpass_field(target.dbname) if target.dbname else "*"
+    return "".join(
+        f"{host}:{port}:{dbname}:{_pgpass_field(user)}:{_pgpass_field(secret.reveal())}\n"
+        for user, secret in creds.pairs()
+    )
+
+
+def k8s_name(family: str, context: str) -> str:
+    """A stable DNS-1123 name: ``my-app-prod-db-credentials``."""
+    raw = f"{family}-{context}-db-credentials".lower().replace("_", "-")
+    return re.sub(r"-{2,}", "-", raw).strip("-")[:253].rstrip("-")
+
+
+def _label(value: str) -> str:
+    """A label value: 63 characters of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:63].strip("_.-") or "none"
+
+
+def _k8s_secret(creds: Credentials, family: str, context: str, target: Target) -> str:
+    user, secret = creds.preferred
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": k8s_name(family, context),
+            "labels": {
+                "app.kubernetes.io/managed-by": "rolekit",
+                "rolekit.dev/family": _label(family),
+                "rolekit.dev/context": _label(context),
+            },
+        },
+        "type": "Opaque",
+        "stringData": {
+            K8S_DOCUMENT_KEY: _json(creds, family, context, target),
+            "PGUSER": user,
+            "PGPASSWORD": secret.reveal(),
+        },
+    }
+    return json.dumps(manifest, indent=2) + "\n"
+
+
+def _pgbouncer(creds: Credentials, family: str, context: str, target: Target) -> str:
+    if target.verifiers is None:
+        raise RolekitError("--format pgbouncer needs the verifiers the server stores")
+
+    def quoted(value: str) -> str:
+        return '"' + value.replace('"', '""') + '"'
+
+    return "".join(
+        f"{quoted(user)} {quoted(target.verifiers[user])}\n" for user, _secret in creds.pairs()
+    )
+
+
+def _url(creds: Credentials, family: str, context: str, target: Target) -> str:
+    if not target.host:
+        raise RolekitError(
+            "--format url needs the database host: set DATABASE_URL or sqlalchemy.url, or "
+            "pass --host"
+        )
+    user, secret = creds.preferred
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    port = f":{target.port}" if target.port else ""
+    dbname = quote(target.dbname or "", safe="")
+    auth = f"{quote(user, safe='')}:{quote(secret.reveal(), safe='')}"
+    return f"postgresql://{auth}@{host}{port}/{dbname}\n"

@@ -1,0 +1,122 @@
+"""What applications are handed: the credentials of a family now, and where to connect.
+
+``rolekit creds`` (:func:`rolekit.command.creds`) reads them from the state
+and secrets files; :mod:`rolekit.creds_formats` renders them.  Only the
+``pgbouncer`` format asks the server, for its stored SCRAM verifiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import make_url
+
+from rolekit import catalog, creds_formats
+from rolekit.client._credentials import Credentials
+from rolekit.creds_formats import Target
+from rolekit.errors import GuardError, PrivilegeError, RolekitError
+from rolekit.rotation.state import RotationState
+from rolekit.runtime.config import Settings
+from rolekit.runtime.control import ControlConnection
+from rolekit.runtime.logins import login_problem
+from rolekit.secrets import Secret, SecretsFile
+
+
+@dataclass(frozen=True)
+class Creds:
+    """The credentials applications should use now: the members that may log
+    in, the preferred one first, and where the database is."""
+
+    family: str
+    context: str
+    credentials: Credentials = field(repr=False)
+    target: Target = field(default_factory=Target)
+
+    @property
+    def user(self) -> str:
+        return self.credentials.preferred[0]
+
+    @property
+    def password(self) -> Secret:
+        return self.credentials.preferred[1]
+
+    def render(self, fmt: str) -> str:
+        """The credentials in one of :data:`rolekit.creds_formats.FORMATS`."""
+        return creds_formats.render(fmt, self.credentials, self.family, self.context, self.target)
+
+
+def creds(
+    settings: Settings,
+    family: str,
+    context: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    dbname: str | None = None,
+    verifiers: bool = False,
+) -> Creds:
+    """The credentials applications should use now (from the state and secrets files).
+
+    During a rotation's overlap both members may log in: the incoming one is
+    preferred and the other comes second, so a consumer can fall back.
+    *host*, *port* and *dbname* override where the project's database URL
+    says the database is (for ``pgpass`` and ``url``).  With *verifiers*
+    (``pgbouncer``) it also reads the members' SCRAM verifiers from the
+    server: see :func:`_server_verifiers`.
+    """
+    state = RotationState.load(settings.state_file).get(family, context)
+    if state is None or state.preferred is None:
+        raise RolekitError(f"no member of {family!r} may log in in context {context!r}")
+    secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
+    preferred = state.preferred
+    alternate = next((m for m in state.login if m != preferred), None)
+    found = Credentials(
+        (preferred, secrets.get(preferred, context)),
+        (alternate, secrets.get(alternate, context)) if alternate is not None else None,
+    )
+    url = make_url(settings.database_url) if settings.database_url else None
+    target = Target(
+        host or (url.host if url else None),
+        port or (url.port if url else None),
+        dbname or (url.database if url else None),
+        _server_verifiers(settings, found) if verifiers else None,
+    )
+    return Creds(family, context.lower(), found, target)
+
+
+def _server_verifiers(settings: Settings, found: Credentials) -> dict[str, str]:
+    """The SCRAM verifiers the server stores for the members in *found*.
+
+    PgBouncer logs in to the server with a client's SCRAM keys only when its
+    auth_file verifier is the server's own (same salt and iterations), so a
+    verifier computed here would authenticate clients and then fail every
+    server login.  Each member must also accept its password on file: a
+    userlist for a password the server does not have yet would lock the
+    applications out of PgBouncer.
+
+    :raises PrivilegeError: the migration user cannot read ``pg_authid``.
+    :raises GuardError: a member has no SCRAM verifier, or rejects its password.
+    """
+    members = [user for user, _secret in found.pairs()]
+    with ControlConnection.open(settings.require_url(), application_name="rolekit") as control:
+        stored = catalog.password_verifiers(control, members)
+        if stored is None:
+            raise PrivilegeError(
+                "--format pgbouncer prints the SCRAM verifiers the server stores (PgBouncer "
+                "can log in to the server with them only if they are the server's own); "
+                "reading them needs a superuser (pg_authid), and the migration user is not "
+                "one. Nothing was printed"
+            )
+        for user, secret in found.pairs():
+            if not (stored.get(user) or "").startswith("SCRAM-SHA-256$"):
+                raise GuardError(
+                    f"{user!r} has no SCRAM-SHA-256 password on the server "
+                    "(password_encryption, or not set yet): run alembic upgrade. Nothing was "
+                    "printed"
+                )
+            if problem := login_problem(control, user, secret, "the secrets file"):
+                raise GuardError(
+                    f"{problem}: the server does not have it yet (run alembic upgrade). "
+                    "Nothing was printed"
+                )
+    return {user: stored[user] or "" for user in members}
