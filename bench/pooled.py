@@ -35,58 +35,71 @@ from rolekit.testing import Cluster
 #: the application stacks a pooled app can be built on, and how
 STACKS: dict[str, str] = {
     "sqlalchemy-psycopg2": "rolekit.client.create_engine, QueuePool on psycopg2, threads",
+    "sqlalchemy-psycopg": "rolekit.client.create_engine, QueuePool on psycopg 3, threads",
     "psycopg-pool": "rolekit.client.psycopg.connection_pool (psycopg_pool), threads",
+    "psycopg-async-pool": "rolekit.client.psycopg.async_connection_pool, asyncio tasks",
     "asyncpg-pool": "rolekit.client.asyncpg.create_pool, asyncio tasks",
     "sqlalchemy-asyncpg": "rolekit.client.create_async_engine on asyncpg, asyncio tasks",
+    "sqlalchemy-psycopg-async": "rolekit.client.create_async_engine on psycopg 3, asyncio tasks",
 }
+#: the stacks that run on an event loop
+ASYNC_STACKS = (
+    "psycopg-async-pool",
+    "asyncpg-pool",
+    "sqlalchemy-asyncpg",
+    "sqlalchemy-psycopg-async",
+)
 
 Outcome = tuple[int, str, str | None]
 Record = tuple[float, float, int, str]
 
 
-def _sync_stack(
-    stack: str, host: str, port: int, provider: Any, pool_size: int
-) -> tuple[Callable[[], Outcome], Callable[[], object], Counter[str]]:
-    """One checkout and query of a threaded stack, its close, and its physical logins."""
+SyncStack = tuple[Callable[[], Outcome], Callable[[], object], Counter[str]]
+AsyncStack = tuple[Callable[[], Awaitable[Outcome]], Callable[[], Awaitable[object]], Counter[str]]
+
+
+def _psycopg_pool(host: str, port: int, provider: Any, size: int) -> SyncStack:
+    from rolekit.client import psycopg as rk_psycopg
+
     physical: Counter[str] = Counter()
     lock = threading.Lock()
 
-    def login(user: str) -> None:
+    def configure(conn: Any) -> None:
         with lock:
-            physical[user] += 1
+            physical[conn.info.user] += 1
 
-    if stack == "psycopg-pool":
-        from rolekit.client import psycopg as rk_psycopg
+    pool = rk_psycopg.connection_pool(
+        provider,
+        f"host={host} port={port} dbname=postgres connect_timeout=10 application_name=bench-pooled",
+        min_size=size,
+        max_size=size,
+        timeout=30,
+        open=True,
+        configure=configure,
+    )
 
-        pool = rk_psycopg.connection_pool(
-            provider,
-            f"host={host} port={port} dbname=postgres connect_timeout=10 "
-            "application_name=bench-pooled",
-            min_size=pool_size,
-            max_size=pool_size,
-            timeout=30,
-            open=True,
-            configure=lambda conn: login(conn.info.user),
-        )
+    def query() -> Outcome:
+        try:
+            with pool.connection() as conn:
+                row = conn.execute("SELECT session_user").fetchone()
+                return OK, str(row[0] if row else "?"), None
+        except Exception as exc:
+            return QUERY_FAILED, "?", f"checkout+query: {_first_line(exc)}"
 
-        def pool_query() -> Outcome:
-            try:
-                with pool.connection() as conn:
-                    row = conn.execute("SELECT session_user").fetchone()
-                    return OK, str(row[0] if row else "?"), None
-            except Exception as exc:
-                return QUERY_FAILED, "?", f"checkout+query: {_first_line(exc)}"
+    return query, pool.close, physical
 
-        return pool_query, pool.close, physical
 
+def _sync_engine(host: str, port: int, provider: Any, size: int, driver: str) -> SyncStack:
     from sqlalchemy import event
 
     from rolekit.client import create_engine
 
+    physical: Counter[str] = Counter()
+    lock = threading.Lock()
     engine = create_engine(
-        f"postgresql+psycopg2://{host}:{port}/postgres",
+        f"postgresql+{driver}://{host}:{port}/postgres",
         provider,
-        pool_size=pool_size,
+        pool_size=size,
         max_overflow=0,
         pool_timeout=30,
         connect_args={"application_name": "bench-pooled", "connect_timeout": 10},
@@ -94,9 +107,10 @@ def _sync_stack(
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, record: Any) -> None:
-        login(dbapi_connection.info.user)
+        with lock:
+            physical[dbapi_connection.info.user] += 1
 
-    def engine_query() -> Outcome:
+    def query() -> Outcome:
         try:
             conn = engine.connect()
         except Exception as exc:
@@ -108,52 +122,95 @@ def _sync_stack(
         finally:
             conn.close()
 
-    return engine_query, engine.dispose, physical
+    return query, engine.dispose, physical
 
 
-async def _async_stack(
-    stack: str, host: str, port: int, provider: Any, pool_size: int
-) -> tuple[Callable[[], Awaitable[Outcome]], Callable[[], Awaitable[object]], Counter[str]]:
-    """:func:`_sync_stack` for the asyncio stacks."""
+def _sync_stack(stack: str, host: str, port: int, provider: Any, size: int) -> SyncStack:
+    """One checkout and query of a threaded stack, its close, and its physical logins."""
+    if stack == "psycopg-pool":
+        return _psycopg_pool(host, port, provider, size)
+    driver = "psycopg" if stack == "sqlalchemy-psycopg" else "psycopg2"
+    return _sync_engine(host, port, provider, size, driver)
+
+
+async def _asyncpg_pool(host: str, port: int, provider: Any, size: int) -> AsyncStack:
+    from rolekit.client import asyncpg as rk_asyncpg
+
     physical: Counter[str] = Counter()
-    if stack == "asyncpg-pool":
-        from rolekit.client import asyncpg as rk_asyncpg
 
-        async def init(conn: Any) -> None:
-            physical[str(await conn.fetchval("SELECT session_user"))] += 1
+    async def init(conn: Any) -> None:
+        physical[str(await conn.fetchval("SELECT session_user"))] += 1
 
-        pool = await rk_asyncpg.create_pool(
-            provider,
-            host=host,
-            port=port,
-            database="postgres",
-            min_size=pool_size,
-            max_size=pool_size,
-            timeout=10,
-            init=init,
-            server_settings={"application_name": "bench-pooled"},
-        )
+    pool = await rk_asyncpg.create_pool(
+        provider,
+        host=host,
+        port=port,
+        database="postgres",
+        min_size=size,
+        max_size=size,
+        timeout=10,
+        init=init,
+        server_settings={"application_name": "bench-pooled"},
+    )
 
-        async def pool_query() -> Outcome:
-            try:
-                async with pool.acquire(timeout=30) as conn:
-                    return OK, str(await conn.fetchval("SELECT session_user")), None
-            except Exception as exc:
-                return QUERY_FAILED, "?", f"acquire+query: {_first_line(exc)}"
+    async def query() -> Outcome:
+        try:
+            async with pool.acquire(timeout=30) as conn:
+                return OK, str(await conn.fetchval("SELECT session_user")), None
+        except Exception as exc:
+            return QUERY_FAILED, "?", f"acquire+query: {_first_line(exc)}"
 
-        return pool_query, pool.close, physical
+    return query, pool.close, physical
 
+
+async def _psycopg_async_pool(host: str, port: int, provider: Any, size: int) -> AsyncStack:
+    from rolekit.client import psycopg as rk_psycopg
+
+    physical: Counter[str] = Counter()
+
+    async def configure(conn: Any) -> None:
+        physical[conn.info.user] += 1
+
+    pool = rk_psycopg.async_connection_pool(
+        provider,
+        f"host={host} port={port} dbname=postgres connect_timeout=10 application_name=bench-pooled",
+        min_size=size,
+        max_size=size,
+        timeout=30,
+        open=False,
+        configure=configure,
+    )
+    await pool.open(wait=True)
+
+    async def query() -> Outcome:
+        try:
+            async with pool.connection() as conn:
+                row = await (await conn.execute("SELECT session_user")).fetchone()
+                return OK, str(row[0] if row else "?"), None
+        except Exception as exc:
+            return QUERY_FAILED, "?", f"checkout+query: {_first_line(exc)}"
+
+    return query, pool.close, physical
+
+
+async def _async_engine(host: str, port: int, provider: Any, size: int, driver: str) -> AsyncStack:
     from sqlalchemy import event, text
 
     from rolekit.client import create_async_engine
 
+    physical: Counter[str] = Counter()
+    connect_args: dict[str, Any] = (
+        {"server_settings": {"application_name": "bench-pooled"}, "timeout": 10}
+        if driver == "asyncpg"
+        else {"application_name": "bench-pooled", "connect_timeout": 10}
+    )
     engine = create_async_engine(
-        f"postgresql+asyncpg://{host}:{port}/postgres",
+        f"postgresql+{driver}://{host}:{port}/postgres",
         provider,
-        pool_size=pool_size,
+        pool_size=size,
         max_overflow=0,
         pool_timeout=30,
-        connect_args={"server_settings": {"application_name": "bench-pooled"}, "timeout": 10},
+        connect_args=connect_args,
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -164,14 +221,24 @@ async def _async_stack(
         physical[str(cursor.fetchone()[0])] += 1
         cursor.close()
 
-    async def engine_query() -> Outcome:
+    async def query() -> Outcome:
         try:
             async with engine.connect() as conn:
                 return OK, str((await conn.execute(text("SELECT session_user"))).scalar()), None
         except Exception as exc:
             return QUERY_FAILED, "?", f"checkout+query: {_first_line(exc)}"
 
-    return engine_query, engine.dispose, physical
+    return query, engine.dispose, physical
+
+
+async def _async_stack(stack: str, host: str, port: int, provider: Any, size: int) -> AsyncStack:
+    """:func:`_sync_stack` for the asyncio stacks."""
+    if stack == "asyncpg-pool":
+        return await _asyncpg_pool(host, port, provider, size)
+    if stack == "psycopg-async-pool":
+        return await _psycopg_async_pool(host, port, provider, size)
+    driver = "asyncpg" if stack == "sqlalchemy-asyncpg" else "psycopg"
+    return await _async_engine(host, port, provider, size, driver)
 
 
 class _Recorder:
@@ -258,7 +325,7 @@ def _app_main(
     with ready.get_lock():
         ready.value += 1
     go.wait()
-    run = _run_async if stack in ("asyncpg-pool", "sqlalchemy-asyncpg") else _run_threads
+    run = _run_async if stack in ASYNC_STACKS else _run_threads
     physical = run(stack, host, port, provider, pool_size, threads, think_s, stop, recorder)
     Path(out_path).write_text(
         json.dumps(

@@ -12,8 +12,9 @@ scenarios run side by side through the same rotations, driven by the CLI:
   (and a second PgBouncer using ``auth_query``).
 
 Then the client stacks alone, through more rotations: one pooled app per
-stack (:data:`STACK_APPS`: SQLAlchemy on psycopg2, psycopg_pool, an asyncpg
-pool, SQLAlchemy's async engine on asyncpg), until each ran
+stack (:data:`STACK_APPS`: SQLAlchemy on psycopg2 and on psycopg 3, psycopg_pool
+sync and async, an asyncpg pool, SQLAlchemy's async engine on asyncpg and on
+psycopg 3), until each ran
 ``min_stack_queries`` queries.  Alone, so that the asyncio stacks are not
 starved of CPU by the connect-per-query workers and their latencies compare.
 
@@ -55,12 +56,7 @@ from rolekit.testing.pgbouncer import PgBouncer
 
 SINGLE_USER = "app_single"
 #: the client-stacks phase: its pooled apps, by scenario name, and the stack of each
-STACK_APPS = {
-    "stack-sqlalchemy-psycopg2": "sqlalchemy-psycopg2",
-    "stack-psycopg-pool": "psycopg-pool",
-    "stack-asyncpg-pool": "asyncpg-pool",
-    "stack-sqlalchemy-asyncpg": "sqlalchemy-asyncpg",
-}
+STACK_APPS = {f"stack-{stack}": stack for stack in pooled.STACKS}
 AUTH_QUERY_NAME = "rolekit-pgbouncer-auth-query"
 AUTH_QUERY_NOTE = (
     "The same rotations through a second PgBouncer that authenticates with auth_query "

@@ -61,6 +61,7 @@ def summarize(
         "steady_p99_ms": rounded(percentile(lat_steady, 99)),
         "rotation_p50_ms": rounded(percentile(lat_rot, 50)),
         "rotation_p99_ms": rounded(percentile(lat_rot, 99)),
+        "max_ms": rounded(max(lat_all, default=None)),
         "rotation_attempts": sum(1 for r in records if _inside(r[0], windows)),
         # the longest burst of failures (failures less than 2 s apart): the outage an app sees
         "failure_window_s": max((b["duration_s"] for b in bursts), default=None),

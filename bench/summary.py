@@ -67,8 +67,9 @@ def _rotation(data: dict[str, Any]) -> list[str]:
         "(rolekit) or change → app switch + 1 s (baselines). The `stack-*` scenarios ran "
         "afterwards, alone, through "
         f"{data['phases'].get('rolekit-client-stacks', {}).get('rotations', '?')} more "
-        "rotations: one pooled app per stack (SQLAlchemy on psycopg2, psycopg_pool, an asyncpg "
-        "pool, SQLAlchemy's async engine on asyncpg), each reading the credentials file with "
+        "rotations: one pooled app per stack (SQLAlchemy on psycopg2 and on psycopg 3, "
+        "psycopg_pool sync and async, an asyncpg pool, SQLAlchemy's async engine on asyncpg and "
+        "on psycopg 3), each reading the credentials file with "
         f"`CredentialsProvider.from_file`, {cfg['pooled_threads']} threads or tasks, pool size "
         f"{cfg['pool_size']}, until each ran {cfg.get('min_stack_queries', '?')} queries.",
         "",
@@ -86,6 +87,7 @@ def _rotation(data: dict[str, Any]) -> list[str]:
             s["steady_p99_ms"],
             s["rotation_p50_ms"],
             s["rotation_p99_ms"],
+            s.get("max_ms"),
             s.get("failure_window_s"),
         ]
         for s in data["scenarios"]
@@ -103,6 +105,7 @@ def _rotation(data: dict[str, Any]) -> list[str]:
             "steady p99",
             "rotation p50",
             "rotation p99",
+            "max ms",
             "failure window s",
         ],
         rows,

@@ -148,7 +148,8 @@ def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
         dbname=args.dbname,
         verifiers=args.format == "pgbouncer",
     )
-    fmt = args.format or ("json" if args.json else None)
+    # a file gets the JSON document unless told otherwise: never the terminal form
+    fmt = args.format or ("json" if args.json or args.output else None)
     if fmt is None:  # a person at a terminal
         password = found.password.reveal()
         out.emit({}, f"user={found.user}\npassword={password}")
@@ -355,7 +356,7 @@ def _parser() -> argparse.ArgumentParser:
         "an application that can fall back uses the second when the first is refused).\n"
         "Formats, and what each is for:\n"
         "  json        CredentialsProvider.from_file (a mounted file); same as --json\n"
-        "  env         set -a; . ./creds.env / systemd EnvironmentFile / docker --env-file:\n"
+        "  env         a POSIX shell: set -a; . ./creds.env; set +a (values quoted for sh):\n"
         "              PGUSER, PGPASSWORD and <FAMILY>_USER/_PASSWORD/_ALT_USER/_ALT_PASSWORD\n"
         "              (CredentialsProvider.from_env('<FAMILY>'))\n"
         "  pgpass      libpq's password file, one line per member\n"

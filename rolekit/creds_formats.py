@@ -7,8 +7,8 @@ first, so a consumer that can fall back (``rolekit.client``) does:
 format     made for
 ========== ================================================================
 json       ``CredentialsProvider.from_file`` (a mounted file), any program
-env        ``set -a; . ./creds.env``, systemd ``EnvironmentFile=``, docker
-           ``--env-file``: libpq's ``PGUSER``/``PGPASSWORD`` and the
+env        a POSIX shell (``set -a; . ./creds.env; set +a``), values quoted
+           for it: libpq's ``PGUSER``/``PGPASSWORD`` and the
            ``<FAMILY>_USER``/``_PASSWORD``/``_ALT_USER``/``_ALT_PASSWORD``
            that ``CredentialsProvider.from_env("<FAMILY>")`` reads
 pgpass     libpq's password file (``~/.pgpass``, ``PGPASSFILE``): one line
@@ -167,8 +167,11 @@ def _url(creds: Credentials, family: str, context: str, target: Target) -> str:
             "pass --host"
         )
     user, secret = creds.preferred
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    port = f":{target.port}" if target.port else ""
     dbname = quote(target.dbname or "", safe="")
     auth = f"{quote(user, safe='')}:{quote(secret.reveal(), safe='')}"
+    if target.host.startswith("/"):  # a Unix socket directory goes in the query string
+        port = f"&port={target.port}" if target.port else ""
+        return f"postgresql://{auth}@/{dbname}?host={quote(target.host, safe='')}{port}\n"
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    port = f":{target.port}" if target.port else ""
     return f"postgresql://{auth}@{host}{port}/{dbname}\n"

@@ -431,6 +431,10 @@ def test_project_files_are_reread_when_they_change(tmp_path: Path) -> None:
         ("... failed: timeout expired\n", None),
         ('connection to server at "127.0.0.1", port 6432 failed: FATAL:  SASL authentication '
          "failed\n", "rejected by the pooler"),  # PgBouncer
+        ('... failed: FATAL:  pg_hba.conf rejects connection for host "127.0.0.1", user "u", '
+         'database "d", no encryption\n', "refused by pg_hba.conf"),
+        ('... failed: FATAL:  no pg_hba.conf entry for host "10.0.0.9", user "u", database "d"\n',
+         "refused by pg_hba.conf"),
     ],
 )  # fmt: skip
 def test_auth_failure_reason(message: str, reason: str | None) -> None:

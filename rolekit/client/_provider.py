@@ -234,7 +234,9 @@ class CredentialsProvider:
         with self._fetch_lock:
             with self._lock:
                 old = self._creds
-                if old is not None and self._generation != since:
+                # another thread read since: its result stands, unless the source
+                # changed again after it (its read may have failed on a half-written file)
+                if old is not None and self._generation != since and self._unchanged_since_read():
                     return old, self._generation
             stamp = self._stamp_fn() if self._stamp_fn is not None else _NO_STAMP
             try:
@@ -271,6 +273,10 @@ class CredentialsProvider:
                     self._logged.clear()
         _log_change(old, new, reason, self.description)
         return new, generation
+
+    def _unchanged_since_read(self) -> bool:
+        """Whether the source's stamp is the one of the last read (always, without a stamp)."""
+        return self._stamp_fn is None or self._stamp_fn() == self._stamp
 
     def after_rejection(self, since: int, user: str) -> Credentials:
         """Re-read after ``user`` was rejected with the credentials of generation ``since``.

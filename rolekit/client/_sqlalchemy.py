@@ -45,6 +45,8 @@ _INFO_KEY: Final = "rolekit.client"
 #: drivers whose connect errors rolekit knows: sync, async
 _SYNC_DRIVERS: Final = ("psycopg2", "psycopg")
 _ASYNC_DRIVERS: Final = ("asyncpg", "psycopg")
+#: what an async URL may name: SQLAlchemy also spells psycopg's async dialect so
+_ASYNC_URL_DRIVERS: Final = (*_ASYNC_DRIVERS, "psycopg_async")
 
 _attached: weakref.WeakKeyDictionary[Engine, CredentialsProvider] = weakref.WeakKeyDictionary()
 _attach_lock = threading.Lock()
@@ -210,7 +212,7 @@ def create_async_engine(
     """
     from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-    parsed = _url(url, "asyncpg", _ASYNC_DRIVERS)
+    parsed = _url(url, "asyncpg", _ASYNC_URL_DRIVERS)
     engine_kw.setdefault("pool_pre_ping", True)
     engine_kw.setdefault("pool_recycle", DEFAULT_POOL_RECYCLE)
     engine = sa_create_async_engine(parsed, **engine_kw)

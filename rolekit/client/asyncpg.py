@@ -8,9 +8,9 @@ two members have different *user* names.  So :func:`create_pool` passes
 asyncpg's ``connect=`` hook, which logs in as the preferred member with the
 fallback of :func:`rolekit.client.connect`, and runs a small watcher task
 that calls ``Pool.expire_connections()`` once the provider prefers another
-member (or a fallback connection is due to retry the preferred one): asyncpg
-then replaces each connection the next time it is acquired, never one in
-use.  The provider is read in a worker thread, never on the event loop.
+member (or a fallback connection is due to retry the preferred one), then
+acquires each idle connection once, so that asyncpg replaces it at once; a
+connection in use is replaced when it is released, never while in use.  The provider is read in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import contextlib
 import logging
 import weakref
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: seconds between two looks of a pool's watcher at the provider
 WATCH_INTERVAL: Final = 0.5
+#: seconds the watcher waits for an idle connection to replace
+IDLE_ACQUIRE_TIMEOUT: Final = 5.0
 
 
 async def _open(
@@ -61,7 +64,19 @@ async def connect(provider: CredentialsProvider, dsn: str | None = None, **kwarg
     :raises OSError, asyncpg.PostgresError: any other failure (no retry).
     """
     refuse_credentials(kwargs, "connect()")
+    _refuse_dsn_credentials(dsn, "connect()")
     return (await _open(provider, (dsn,), kwargs))[0]
+
+
+def _refuse_dsn_credentials(dsn: str | None, what: str) -> None:
+    if dsn is None:
+        return
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    if parts.username or parts.password or "user" in query or "password" in query:
+        raise ValueError(
+            f"{what}: the DSN must not carry a user or password: the provider supplies them"
+        )
 
 
 async def create_pool(
@@ -79,6 +94,9 @@ async def create_pool(
     (the watcher ends with it).
     """
     refuse_credentials(pool_kw, "create_pool()")
+    if "connect" in pool_kw:
+        raise TypeError("create_pool() takes no 'connect': rolekit logs in through it")
+    _refuse_dsn_credentials(dsn, "create_pool()")
     pool_kw.setdefault("max_inactive_connection_lifetime", DEFAULT_MAX_LIFETIME)
     placements: weakref.WeakKeyDictionary[Any, Placement] = weakref.WeakKeyDictionary()
 
@@ -122,6 +140,23 @@ async def _watch(
                 if (reason := move_reason(placed, preferred, provider, fallback_recycle))
             }
             if reasons and not pool.is_closing():
-                logger.debug("expiring the pool's connections: %s", ", ".join(sorted(reasons)))
+                logger.info("moving the pool's connections: %s", ", ".join(sorted(reasons)))
                 placements.clear()
                 await pool.expire_connections()
+                await _reconnect_idle(pool)
+
+
+async def _reconnect_idle(pool: asyncpg.Pool) -> None:
+    """Acquire and release each idle connection once, so that asyncpg replaces
+    it now (an expired connection is replaced when acquired), not whenever the
+    application next needs it: an idle connection on the old member would
+    hold up the drain."""
+
+    async def touch() -> None:
+        try:
+            async with pool.acquire(timeout=IDLE_ACQUIRE_TIMEOUT):
+                pass
+        except Exception as exc:  # busy, closing, or the database refused: the next acquire retries
+            logger.debug("could not replace an idle connection now: %s", type(exc).__name__)
+
+    await asyncio.gather(*(touch() for _ in range(pool.get_idle_size())))

@@ -9,10 +9,12 @@ psycopg_pool (``import rolekit.client`` alone does not).
   ``psycopg.Connection`` subclass whose ``connect()`` does the same, for
   ``psycopg_pool``'s ``connection_class``.
 * :func:`connection_pool` / :func:`async_connection_pool` build a
-  ``psycopg_pool`` pool with that class and a ``check`` that replaces a
-  connection on the wrong member when it is handed out (the same rules as
-  the SQLAlchemy pool: see :func:`rolekit.client._placement.move_reason`),
-  plus a ``max_lifetime`` of 300 s as the upper bound.
+  ``psycopg_pool`` pool with that class whose connections move to a newly
+  preferred member without making anyone wait: the pool is drained when a
+  connection of the old preference is handed out, and a connection on the
+  wrong member is discarded when it is returned (the rules of the SQLAlchemy
+  pool: see :func:`rolekit.client._placement.move_reason`); ``max_lifetime``
+  is 300 s.
 
 The async variants read the provider in a worker thread, never on the event
 loop.
@@ -20,10 +22,13 @@ loop.
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg import conninfo as _conninfo
 
 from rolekit.client._fallback import (
     open_with_fallback,
@@ -49,17 +54,15 @@ __all__ = [
     "connection_pool",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: attribute of a connection opened through a provider: its :class:`Placement`
 _PLACEMENT = "_rolekit_placement"
 
 
 class MovedError(psycopg.OperationalError):
-    """Raised by a pool's check: the connection is on the wrong member.
-
-    psycopg_pool puts a connection that fails its check back in the pool
-    unless it is broken, so the check closes it first: the pool then opens a
-    replacement (as the preferred member) and hands out another connection.
-    """
+    """Raised by a pool's ``reset``: the returned connection is on the wrong
+    member, so the pool discards it and opens a replacement as the preferred one."""
 
 
 def connect(provider: CredentialsProvider, conninfo: str = "", **kwargs: Any) -> Any:
@@ -129,6 +132,58 @@ def async_connection_class(
     return ProviderAsyncConnection
 
 
+def _refuse_pool_arguments(conninfo: str, pool_kw: dict[str, Any], what: str) -> None:
+    """User, password and connection class come from rolekit: refuse the caller's."""
+    if "connection_class" in pool_kw:
+        raise TypeError(f"{what} takes no 'connection_class': rolekit supplies it")
+    refuse_credentials(dict(pool_kw.get("kwargs") or {}), f"{what}'s kwargs")
+    given = _conninfo.conninfo_to_dict(conninfo)
+    for key in ("user", "password"):
+        if key in given:
+            raise ValueError(
+                f"{what}: the conninfo must not carry a {key}: the provider supplies it"
+            )
+
+
+class _Mover:
+    """When a pool's connections move to another member, for both pool kinds.
+
+    * The source prefers another member than a connection was opened for:
+      the pool is drained once for that member (``pool.drain()``, psycopg_pool
+      3.3+): idle connections are replaced at once, those in use when they
+      come back.  The connection being handed out still works (during the
+      overlap both members may log in), so nobody waits for the move.
+    * Otherwise a connection on the wrong member (opened by a fallback, due to
+      retry the preferred one; or any, on a pool without ``drain``) is
+      discarded when it is returned: the ``reset`` callback raises.
+    """
+
+    def __init__(self, provider: CredentialsProvider, fallback_recycle: float) -> None:
+        self.provider, self.fallback_recycle = provider, fallback_recycle
+        self._lock = threading.Lock()
+        self._drained_for: str | None = None
+
+    def must_drain(self, pool: Any, conn: Any, preferred: str) -> bool:
+        """Whether *pool* must be drained now, seeing *conn* handed out (once per member)."""
+        placed = getattr(conn, _PLACEMENT, None)
+        if not isinstance(placed, Placement) or not hasattr(pool, "drain"):
+            return False
+        if placed.user == preferred or placed.preferred == preferred:
+            return False
+        with self._lock:
+            if self._drained_for == preferred:
+                return False
+            self._drained_for = preferred
+        logger.info("moving the pool's connections from %s to %s", placed.user, preferred)
+        return True
+
+    def discard_reason(self, conn: Any, preferred: str) -> str | None:
+        placed = getattr(conn, _PLACEMENT, None)
+        if not isinstance(placed, Placement):
+            return None
+        return move_reason(placed, preferred, self.provider, self.fallback_recycle)
+
+
 def connection_pool(
     provider: CredentialsProvider,
     conninfo: str = "",
@@ -137,27 +192,41 @@ def connection_pool(
     **pool_kw: Any,
 ) -> psycopg_pool.ConnectionPool[Any]:
     """A ``psycopg_pool.ConnectionPool`` whose connections log in through *provider*
-    and move to a newly preferred member when they are next handed out.
+    and move to a newly preferred member (see :class:`_Mover`).
 
-    ``max_lifetime`` defaults to 300 s; a ``check`` you pass runs after
-    rolekit's (the default is the pool's liveness check).  Other keyword
-    arguments go to the pool (``min_size``, ``max_size``, ``open``...).
+    *conninfo* names host, port and database (a user or password in it, or in
+    ``kwargs=``, is refused).  ``max_lifetime`` defaults to 300 s.  A
+    ``check`` or ``reset`` you pass runs too.  Other keyword arguments go to
+    the pool (``min_size``, ``max_size``, ``open``...).
     """
-    user_check = pool_kw.pop("check", psycopg_pool.ConnectionPool.check_connection)
+    _refuse_pool_arguments(conninfo, pool_kw, "connection_pool()")
+    user_check = pool_kw.pop("check", None)
+    user_reset = pool_kw.pop("reset", None)
     pool_kw.setdefault("max_lifetime", DEFAULT_MAX_LIFETIME)
+    mover = _Mover(provider, fallback_recycle)
+    pools: list[psycopg_pool.ConnectionPool[Any]] = []
 
     def check(conn: Any) -> None:
-        placed = getattr(conn, _PLACEMENT, None)
-        if isinstance(placed, Placement):
-            preferred = provider.current().preferred[0]
-            if reason := move_reason(placed, preferred, provider, fallback_recycle):
-                conn.close()  # the pool takes back a healthy connection; a closed one it replaces
-                raise MovedError(f"rolekit: {reason}")
-        user_check(conn)
+        if pools and mover.must_drain(pools[0], conn, provider.current().preferred[0]):
+            pools[0].drain()
+        if user_check is not None:
+            user_check(conn)
 
-    return psycopg_pool.ConnectionPool(
-        conninfo, connection_class=connection_class(provider), check=check, **pool_kw
+    def reset(conn: Any) -> None:
+        if reason := mover.discard_reason(conn, provider.current().preferred[0]):
+            raise MovedError(f"rolekit: {reason}")
+        if user_reset is not None:
+            user_reset(conn)
+
+    pool = psycopg_pool.ConnectionPool(
+        conninfo,
+        connection_class=connection_class(provider),
+        check=check,
+        reset=reset,
+        **pool_kw,
     )
+    pools.append(pool)
+    return pool
 
 
 def async_connection_pool(
@@ -170,21 +239,40 @@ def async_connection_pool(
     """:func:`connection_pool` for asyncio: ``psycopg_pool.AsyncConnectionPool``.
 
     Create it with ``open=False`` and ``await pool.open()`` (psycopg_pool's
-    advice), or use it as ``async with``.
+    advice), or use it as ``async with``.  The provider is never read on the
+    event loop (see :class:`~rolekit.client._placement.LoopPreference`).
     """
-    user_check = pool_kw.pop("check", psycopg_pool.AsyncConnectionPool.check_connection)
+    _refuse_pool_arguments(conninfo, pool_kw, "async_connection_pool()")
+    user_check = pool_kw.pop("check", None)
+    user_reset = pool_kw.pop("reset", None)
     pool_kw.setdefault("max_lifetime", DEFAULT_MAX_LIFETIME)
+    mover = _Mover(provider, fallback_recycle)
     preference = LoopPreference(provider)
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]] = []
+
+    def preferred_now(conn: Any) -> str:
+        placed = getattr(conn, _PLACEMENT, None)
+        fallback = placed.preferred if isinstance(placed, Placement) else ""
+        return preference.preferred() or fallback
 
     async def check(conn: Any) -> None:
-        placed = getattr(conn, _PLACEMENT, None)
-        if isinstance(placed, Placement):
-            preferred = preference.preferred() or placed.preferred
-            if reason := move_reason(placed, preferred, provider, fallback_recycle):
-                await conn.close()  # see connection_pool()
-                raise MovedError(f"rolekit: {reason}")
-        await user_check(conn)
+        if pools and mover.must_drain(pools[0], conn, preferred_now(conn)):
+            await pools[0].drain()
+        if user_check is not None:
+            await user_check(conn)
 
-    return psycopg_pool.AsyncConnectionPool(
-        conninfo, connection_class=async_connection_class(provider), check=check, **pool_kw
+    async def reset(conn: Any) -> None:
+        if reason := mover.discard_reason(conn, preferred_now(conn)):
+            raise MovedError(f"rolekit: {reason}")
+        if user_reset is not None:
+            await user_reset(conn)
+
+    pool = psycopg_pool.AsyncConnectionPool(
+        conninfo,
+        connection_class=async_connection_class(provider),
+        check=check,
+        reset=reset,
+        **pool_kw,
     )
+    pools.append(pool)
+    return pool

@@ -32,7 +32,7 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 20.0) ->
 
 
 def set_state(project: Project, login: list[str], incoming: str | None = None) -> None:
-    """Edit rotation.json like a GitOps user would (in place, not atomically)."""
+    """Edit rotation.json as a GitOps checkout would (``Project.write_state``)."""
     data = project.state()
     entry: dict[str, Any] = {"login": login}
     if incoming:
@@ -133,9 +133,7 @@ class AsyncWorkload(_Counts):
     """``tasks`` asyncio tasks awaiting ``query()`` nonstop, on a loop in a thread.
 
     ``setup`` (a coroutine function) runs first on that loop and returns the
-    ``query`` coroutine function and a ``close`` coroutine function.  The
-    loop's responsiveness is sampled meanwhile: :attr:`max_lag` is the
-    longest a 5 ms timer fired late.
+    ``query`` coroutine function and a ``close`` coroutine function.
     """
 
     def __init__(
@@ -147,7 +145,6 @@ class AsyncWorkload(_Counts):
     ) -> None:
         super().__init__()
         self.setup, self.tasks = setup, tasks
-        self.max_lag = 0.0
         self.loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -156,18 +153,10 @@ class AsyncWorkload(_Counts):
     async def _main_coro(self) -> None:
         query, close = await self.setup()
         self._stop = asyncio.Event()
-        ticker = asyncio.create_task(self._tick())
         try:
             await asyncio.gather(*(self._run(query) for _ in range(self.tasks)))
         finally:
-            ticker.cancel()
             await close()
-
-    async def _tick(self) -> None:
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(0.005)
-            self.max_lag = max(self.max_lag, time.monotonic() - before - 0.005)
 
     async def _run(self, query: Callable[[], Awaitable[str]]) -> None:
         assert self._stop is not None

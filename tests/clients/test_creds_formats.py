@@ -248,3 +248,25 @@ def test_bad_format_and_missing_host_are_named(project: Project) -> None:
     with pytest.raises(RolekitError, match="--format url needs the database host") as refused:
         creds_formats.render("url", creds, "my_app", "dev", creds_formats.Target())
     assert password(project, TOM) not in str(refused.value)
+
+
+def test_url_puts_a_unix_socket_directory_in_the_query() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    creds = Credentials.of(TOM, AWKWARD)
+    url = creds_formats.render(
+        "url", creds, "my_app", "dev", creds_formats.Target("/var/run/postgresql", 5433, "app")
+    ).strip()
+    parsed = conninfo_to_dict(url)
+    assert parsed["host"] == "/var/run/postgresql" and parsed["port"] == "5433"
+    assert parsed["dbname"] == "app" and parsed["user"] == TOM
+    assert parsed["password"] == AWKWARD
+
+
+def test_output_without_a_format_writes_the_json_document(project: Project, tmp_path: Path) -> None:
+    """A file never gets the terminal form, and the terminal never gets the password."""
+    project.upgrade("dev")
+    target = tmp_path / "creds.json"
+    proc = project.rolekit("creds", "my_app", "--context", "dev", "--output", str(target))
+    assert proc.stdout == "" and password(project, TOM) not in proc.stderr
+    assert from_document(target.read_text(), "output").preferred[0] == TOM
