@@ -36,7 +36,10 @@ _AUTH_MESSAGES: Final = (
     (re.compile(r'role "(?:[^"]|"")*" is not permitted to log in'), "not permitted to log in"),
     (re.compile(r'role "(?:[^"]|"")*" does not exist'), "role does not exist"),
     # SQLSTATE 28000 from pg_hba.conf: this member may not connect from here
-    (re.compile(r"pg_hba\.conf rejects connection|no pg_hba\.conf entry for"), "refused by pg_hba.conf"),
+    (
+        re.compile(r"pg_hba\.conf rejects connection|no pg_hba\.conf entry for"),
+        "refused by pg_hba.conf",
+    ),
     # PgBouncer's word for a wrong password or a user not in its auth_file,
     # with SQLSTATE 08P01 (protocol_violation) rather than a 28xxx one
     (re.compile(r"SASL authentication failed"), "rejected by the pooler"),
