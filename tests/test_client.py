@@ -464,7 +464,7 @@ def test_engine_url_must_not_carry_credentials() -> None:
         client.create_engine("postgresql://tom:secret@db/app", provider)
     with pytest.raises(ValueError, match="supports psycopg2, psycopg here"):
         client.create_engine("postgresql+asyncpg://db/app", provider)
-    with pytest.raises(ValueError, match="supports asyncpg, psycopg here"):
+    with pytest.raises(ValueError, match="supports asyncpg, psycopg, psycopg_async here"):
         client.create_async_engine("postgresql+psycopg2://db/app", provider)
     assert client.create_engine("postgresql+psycopg://db/app", provider).dialect.driver == "psycopg"
     engine = client.create_engine("postgresql://db/app", provider)

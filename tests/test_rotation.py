@@ -15,6 +15,7 @@ import pytest
 
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
+from tests.deployment.helpers import wait_for_no_sessions
 
 
 def rotate(project: Project, phase: str, *extra: str, check: bool = True) -> CompletedProcess[str]:
@@ -29,6 +30,7 @@ def begin_with_old_app(project: Project, app: str = "billing") -> tuple[dict[str
     project.upgrade("dev")
     old = creds(project)
     rotate(project, "begin")
+    wait_for_no_sessions(project.cluster, old["user"])  # the upgrade's own login check
     return old, project.cluster.connect(old["user"], old["password"], application_name=app)
 
 

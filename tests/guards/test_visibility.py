@@ -17,6 +17,7 @@ import pytest
 
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
+from tests.deployment.helpers import wait_for_no_sessions
 from tests.guards.helpers import (
     QueryLoop,
     can_login,
@@ -37,6 +38,7 @@ def test_drain_counts_sessions_it_cannot_see_in_detail(any_project: Project) -> 
     project.upgrade("dev")
     revoke_member_grants(project)
     rotate(project, "begin")
+    wait_for_no_sessions(project.cluster, "my_app_tom")  # the upgrade's own login check
     with sleeping_session(project, "my_app_tom", 25):
         status = json.loads(project.rolekit("status", "--context", "dev", "--json").stdout)
         tom = next(m for m in status["families"][0]["members"] if m["name"] == "my_app_tom")
