@@ -3,7 +3,7 @@
 For each stack (SQLAlchemy on psycopg2, psycopg_pool, an asyncpg pool,
 SQLAlchemy's async engine on asyncpg) one pool is built through rolekit and
 one plainly, with the user and password given directly and the same pool
-settings rolekit applies (pre-ping or check, the 300 s lifetime), so the
+settings rolekit applies (SQLAlchemy's pre-ping, the 300 s lifetime), so the
 difference is rolekit's own: the provider's stat of its source at checkout,
 the placement check, asyncpg's watcher.  Rounds alternate between the two;
 the result is the ratio of their median checkout+query latencies.
@@ -54,7 +54,6 @@ def _threaded(
                 min_size=4,
                 max_size=4,
                 max_lifetime=300,
-                check=psycopg_pool.ConnectionPool.check_connection,
             )
         pool.wait()
 

@@ -11,10 +11,9 @@ psycopg_pool (``import rolekit.client`` alone does not).
 * :func:`connection_pool` / :func:`async_connection_pool` build a
   ``psycopg_pool`` pool with that class whose connections move to a newly
   preferred member without making anyone wait: the pool is drained when a
-  connection of the old preference is handed out, and a connection on the
-  wrong member is discarded when it is returned (the rules of the SQLAlchemy
-  pool: see :func:`rolekit.client._placement.move_reason`); ``max_lifetime``
-  is 300 s.
+  connection on the wrong member is handed out (the rules of the SQLAlchemy
+  pool: see :func:`rolekit.client._placement.move_reason`; see
+  :class:`_Mover`); ``max_lifetime`` is 300 s.
 
 The async variants read the provider in a worker thread, never on the event
 loop.
@@ -24,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from typing import Any, Final
 
 import psycopg
 import psycopg_pool
@@ -145,43 +145,51 @@ def _refuse_pool_arguments(conninfo: str, pool_kw: dict[str, Any], what: str) ->
             )
 
 
+#: psycopg_pool 3.3 added ``drain()``; before it, connections move when returned
+_POOLS_DRAIN: Final = hasattr(psycopg_pool.ConnectionPool, "drain")
+
+
 class _Mover:
     """When a pool's connections move to another member, for both pool kinds.
 
-    * The source prefers another member than a connection was opened for:
-      the pool is drained once for that member (``pool.drain()``, psycopg_pool
-      3.3+): idle connections are replaced at once, those in use when they
-      come back.  The connection being handed out still works (during the
-      overlap both members may log in), so nobody waits for the move.
-    * Otherwise a connection on the wrong member (opened by a fallback, due to
-      retry the preferred one; or any, on a pool without ``drain``) is
-      discarded when it is returned: the ``reset`` callback raises.
+    A connection handed out on the wrong member (the source now prefers
+    another member, or it was opened by a fallback and is due to retry the
+    preferred one: :func:`~rolekit.client._placement.move_reason`) drains
+    the pool (``pool.drain()``): idle connections are replaced at once, those
+    in use when they come back.  The connection being handed out still works
+    (during the overlap both members may log in), so nobody waits for the
+    move, and psycopg_pool's ``check`` never fails (a failed check costs the
+    request a second of back-off).  At most one drain per preferred member,
+    and then one per ``fallback_recycle`` seconds.
+
+    A pool without ``drain()`` (psycopg_pool < 3.3) discards such a
+    connection when it is returned instead: its ``reset`` callback raises.
     """
 
     def __init__(self, provider: CredentialsProvider, fallback_recycle: float) -> None:
         self.provider, self.fallback_recycle = provider, fallback_recycle
         self._lock = threading.Lock()
         self._drained_for: str | None = None
+        self._drained_at = 0.0
 
-    def must_drain(self, pool: Any, conn: Any, preferred: str) -> bool:
-        """Whether *pool* must be drained now, seeing *conn* handed out (once per member)."""
-        placed = getattr(conn, _PLACEMENT, None)
-        if not isinstance(placed, Placement) or not hasattr(pool, "drain"):
-            return False
-        if placed.user == preferred or placed.preferred == preferred:
-            return False
-        with self._lock:
-            if self._drained_for == preferred:
-                return False
-            self._drained_for = preferred
-        logger.info("moving the pool's connections from %s to %s", placed.user, preferred)
-        return True
-
-    def discard_reason(self, conn: Any, preferred: str) -> str | None:
+    def reason(self, conn: Any, preferred: str) -> str | None:
+        """Why *conn* must be replaced, or ``None``."""
         placed = getattr(conn, _PLACEMENT, None)
         if not isinstance(placed, Placement):
             return None
         return move_reason(placed, preferred, self.provider, self.fallback_recycle)
+
+    def must_drain(self, conn: Any, preferred: str) -> bool:
+        """Whether the pool must be drained now, seeing *conn* handed out."""
+        if not _POOLS_DRAIN or (reason := self.reason(conn, preferred)) is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if self._drained_for == preferred and now - self._drained_at < self.fallback_recycle:
+                return False
+            self._drained_for, self._drained_at = preferred, now
+        logger.info("replacing the pool's connections: %s", reason)
+        return True
 
 
 def connection_pool(
@@ -207,23 +215,23 @@ def connection_pool(
     pools: list[psycopg_pool.ConnectionPool[Any]] = []
 
     def check(conn: Any) -> None:
-        if pools and mover.must_drain(pools[0], conn, provider.current().preferred[0]):
+        if pools and mover.must_drain(conn, provider.current().preferred[0]):
             pools[0].drain()
         if user_check is not None:
             user_check(conn)
 
     def reset(conn: Any) -> None:
-        if reason := mover.discard_reason(conn, provider.current().preferred[0]):
+        if not _POOLS_DRAIN and (reason := mover.reason(conn, provider.current().preferred[0])):
             raise MovedError(f"rolekit: {reason}")
         if user_reset is not None:
             user_reset(conn)
 
+    # a reset callback makes the pool return connections through its worker
+    # thread: only where it is needed
+    if user_reset is not None or not _POOLS_DRAIN:
+        pool_kw["reset"] = reset
     pool = psycopg_pool.ConnectionPool(
-        conninfo,
-        connection_class=connection_class(provider),
-        check=check,
-        reset=reset,
-        **pool_kw,
+        conninfo, connection_class=connection_class(provider), check=check, **pool_kw
     )
     pools.append(pool)
     return pool
@@ -256,23 +264,21 @@ def async_connection_pool(
         return preference.preferred() or fallback
 
     async def check(conn: Any) -> None:
-        if pools and mover.must_drain(pools[0], conn, preferred_now(conn)):
+        if pools and mover.must_drain(conn, preferred_now(conn)):
             await pools[0].drain()
         if user_check is not None:
             await user_check(conn)
 
     async def reset(conn: Any) -> None:
-        if reason := mover.discard_reason(conn, preferred_now(conn)):
+        if not _POOLS_DRAIN and (reason := mover.reason(conn, preferred_now(conn))):
             raise MovedError(f"rolekit: {reason}")
         if user_reset is not None:
             await user_reset(conn)
 
+    if user_reset is not None or not _POOLS_DRAIN:
+        pool_kw["reset"] = reset
     pool = psycopg_pool.AsyncConnectionPool(
-        conninfo,
-        connection_class=async_connection_class(provider),
-        check=check,
-        reset=reset,
-        **pool_kw,
+        conninfo, connection_class=async_connection_class(provider), check=check, **pool_kw
     )
     pools.append(pool)
     return pool
