@@ -115,8 +115,8 @@ def _server_verifiers(settings: Settings, found: Credentials) -> dict[str, str]:
                     "printed"
                 )
             if problem := login_problem(control, user, secret, "the secrets file"):
-                raise GuardError(
-                    f"{problem}: the server does not have it yet (run alembic upgrade). "
-                    "Nothing was printed"
-                )
+                hint = ""
+                if "rejects the password" in problem:
+                    hint = ": the server does not have it yet (run alembic upgrade)"
+                raise GuardError(f"{problem}{hint}. Nothing was printed")
     return {user: stored[user] or "" for user in members}

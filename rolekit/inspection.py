@@ -127,6 +127,11 @@ def inspect_family(
         member, member_problems = _member(found, name, live, state, password_set_at or {})
         report.members.append(member)
         problems += member_problems
+    # who uses each member is read before the password checks below log in
+    # as the members: a backend lingers a moment after its client closes, and
+    # status would count its own check as a session
+    if deployment is not None:
+        report.login_tracking = _add_places(report.members, deployment)
     if state is not None and context:
         hint = _resume_hint(family, state, found, context)
         problems += [f"drift: {d.problem}{hint}" for d in found.login_drift(state)]
@@ -134,8 +139,6 @@ def inspect_family(
             problems += _password_problems(found, state, check_password)
     if found.roles and not found.can_log_in() and not (state and state.decommissioned):
         problems.append(f"lockout risk: no member of {family.group!r} can log in")
-    if deployment is not None:
-        report.login_tracking = _add_places(report.members, deployment)
     return report
 
 

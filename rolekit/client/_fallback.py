@@ -68,8 +68,9 @@ def auth_failure_reason(exc: BaseException) -> str | None:
     Works for psycopg2, psycopg 3 and asyncpg errors, wrapped or not, from
     PostgreSQL or through PgBouncer: the SQLSTATE where the driver gives one
     (``pgcode``, ``sqlstate``), else the server's message (psycopg2 and
-    psycopg give no SQLSTATE for errors raised while connecting).  A refused connection, a timeout or an unknown
-    database is not a rejected login and must propagate.
+    psycopg give no SQLSTATE for errors raised while connecting).  A refused
+    connection, a timeout or an unknown database is not a rejected login and
+    must propagate.
     """
     for error in _chain(exc):
         code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
