@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg2 import sql
 from sqlalchemy import create_engine, pool
 
-from rolekit import handout, inspection
+from rolekit import inspection
 from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts, primary_context
 from rolekit.errors import (
@@ -32,7 +31,10 @@ from rolekit.errors import (
     first_line,
 )
 from rolekit.family import RoleFamily
-from rolekit.handout import Creds
+
+# re-exported: ``rolekit.command.creds`` is the API behind ``rolekit creds``
+from rolekit.handout import Creds as Creds
+from rolekit.handout import creds as creds
 from rolekit.repeatable import changelog
 from rolekit.repeatable.engine import plan as plan_repeatables
 from rolekit.repeatable.loader import load_repeatables, login_members, require_known_contexts
@@ -40,7 +42,7 @@ from rolekit.repeatable.run import RunContext
 from rolekit.rotation import workflow
 from rolekit.rotation.state import RotationState
 from rolekit.rotation.workflow import Step, Transition
-from rolekit.runtime.config import Settings
+from rolekit.runtime.config import ConfigLike, Settings, load_settings
 from rolekit.runtime.control import ControlConnection
 from rolekit.runtime.deployment import Deployment
 from rolekit.runtime.logins import login_problem
@@ -54,12 +56,6 @@ from rolekit.secrets import (
 )
 
 log = logging.getLogger(__name__)
-
-ConfigLike = str | os.PathLike[str] | Settings
-
-
-def load_settings(config: ConfigLike = "alembic.ini") -> Settings:
-    return config if isinstance(config, Settings) else Settings.load(config)
 
 
 def require_context(raw: str | None) -> str:
@@ -202,28 +198,6 @@ def rotate_finish(
 
 
 # -- creds ------------------------------------------------------------------------
-
-
-def creds(
-    config: ConfigLike,
-    family: str,
-    context: str,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    dbname: str | None = None,
-    verifiers: bool = False,
-) -> Creds:
-    """The credentials applications should use now; see :func:`rolekit.handout.creds`."""
-    return handout.creds(
-        load_settings(config),
-        family,
-        context,
-        host=host,
-        port=port,
-        dbname=dbname,
-        verifiers=verifiers,
-    )
 
 
 # -- status and check -------------------------------------------------------------

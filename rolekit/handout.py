@@ -1,6 +1,6 @@
 """What applications are handed: the credentials of a family now, and where to connect.
 
-``rolekit creds`` (:func:`rolekit.command.creds`) reads them from the state
+``rolekit creds`` (:func:`creds`, also ``rolekit.command.creds``) reads them from the state
 and secrets files; :mod:`rolekit.creds_formats` renders them.  Only the
 ``pgbouncer`` format asks the server, for its stored SCRAM verifiers.
 """
@@ -16,7 +16,7 @@ from rolekit.client._credentials import Credentials
 from rolekit.creds_formats import Target
 from rolekit.errors import GuardError, PrivilegeError, RolekitError
 from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import Settings
+from rolekit.runtime.config import ConfigLike, Settings, load_settings
 from rolekit.runtime.control import ControlConnection
 from rolekit.runtime.logins import login_problem
 from rolekit.secrets import Secret, SecretsFile
@@ -46,7 +46,7 @@ class Creds:
 
 
 def creds(
-    settings: Settings,
+    config: ConfigLike,
     family: str,
     context: str,
     *,
@@ -64,6 +64,7 @@ def creds(
     (``pgbouncer``) it also reads the members' SCRAM verifiers from the
     server: see :func:`_server_verifiers`.
     """
+    settings = load_settings(config)
     state = RotationState.load(settings.state_file).get(family, context)
     if state is None or state.preferred is None:
         raise RolekitError(f"no member of {family!r} may log in in context {context!r}")

@@ -203,3 +203,12 @@ def _int(key: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise RolekitError(f"[rolekit] {key} = {value!r} is not a whole number") from None
+
+
+#: what the Python API takes as configuration: an alembic.ini path, or settings
+ConfigLike = str | os.PathLike[str] | Settings
+
+
+def load_settings(config: ConfigLike = "alembic.ini") -> Settings:
+    """*config* as :class:`Settings` (read from the ini file if it is a path)."""
+    return config if isinstance(config, Settings) else Settings.load(config)
