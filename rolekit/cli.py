@@ -25,11 +25,10 @@ from typing import Any
 import psycopg2
 import sqlalchemy
 
-from rolekit import command, creds_formats
+from rolekit import command, creds_formats, status_text
 from rolekit._fileio import atomic_write
 from rolekit.contexts import primary_context
 from rolekit.errors import ExitCode, RolekitError, first_line
-from rolekit.inspection import PlaceReport
 from rolekit.rotation.workflow import Transition
 from rolekit.runtime.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT
 from rolekit.secrets import DEFAULT_PASSWORD_LENGTH
@@ -170,63 +169,20 @@ def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: _Output) -> int:
-    result = command.status(args.config, _raw_context(args) or None)
-    lines = []
-    for r in result.families:
-        lines.append(
-            f"{r.group}  context={r.context or '-'}  phase={r.phase or '-'}  apps use: {r.preferred or '-'}"
-            f"  managed from: {r.claimed_by or '-'}"
-        )
-        for m in r.members:
-            login = "LOGIN  " if m.can_login else "NOLOGIN"
-            hidden = f" ({m.sessions_hidden} hidden)" if m.sessions_hidden else ""
-            lines.append(
-                f"  {m.name:<24} {login} sessions={m.sessions}{hidden:<4} "
-                f"password_set={m.password_set_at or '-'}  valid_until={m.valid_until or '-'}"
-                f"  membership={'ok' if m.membership_ok else 'WRONG'}"
-            )
-            lines += [
-                f"    {_place_line(place)}"
-                for place in m.places
-                if len(m.places) > 1 or place.last_login
-            ]
-        lines.append(f"  login tracking: {r.login_tracking}")
-        lines += [f"  problem: {p}" for p in r.problems]
-    lines += [f"problem: {p}" for p in result.deployment_problems]
-    lines.append("last repeatable runs:")
-    lines += [
-        f"  {x['applied_at']}  {x['id']} ({x['exec_type']}, {x['context'] or '-'})"
-        for x in result.last_runs
-    ] or ["  none"]
+    result = command.status(args.config, _raw_context(args) or None, max_age=args.max_age)
     out.emit(
         {
             "families": [r.to_json() for r in result.families],
             "last_runs": result.last_runs,
             "deployment_problems": result.deployment_problems,
         },
-        "\n".join(lines),
+        status_text.render(result),
     )
     return ExitCode.PROBLEM if result.problems else ExitCode.OK
 
 
-def _place_line(place: PlaceReport) -> str:
-    """``on replica h:5433/db: sessions=2, last seen 2026-...`` for one host or pooler."""
-    if place.kind == "pooler":
-        used = f"pooler clients={place.pooler_clients}"
-    else:
-        hidden = f" ({place.sessions_hidden} hidden)" if place.sessions_hidden else ""
-        used = f"sessions={place.sessions}{hidden}"
-    seen = f", last seen {place.last_seen}" if place.last_seen else ""
-    login = (
-        f", last login {place.last_login} from {place.last_login_from} (tracked)"
-        if place.last_login
-        else ""
-    )
-    return f"on {place.place}: {used}{seen}{login}"
-
-
 def cmd_check(args: argparse.Namespace, out: _Output) -> int:
-    problems = command.check(args.config, _raw_context(args) or None)
+    problems = command.check(args.config, _raw_context(args) or None, max_age=args.max_age)
     out.emit({"ok": not problems, "problems": problems}, "\n".join(problems) or "no drift")
     return ExitCode.PROBLEM if problems else ExitCode.OK
 
@@ -373,18 +329,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="database host for pgpass/url (default: the project's URL)")
     p.add_argument("--port", type=int, help="database port for pgpass/url")
     p.add_argument("--dbname", help="database name for pgpass/url")
+    max_age_help = (
+        "the rotation policy (90d, 12h, 30m; default [rolekit] max_age): the password apps "
+        "use is due once rolekit set it longer ago, or when it has no record of setting it"
+    )
     add(
         "status",
         "members, logins, sessions, password age and expiry, membership options, last runs",
         cmd_status,
-    )
+    ).add_argument("--max-age", metavar="AGE", help=max_age_help + "; status shows 'due in'")
     add(
         "check",
         "compare the catalog with what the migrations declare; exit 1 on drift",
         cmd_check,
         "Reports exactly what the next 'alembic upgrade' would repair or refuse, and names\n"
-        "the rolekit step to re-run when a rotation was interrupted after its commit.",
-    )
+        "the rolekit step to re-run when a rotation was interrupted after its commit.\n"
+        "With --max-age it also exits 1 when a family's password is due: any monitor can\n"
+        "alert on it (rolekit check --context prod --max-age 90d).",
+    ).add_argument("--max-age", metavar="AGE", help=max_age_help)
     p = add(
         "gen-password",
         "generate a strong password, optionally into the secrets file",

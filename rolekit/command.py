@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, pool
 from rolekit import inspection
 from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts, primary_context
+from rolekit.durations import parse_duration
 from rolekit.errors import (
     ChangelogError,
     GuardError,
@@ -236,10 +237,17 @@ def _deployment(
         yield deployment, []
 
 
-def status(config: ConfigLike, context: str | None = None) -> Status:
-    """Each family against the catalog: login, passwords, drift, and who uses
-    each member on every host and pooler."""
+def status(config: ConfigLike, context: str | None = None, *, max_age: str | None = None) -> Status:
+    """Each family against the catalog: login, passwords, drift, who uses each
+    member on every host and pooler, and the age of the password apps use.
+
+    With *max_age* (``90d``, ``12h``...; default ``[rolekit] max_age``), a
+    family whose active password is older, or of unknown age, has a problem:
+    ``check`` exits 1 on it.
+    """
     settings = load_settings(config)
+    max_age = max_age if max_age is not None else settings.max_age
+    max_age_s = parse_duration(max_age) if max_age is not None else None
     run, repeatables = _run_context(settings, context)
     with _control(settings) as control, _deployment(settings, control) as (deployment, trouble):
         database = control.scalar(sql.SQL("SELECT current_database()"))
@@ -255,26 +263,29 @@ def status(config: ConfigLike, context: str | None = None) -> Status:
         for group, rep in sorted(login_members(repeatables).items()):
             applies = run.primary is not None and rep.skip_reason(run) is None
             state = run.rotation.get(group, run.primary) if run.primary else None
-            reports.append(
-                inspection.inspect_family(
-                    control,
-                    rep.family,
-                    state,
-                    run.primary,
-                    database=database,
-                    password_set_at=set_at,
-                    state_missing=applies and state is None,
-                    check_password=check_password if settings.verify_logins and applies else None,
-                    deployment=deployment,
-                )
+            report = inspection.inspect_family(
+                control,
+                rep.family,
+                state,
+                run.primary,
+                database=database,
+                password_set_at=set_at,
+                state_missing=applies and state is None,
+                check_password=check_password if settings.verify_logins and applies else None,
+                deployment=deployment,
             )
+            inspection.check_password_age(report, set_at, max_age_s, max_age or "")
+            reports.append(report)
         runs = inspection.last_runs(control)
     return Status(reports, runs, trouble)
 
 
-def check(config: ConfigLike, context: str | None = None) -> list[str]:
-    """What the next upgrade would repair or refuse (empty: nothing)."""
-    return status(config, context).problems
+def check(
+    config: ConfigLike, context: str | None = None, *, max_age: str | None = None
+) -> list[str]:
+    """What the next upgrade would repair or refuse, and with *max_age* the
+    passwords due for rotation (empty: nothing)."""
+    return status(config, context, max_age=max_age).problems
 
 
 # -- passwords --------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from rolekit import catalog, claims, tracking
+from rolekit import catalog, claims, durations, tracking
 from rolekit.catalog import Reader, SessionInfo
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
@@ -70,6 +70,13 @@ class FamilyReport:
     problems: list[str] = field(default_factory=list)
     #: "on", or why the drain samples instead (see rolekit.tracking)
     login_tracking: str = "off"
+    #: seconds since rolekit last set the password of the member apps use
+    #: (``preferred``); ``None`` when it has no record of setting it
+    password_age_s: float | None = None
+    #: the maximum age applied (``90d``), and the seconds until the password is
+    #: due then (negative: overdue)
+    max_age: str | None = None
+    due_in_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,3 +280,38 @@ def password_set_times(reader: Reader) -> dict[str, str]:
         )
     )
     return {role: at.isoformat() for role, at in rows}
+
+
+def check_password_age(
+    report: FamilyReport, set_at: dict[str, str], max_age_s: float | None, max_age: str
+) -> None:
+    """Fill the age of the password apps use and, with *max_age_s*, flag it when due.
+
+    The age counts from when rolekit last set that member's password (the
+    changelog history).  With a maximum age, an unknown age is a problem too:
+    a monitor must not stay silent about a password nobody knows the age of.
+    """
+    active = report.preferred
+    if active is None:
+        return
+    when = set_at.get(active)
+    if when is not None:
+        age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(when)).total_seconds()
+        report.password_age_s = round(age, 1)
+    if max_age_s is None:
+        return
+    report.max_age = max_age
+    if report.password_age_s is None:
+        report.problems.append(
+            f"the password of {active!r} (the member apps use) has no recorded age: rolekit "
+            f"never set it; rotate the family to start the clock (maximum age {max_age})"
+        )
+        return
+    report.due_in_s = round(max_age_s - report.password_age_s, 1)
+    if report.due_in_s <= 0:
+        report.problems.append(
+            f"the password of {active!r} (the member apps use) is "
+            f"{durations.describe(report.password_age_s)} old, older than the maximum age "
+            f"{max_age}: "
+            f"rotate it (rolekit rotate {report.group} begin ...)"
+        )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rolekit.durations import parse_duration
 from rolekit.errors import RolekitError
 from rolekit.secrets import DEFAULT_MIN_LENGTH as DEFAULT_MIN_PASSWORD_LENGTH
 
@@ -62,6 +63,9 @@ class Settings:
     replica_wait: float = DEFAULT_REPLICA_WAIT
     #: PgBouncer admin console URLs (``[rolekit] poolers`` / ROLEKIT_POOLERS)
     poolers: tuple[str, ...] = ()
+    #: the rotation policy (``[rolekit] max_age = 90d``) ``status`` and ``check``
+    #: apply when no ``--max-age`` is given; ``None``: none
+    max_age: str | None = None
 
     @classmethod
     def from_alembic_config(cls, config: Config) -> Settings:
@@ -122,6 +126,7 @@ class Settings:
                 "[rolekit] replica_wait", section.get("replica_wait"), DEFAULT_REPLICA_WAIT
             ),
             poolers=url_list(os.environ.get("ROLEKIT_POOLERS") or section.get("poolers", "")),
+            max_age=_max_age(section.get("max_age")),
         )
 
     @classmethod
@@ -212,3 +217,11 @@ ConfigLike = str | os.PathLike[str] | Settings
 def load_settings(config: ConfigLike = "alembic.ini") -> Settings:
     """*config* as :class:`Settings` (read from the ini file if it is a path)."""
     return config if isinstance(config, Settings) else Settings.load(config)
+
+
+def _max_age(value: str | None) -> str | None:
+    """``[rolekit] max_age``, checked now so that a typo fails every command at once."""
+    if value is None or not value.strip():
+        return None
+    parse_duration(value, "[rolekit] max_age")
+    return value.strip()
