@@ -198,6 +198,34 @@ def _clients(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def _soak(data: dict[str, Any]) -> list[str]:
+    cfg, wall = data["config"], data["run_wall_time_s"]
+    rows = [
+        [s["name"], s["attempts"], s["failed_connections"] + s["failed_queries"], s["p50_ms"],
+         s["p99_ms"], s.get("max_ms")]
+        for s in data["scenarios"]
+    ]  # fmt: skip
+    return [
+        "## Soak: back-to-back `rotate auto` runs under load (`soak.json`)",
+        "",
+        f"Machine: {_machine(data['machine'])}.",
+        "",
+        f"{cfg['runs']} runs of `rotate my_app auto --max-age 0 --apply --publish CMD` in a row "
+        f"(quiet period {cfg['quiet_s']} s); the publish command writes the credentials file, "
+        "the only thing the apps read: a pooled `rolekit.client` app (psycopg_pool, "
+        f"`from_file`) and {cfg['laggard_workers']} laggard workers that connect per query and "
+        "move only when the file changes. Results: "
+        + ", ".join(f"{n} {k}" for k, n in data["runs"].items())
+        + f"; wall time per run: median {wall['median']} s, max {wall['max']} s.",
+        "",
+        *_table(["scenario", "attempts", "failures", "p50 ms", "p99 ms", "max ms"], rows),
+        "",
+        f"**{data['failures_total']} failures in {data['attempts_total']:,} attempts.** "
+        f"Benchmark wall time: {data.get('bench_duration_s', '?')} s.",
+        "",
+    ]
+
+
 def _scale(data: dict[str, Any]) -> list[str]:
     fallback = {r["families"]: r for r in data.get("scrypt_fallback_rows", [])}
     rows = [
@@ -368,6 +396,7 @@ def write() -> Path:
         ("client_overhead.json", _clients),
         ("scale.json", _scale),
         ("drain.json", _drain),
+        ("soak.json", _soak),
     )
     for name, render in sections:
         data = _load(name)

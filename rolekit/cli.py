@@ -25,7 +25,7 @@ from typing import Any
 import psycopg2
 import sqlalchemy
 
-from rolekit import command, creds_formats, status_text
+from rolekit import command, creds_formats, rotate_args, status_text
 from rolekit._fileio import atomic_write
 from rolekit.contexts import primary_context
 from rolekit.errors import ExitCode, RolekitError, first_line
@@ -121,6 +121,8 @@ def _render_transition(step: Transition, out: _Output) -> None:
 
 def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
     context = _context(args)
+    if args.phase == "auto":
+        return _rotate_auto(args, context)
     if args.phase == "begin":
         step = command.rotate_begin(args.config, args.family, context, apply=args.apply)
     else:
@@ -134,6 +136,33 @@ def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
             terminate=args.terminate,
         )
     _render_transition(step, out)
+    return ExitCode.OK
+
+
+def _rotate_auto(args: argparse.Namespace, context: str) -> int:
+    """One JSON event per line with --json (for logs and alerts), else a line of text each."""
+
+    def emit(event: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(event, default=str), flush=True)
+        else:
+            details = ", ".join(f"{k}={v}" for k, v in event.items() if k != "event")
+            print(f"{event['event']}: {details}", flush=True)
+
+    result = command.rotate_auto(
+        args.config,
+        args.family,
+        context,
+        apply=args.apply,
+        max_age=args.max_age,
+        publish=args.publish,
+        publish_format=args.publish_format,
+        move_timeout=args.move_timeout,
+        quiet_period=args.quiet_period,
+        git_commit=args.git_commit,
+        emit=emit,
+    )
+    emit({"event": "done", "result": result})
     return ExitCode.OK
 
 
@@ -278,10 +307,11 @@ def _parser() -> argparse.ArgumentParser:
         "  showing who is left, then disables it and waits for the replicas to replay it.\n"
         "Without --apply only the files change: commit them and let the deploy run\n"
         "'alembic -x context=C upgrade head' (GitOps). With --apply the state file changes\n"
-        "only once the database committed; an interrupted run is completed by re-running it.",
+        "only once the database committed; an interrupted run is completed by re-running it.\n"
+        + rotate_args.AUTO_HELP,
     )
     p.add_argument("family", help="the group role, e.g. my_app")
-    p.add_argument("phase", choices=["begin", "finish"])
+    p.add_argument("phase", choices=["begin", "finish", "auto"])
     p.add_argument("--apply", action="store_true", help="also run 'alembic upgrade head' now")
     p.add_argument(
         "--drain-timeout",
@@ -304,6 +334,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="finish: after the timeout, disable the old member, then end its sessions",
     )
+    rotate_args.add_auto_arguments(p)
     p = add(
         "creds",
         "print the credentials applications should use now",

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, pool
 from rolekit import inspection
 from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts, primary_context
+from rolekit.creds_formats import FORMATS
 from rolekit.durations import parse_duration
 from rolekit.errors import (
     ChangelogError,
@@ -40,7 +41,7 @@ from rolekit.repeatable import changelog
 from rolekit.repeatable.engine import plan as plan_repeatables
 from rolekit.repeatable.loader import load_repeatables, login_members, require_known_contexts
 from rolekit.repeatable.run import RunContext
-from rolekit.rotation import workflow
+from rolekit.rotation import auto, workflow
 from rolekit.rotation.state import RotationState
 from rolekit.rotation.workflow import Step, Transition
 from rolekit.runtime.config import ConfigLike, Settings, load_settings
@@ -196,6 +197,48 @@ def rotate_finish(
     return workflow.rotate(
         settings, fam, context.lower(), Step.FINISH, apply=apply, upgrade_x=extra
     )
+
+
+def rotate_auto(
+    config: ConfigLike,
+    family: str,
+    context: str,
+    *,
+    apply: bool = False,
+    max_age: str | None = None,
+    publish: str | None = None,
+    publish_format: str = "json",
+    move_timeout: float | None = None,
+    quiet_period: float | None = None,
+    git_commit: bool = False,
+    emit: auto.Emit = lambda event: None,
+) -> str:
+    """A whole rotation when the password apps use is due (see :mod:`rolekit.rotation.auto`).
+
+    Returns ``not due``, ``rotated`` or ``resumed`` (a run interrupted before
+    was completed); without *apply*, what it would do.  *emit* receives one
+    event per step (due check, phase changes, publish, wait, git commit).
+
+    :raises PublishError: the publish command failed (the overlap stays).
+    :raises DrainTimeoutError: the apps did not move by *move_timeout*.
+    """
+    settings = load_settings(config)
+    policy = max_age if max_age is not None else settings.max_age
+    if policy is None:
+        raise RolekitError("rotate auto needs --max-age (e.g. 90d) or [rolekit] max_age")
+    if publish_format not in FORMATS:
+        raise RolekitError(f"--publish-format {publish_format!r}: one of {', '.join(FORMATS)}")
+    plan = auto.Plan(
+        parse_duration(policy),
+        publish=publish,
+        publish_format=publish_format,
+        move_timeout=move_timeout,
+        quiet_period=quiet_period,
+        git_commit=git_commit,
+    )
+    fam = _rotation_family(settings, family, context)
+    run = auto.run if apply else auto.dry_run
+    return run(settings, fam, context.lower(), plan, emit)
 
 
 # -- creds ------------------------------------------------------------------------

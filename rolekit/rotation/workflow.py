@@ -160,20 +160,40 @@ def rotate(
 ) -> Transition:
     """Move *family* to the next phase in *context*; with *apply*, upgrade now."""
     with _rotate_lock(settings, family, apply) as control:
-        state = RotationState.load(settings.state_file)
-        current = state.get(family.group, context)
-        resumed = False
-        if step == Step.BEGIN:
-            after, resumed = _begin(settings, family, context, current, control, length)
-        else:
-            after = _finish(family, context, current)
-        assert current is not None
-        state.members[family.group] = family.members  # so applications know both
-        if control is not None:
-            target = state.copy()
-            target.set(family.group, context, after)
-            _upgrade(settings, context, upgrade_x, target)
-            _confirm(control, family, after)
-        state.set(family.group, context, after)
-        state.save()
-        return Transition(family.group, context, current, after, apply, resumed)
+        return rotate_locked(
+            settings, family, context, step, control, upgrade_x=upgrade_x, length=length
+        )
+
+
+def rotate_locked(
+    settings: Settings,
+    family: RoleFamily,
+    context: str,
+    step: Step,
+    control: ControlConnection | None,
+    *,
+    upgrade_x: Sequence[str] = (),
+    length: int = DEFAULT_PASSWORD_LENGTH,
+) -> Transition:
+    """:func:`rotate` for a caller that holds the locks (``rotate auto`` holds
+    them for a whole run); *control* ``None`` is a dry run."""
+    state = RotationState.load(settings.state_file)
+    current = state.get(family.group, context)
+    resumed = False
+    if step == Step.BEGIN:
+        after, resumed = _begin(settings, family, context, current, control, length)
+    else:
+        after = _finish(family, context, current)
+    assert current is not None
+    state.members[family.group] = family.members  # so applications know both
+    if control is not None:
+        target = state.copy()
+        target.set(family.group, context, after)
+        _upgrade(settings, context, upgrade_x, target)
+        _confirm(control, family, after)
+    state.set(family.group, context, after)
+    state.save()
+    return Transition(family.group, context, current, after, control is not None, resumed)
+
+
+rotate_lock = _rotate_lock

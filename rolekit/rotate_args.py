@@ -1,0 +1,54 @@
+"""The command line of ``rolekit rotate FAMILY auto`` (its options and help)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Final
+
+from rolekit.creds_formats import FORMATS
+
+AUTO_HELP: Final = (
+    "auto: one command for cron, a CI schedule or a Kubernetes CronJob, as often as you\n"
+    "  like. Not due (--max-age, from when rolekit last set the password apps use): exit 0,\n"
+    "  nothing changed. Due: begin, --publish the new credentials, wait for the old member\n"
+    "  to drain (up to --move-timeout), finish. A run killed at any point is completed by\n"
+    "  the next; two at once: the second exits 4. Apps that did not move: exit 3, still in\n"
+    "  the overlap (no outage). A failed publish: exit 1, still in the overlap.\n"
+    "  rolekit rotate my_app auto --context prod --apply --max-age 90d \\\n"
+    "    --publish 'kubectl apply -f -' --publish-format k8s-secret --move-timeout 900"
+)
+
+
+def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only ``auto`` takes."""
+    parser.add_argument(
+        "--max-age",
+        metavar="AGE",
+        help="auto: rotate once the password apps use is older (90d, 12h; default "
+        "[rolekit] max_age; 0: now)",
+    )
+    parser.add_argument(
+        "--publish",
+        metavar="CMD",
+        help="auto: a shell command that gets the new credentials on its stdin (never in its "
+        "arguments or environment), e.g. 'kubectl apply -f -'",
+    )
+    parser.add_argument(
+        "--publish-format",
+        choices=FORMATS,
+        default="json",
+        help="auto: the format of what --publish gets (those of 'rolekit creds --format')",
+    )
+    parser.add_argument(
+        "--move-timeout",
+        type=float,
+        metavar="S",
+        help="auto: seconds to wait for the apps to leave the old member (the drain timeout of "
+        "finish); past it, exit 3 and stay in the overlap: the next run carries on",
+    )
+    parser.add_argument(
+        "--git-commit",
+        action="store_true",
+        help="auto: commit the state file and the secrets file (unless git ignores it) after "
+        "each phase, with a message naming family, context and phase",
+    )

@@ -1,0 +1,220 @@
+"""``rolekit rotate FAMILY auto``: a whole rotation, safe to run from cron as often as you like.
+
+One run holds the family's locks from start to end (a second run exits 4 at
+once) and decides from the state file *and the catalog*, so a run killed at
+any point is completed by the next one:
+
+* steady, and the catalog agrees: rotate only when the password apps use is
+  older than the maximum age (else read, report, exit 0);
+* steady, but the catalog is already in the overlap: a ``begin`` committed
+  and was killed before writing the state file; ``begin`` again keeps the
+  password the server has (no lost password, no second begin);
+* overlap: publish the credentials again (publishing is idempotent), wait
+  for the old member to drain (``--move-timeout``), then finish.  A finish
+  killed after its commit is recorded by the next finish.
+
+Publishing runs a command with the credentials on its **stdin** only, never
+in its arguments or environment.  A failing publish stops the run in the
+overlap, where both members may log in: no outage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from rolekit import inspection
+from rolekit.errors import RolekitError
+from rolekit.family import RoleFamily
+from rolekit.family_catalog import FamilyCatalog
+from rolekit.handout import creds as handout_creds
+from rolekit.rotation.state import FamilyState, Phase, RotationState
+from rolekit.rotation.workflow import Step, Transition, rotate_lock, rotate_locked
+from rolekit.runtime.config import Settings
+from rolekit.runtime.control import ControlConnection
+
+#: environment variables that may carry rolekit's own secrets (URLs with a
+#: password): never passed on to the publish command
+_PRIVATE_ENV: Final = ("DATABASE_URL", "ROLEKIT_REPLICAS", "ROLEKIT_POOLERS")
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class PublishError(RolekitError):
+    """The publish command failed; the family stays in the overlap (both may log in)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How ``auto`` rotates: the policy, where to publish, how long to wait."""
+
+    max_age_s: float
+    publish: str | None = None
+    publish_format: str = "json"
+    publish_timeout: float = 300.0
+    move_timeout: float | None = None
+    quiet_period: float | None = None
+    git_commit: bool = False
+
+
+def dry_run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: Emit) -> str:
+    """What a run would do now, reading only: ``not due``, ``would rotate`` or ``would resume``."""
+    state = _state(settings, family, context)
+    with ControlConnection.open(settings.require_url(), application_name="rolekit") as control:
+        if state.phase == Phase.OVERLAP or _begun_in_catalog(control, family, state):
+            verdict = "would resume"
+        else:
+            verdict = "would rotate" if _due(control, state, plan, emit) else "not due"
+    emit({"event": "dry run", "result": verdict, "changed": "nothing"})
+    return verdict
+
+
+def _state(settings: Settings, family: RoleFamily, context: str) -> FamilyState:
+    state = RotationState.load(settings.state_file).get(family.group, context)
+    if state is None:
+        raise RolekitError(
+            f"{settings.state_file.name} has no state for {family.group!r} in context {context!r}"
+        )
+    return state
+
+
+def run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: Emit) -> str:
+    """One ``auto`` run; returns what it did: ``not due``, ``rotated`` or ``resumed``."""
+    with rotate_lock(settings, family, apply=True) as control:
+        assert control is not None
+        state = _state(settings, family, context)
+        resumed = state.phase == Phase.OVERLAP
+        if state.phase == Phase.STEADY:
+            interrupted = _begun_in_catalog(control, family, state)
+            if not interrupted and not _due(control, state, plan, emit):
+                return "not due"
+            _step(settings, family, context, Step.BEGIN, control, plan, emit)
+            resumed = interrupted
+        _publish(settings, family, context, plan, emit)
+        extra = []
+        if plan.move_timeout is not None:
+            extra.append(f"drain_timeout={plan.move_timeout}")
+        if plan.quiet_period is not None:
+            extra.append(f"drain_quiet_period={plan.quiet_period}")
+        emit({"event": "wait", "for": "the old member to drain", "timeout_s": plan.move_timeout})
+        _step(settings, family, context, Step.FINISH, control, plan, emit, extra)
+        return "resumed" if resumed else "rotated"
+
+
+def _begun_in_catalog(control: ControlConnection, family: RoleFamily, state: FamilyState) -> bool:
+    """Both members may log in while the state file says steady: an interrupted begin."""
+    return set(FamilyCatalog.read(control, family).can_log_in()) == set(family.members) and (
+        len(state.login) == 1
+    )
+
+
+def _due(control: ControlConnection, state: FamilyState, plan: Plan, emit: Emit) -> bool:
+    (active,) = state.login
+    set_at = inspection.password_set_times(control).get(active)
+    age = None
+    if set_at is not None:
+        age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(set_at)).total_seconds()
+    due = age is None or age >= plan.max_age_s
+    emit(
+        {
+            "event": "due check",
+            "member": active,
+            "password_age_s": None if age is None else round(age, 1),
+            "max_age_s": plan.max_age_s,
+            "due": due,
+        }
+    )
+    return due
+
+
+def _step(
+    settings: Settings,
+    family: RoleFamily,
+    context: str,
+    step: Step,
+    control: ControlConnection,
+    plan: Plan,
+    emit: Emit,
+    extra: Sequence[str] = (),
+) -> Transition:
+    done = rotate_locked(settings, family, context, step, control, upgrade_x=extra)
+    emit(
+        {
+            "event": "phase",
+            "step": step.value,
+            "phase": done.after.phase.value,
+            "login": list(done.after.login),
+            "resumed": done.resumed,
+        }
+    )
+    if plan.git_commit:
+        _git_commit(settings, family, context, step, emit)
+    return done
+
+
+def _publish(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: Emit) -> None:
+    if plan.publish is None:
+        emit({"event": "publish", "skipped": "no --publish command"})
+        return
+    verifiers = plan.publish_format == "pgbouncer"
+    found = handout_creds(settings, family.group, context, verifiers=verifiers)
+    text = found.render(plan.publish_format)
+    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    try:
+        proc = subprocess.run(
+            plan.publish,
+            shell=True,
+            input=text,
+            text=True,
+            env=env,
+            cwd=settings.root,
+            capture_output=True,
+            timeout=plan.publish_timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise PublishError(
+            f"--publish did not finish within {plan.publish_timeout:.0f}s; {family.group} stays "
+            "in the overlap (both members may log in). Fix it and re-run"
+        ) from None
+    if proc.returncode != 0:
+        raise PublishError(
+            f"--publish exited {proc.returncode}; {family.group} stays in the overlap (both "
+            "members may log in). Fix it and re-run: the next run publishes again"
+        )
+    emit({"event": "publish", "ok": True, "format": plan.publish_format})
+
+
+def _git(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-C", str(settings.root), *args], capture_output=True, text=True, check=False
+    )
+
+
+def _git_commit(
+    settings: Settings, family: RoleFamily, context: str, step: Step, emit: Emit
+) -> None:
+    """Commit exactly the state file and the secrets file (unless git ignores it: a
+    plaintext secrets file must never reach the repository)."""
+    paths = [settings.state_file, settings.secrets_file(context)]
+    tracked = [p for p in paths if _git(settings, "check-ignore", "-q", str(p)).returncode != 0]
+    if not _git(settings, "status", "--porcelain", "--", *map(str, tracked)).stdout.strip():
+        emit({"event": "git commit", "skipped": "nothing changed"})  # a resumed step
+        return
+    added = _git(settings, "add", "--", *map(str, tracked))
+    message = f"rolekit: rotate {family.group} ({context}): {step.value}"
+    done = added.returncode == 0 and (
+        _git(settings, "commit", "-m", message, "--only", "--", *map(str, tracked)).returncode == 0
+    )
+    if not done:
+        raise RolekitError(
+            f"git could not commit {', '.join(shlex.quote(str(p)) for p in tracked)} "
+            f"({(added.stderr or '').strip()[:200]}); the rotation itself is applied"
+        )
+    emit({"event": "git commit", "message": message, "paths": [str(p) for p in tracked]})

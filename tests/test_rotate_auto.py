@@ -1,0 +1,223 @@
+"""``rolekit rotate FAMILY auto``: a whole rotation from cron, resumable, one run at a time.
+
+Each test runs the real CLI against a real cluster; the publish commands are
+small shell commands that read the credentials from their stdin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rolekit.client._document import from_document
+from rolekit.testing import Project
+from tests.catalog_snapshot import role_snapshot
+from tests.deployment.helpers import Client, connect_as, wait_for_no_sessions
+from tests.guards.helpers import can_login, password
+
+AUTO = ("rotate", "my_app", "auto", "--context", "dev", "--apply", "--json")
+#: a publish command: the document on stdin into published.json (in the project folder)
+PUBLISH = "cat > published.json.tmp && mv published.json.tmp published.json"
+
+
+def _auto(project: Project, *args: str, check: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    proc = project.rolekit(*AUTO, *args, check=check)
+    for role in ("my_app_tom", "my_app_jerry"):
+        assert password(project, role) not in proc.stdout + proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, events
+
+
+def _published(project: Project) -> tuple[str, str | None]:
+    creds = from_document((project.root / "published.json").read_text(), "published.json")
+    return creds.preferred[0], creds.alternate[0] if creds.alternate else None
+
+
+def test_not_due_reads_and_changes_nothing(any_project: Project) -> None:
+    project = any_project
+    project.upgrade("dev")
+    before, state = role_snapshot(project.cluster), project.state()
+    code, events = _auto(project, "--max-age", "90d", "--publish", PUBLISH)
+    assert code == 0
+    assert events[0]["event"] == "due check" and events[0]["due"] is False
+    assert events[-1] == {"event": "done", "result": "not due"}
+    assert role_snapshot(project.cluster) == before and project.state() == state
+    assert not (project.root / "published.json").exists()
+
+
+def test_a_due_family_is_rotated_and_published(any_project: Project) -> None:
+    project = any_project
+    project.upgrade("dev")
+    code, events = _auto(project, "--max-age", "0", "--publish", PUBLISH)
+    assert code == 0, events
+    assert [e["event"] for e in events] == [
+        "due check", "phase", "publish", "wait", "phase", "done",
+    ]  # fmt: skip
+    assert events[1]["phase"] == "overlap" and events[4]["phase"] == "steady"
+    assert events[-1]["result"] == "rotated"
+    # the apps got both members during the overlap, the new one first
+    assert _published(project) == ("my_app_jerry", "my_app_tom")
+    assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
+    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"]}
+    # back again: the next due run rotates to tom
+    assert _auto(project, "--max-age", "0", "--publish", PUBLISH)[0] == 0
+    assert can_login(project) == {"my_app_tom": True, "my_app_jerry": False}
+
+
+def test_a_failed_publish_stays_in_the_overlap_and_the_next_run_completes(
+    project: Project,
+) -> None:
+    project.upgrade("dev")
+    code, _ = _auto(project, "--max-age", "0", "--publish", "cat > /dev/null; exit 7")
+    assert code == 1
+    assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}  # no outage
+    new_password = password(project, "my_app_jerry")
+    code, events = _auto(project, "--max-age", "90d", "--publish", PUBLISH)
+    assert code == 0 and events[-1]["result"] == "resumed"
+    assert password(project, "my_app_jerry") == new_password  # no second begin
+    assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
+
+
+def test_apps_that_did_not_move_exit_3_in_the_overlap(project: Project) -> None:
+    project.upgrade("dev")
+    wait_for_no_sessions(project.cluster, "my_app_tom")
+    with Client(connect_as(project, "my_app_tom"), keep=True, interval=0.2) as app:
+        proc = project.rolekit(
+            *AUTO, "--max-age", "0", "--publish", PUBLISH, "--move-timeout", "2", check=False
+        )
+        assert proc.returncode == 3, proc.stderr
+        assert "my_app_tom: app@" in proc.stderr  # names the sessions
+        assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}
+    assert app.failures == []
+    code, events = _auto(project, "--max-age", "90d", "--publish", PUBLISH)
+    assert code == 0 and events[-1]["result"] == "resumed"
+    assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
+
+
+def _spawn_auto(project: Project, publish: str) -> subprocess.Popen[str]:
+    return project.spawn(sys.executable, "-m", "rolekit.cli", *AUTO, "--max-age", "0",
+                         "--publish", publish)  # fmt: skip
+
+
+def _wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() or not path.read_text().strip():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
+#: where a run is killed: the lines of its output to wait for, in order, and
+#: whether an application keeps the old member busy meanwhile (so the run waits)
+KILL_POINTS = {
+    "begin, before its commit": (["ALTER ROLE my_app_jerry PASSWORD <redacted>"], False),
+    "begin, after its commit": (["verified login as my_app_jerry"], False),
+    "publish": ([], False),
+    "wait": (["drain: waiting"], True),
+    "finish, before its commit": (["drained after", 'ALTER ROLE "my_app_tom" NOLOGIN'], False),
+    "finish, after its commit": (["drained after", "verified login as my_app_jerry"], False),
+}
+
+
+@pytest.mark.parametrize("phase", list(KILL_POINTS))
+def test_a_run_killed_with_sigkill_is_completed_by_the_next(project: Project, phase: str) -> None:
+    """SIGKILL at each phase, then the next run (as cron would start it): the
+    family ends steady on the new member, whose password on file works, and
+    an application on the new member never fails meanwhile."""
+    markers, busy = KILL_POINTS[phase]
+    project.upgrade("dev")
+    wait_for_no_sessions(project.cluster, "my_app_tom")
+    started = project.root / "publish.pid"
+    publish = f"echo $$ > {started}; sleep 60" if phase == "publish" else PUBLISH
+    with contextlib.ExitStack() as stack:
+        if busy:  # an application still on the old member: the run waits in the drain
+            app = stack.enter_context(
+                Client(connect_as(project, "my_app_tom"), keep=True, interval=0.2)
+            )
+        run = _spawn_auto(project, publish)
+        assert run.stderr is not None
+        seen = []
+        for marker in markers:
+            for line in run.stderr:
+                seen.append(line)
+                if marker in line:
+                    break
+            else:
+                raise AssertionError(f"{marker!r} never appeared:\n{''.join(seen)}")
+        if phase == "publish":
+            _wait_for(started)
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=30)
+        if phase == "publish":
+            os.kill(int(started.read_text()), signal.SIGKILL)
+        if can_login(project)["my_app_jerry"]:  # the application moves to the new member
+            if busy:
+                app.switch(connect_as(project, "my_app_jerry"))
+            else:
+                app = stack.enter_context(
+                    Client(connect_as(project, "my_app_jerry"), keep=True, interval=0.2)
+                )
+        code, events = _auto(project, "--max-age", "0", "--publish", PUBLISH)
+        assert code == 0, events
+        assert events[-1]["result"] in ("rotated", "resumed")
+        # the password the run set is the one on file: nothing lost, no second begin
+        connect_as(project, "my_app_jerry")().close()
+    assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
+    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"]}
+    assert _published(project)[0] == "my_app_jerry"
+    if busy or phase != "begin, before its commit":
+        assert app.attempts > 0 and app.failures == []
+
+
+def test_two_runs_at_once_the_second_exits_4(project: Project) -> None:
+    project.upgrade("dev")
+    started = project.root / "publish.pid"
+    first = _spawn_auto(project, f"echo $$ > {started}; sleep 3; {PUBLISH}")
+    try:
+        _wait_for(started)
+        began = time.monotonic()
+        proc = project.rolekit(*AUTO, "--max-age", "0", check=False)
+        assert proc.returncode == 4, proc.stderr
+        assert "another 'rolekit rotate' is running" in proc.stderr
+        assert time.monotonic() - began < 30  # at once, not after the first run
+    finally:
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
+
+
+def test_git_commit_commits_exactly_the_state_file_when_secrets_are_ignored(
+    project: Project,
+) -> None:
+    project.upgrade("dev")
+    root = project.root
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    (root / ".gitignore").write_text("passwords.env\npublished.json\n*.lock\n__pycache__/\n")
+    git("init", "-q")
+    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "add", "-A")
+    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "start")
+    env = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
+           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
+    proc = project.rolekit(
+        *AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-commit", check=False, **env
+    )
+    assert proc.returncode == 0, proc.stderr
+    log = git("log", "--format=%s", "-n", "2").splitlines()
+    assert log == ["rolekit: rotate my_app (dev): finish", "rolekit: rotate my_app (dev): begin"]
+    for rev in ("HEAD", "HEAD~1"):
+        assert git("show", "--name-only", "--format=", rev).split() == ["migrations/rotation.json"]
+        assert password(project, "my_app_jerry") not in git("show", rev)
+    assert git("status", "--porcelain") == ""  # the ignored plaintext secrets stay out
