@@ -282,6 +282,14 @@ def password_set_times(reader: Reader) -> dict[str, str]:
     return {role: at.isoformat() for role, at in rows}
 
 
+def password_age(set_at: dict[str, str], member: str) -> float | None:
+    """Seconds since rolekit last set *member*'s password (``None``: no record)."""
+    when = set_at.get(member)
+    if when is None:
+        return None
+    return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(when)).total_seconds()
+
+
 def check_password_age(
     report: FamilyReport, set_at: dict[str, str], max_age_s: float | None, max_age: str
 ) -> None:
@@ -294,9 +302,8 @@ def check_password_age(
     active = report.preferred
     if active is None:
         return
-    when = set_at.get(active)
-    if when is not None:
-        age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(when)).total_seconds()
+    age = password_age(set_at, active)
+    if age is not None:
         report.password_age_s = round(age, 1)
     if max_age_s is None:
         return

@@ -20,7 +20,6 @@ overlap, where both members may log in: no outage.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shlex
 import subprocess
@@ -117,10 +116,7 @@ def _begun_in_catalog(control: ControlConnection, family: RoleFamily, state: Fam
 
 def _due(control: ControlConnection, state: FamilyState, plan: Plan, emit: Emit) -> bool:
     (active,) = state.login
-    set_at = inspection.password_set_times(control).get(active)
-    age = None
-    if set_at is not None:
-        age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(set_at)).total_seconds()
+    age = inspection.password_age(inspection.password_set_times(control), active)
     due = age is None or age >= plan.max_age_s
     emit(
         {
