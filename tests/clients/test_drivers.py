@@ -10,6 +10,8 @@ source be read exactly once per change, without blocking the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -18,8 +20,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 from sqlalchemy import text
 
 from rolekit import client
@@ -178,18 +178,6 @@ class Vault:
         return self.creds
 
 
-def _rotate_tom(cluster: Cluster, password: str) -> None:
-    conn = cluster.connect()
-    try:
-        with conn.cursor() as cur:
-            verifier = encrypt_password(password, TOM, conn, "scram-sha-256")
-            cur.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(TOM)), (verifier,)
-            )
-    finally:
-        conn.close()
-
-
 def _herd_changes(project: Project) -> tuple[CredentialsProvider, Vault, list[Callable[[], None]]]:
     """A provider on a slow vault that caches a stale password, and two changes:
     the vault learns the real one; then tom's password is rotated in the server
@@ -203,7 +191,7 @@ def _herd_changes(project: Project) -> tuple[CredentialsProvider, Vault, list[Ca
         vault.creds = Credentials.of(TOM, tom, JERRY, jerry)
 
     def second() -> None:
-        _rotate_tom(project.cluster, "rotated-" + tom)
+        project.cluster.set_password(TOM, "rotated-" + tom)
         vault.creds = Credentials.of(TOM, "rotated-" + tom, JERRY, jerry)
 
     return provider, vault, [first, second]
@@ -300,14 +288,6 @@ async def _login_async(
         await aconn.close()
 
 
-async def _ticks(stop: asyncio.Event, ticks: list[tuple[float, float]]) -> None:
-    """A 5 ms timer: each (start, end) of one sleep, to find stalls of the loop."""
-    while not stop.is_set():
-        before = time.monotonic()
-        await asyncio.sleep(0.005)
-        ticks.append((before, time.monotonic()))
-
-
 @pytest.mark.parametrize(
     "stack", ["asyncpg", "psycopg-async", "sqlalchemy-asyncpg", "sqlalchemy-psycopg-async"]
 )
@@ -373,47 +353,87 @@ def test_the_loop_never_stalls_50ms_while_200_coroutines_wait_for_a_refresh(
     """200 coroutines whose logins a real server rejects wait for one 300 ms
     read of the source.  The rejection comes from pg_hba.conf (``reject``,
     SQLSTATE 28000), before any SCRAM exchange, so the loop has nothing of the
-    drivers' to compute meanwhile: its 5 ms timer measures rolekit's own
-    share, and never fires more than 50 ms late (a read on the loop would
-    stall it 300 ms).  Both paths: the asyncio driver's
+    drivers' to compute meanwhile.  asyncio's own slow-callback detector
+    (debug mode, ``slow_callback_duration`` 50 ms) reports no callback of
+    50 ms or more during the read: a read on the loop would be one of 300 ms.
+    (It times each callback, so a loaded machine that deschedules the loop's
+    thread between callbacks does not count; a 5 ms timer's lateness would.)
+    Both paths: the asyncio driver's
     (``open_with_fallback_async``) and SQLAlchemy's async engine's (the sync
     loop in a greenlet, reads through ``await_only``)."""
-    from sqlalchemy.pool import NullPool
-
     cluster = herd_project.cluster
     refused = "herd_refused"
     cluster.query_one(f"CREATE ROLE {refused} LOGIN")
     _refuse_in_pg_hba(cluster, refused)
     tom = herd_project.passwords[f"{TOM}.dev"]
+    # A loaded machine can preempt the loop's thread in the middle of a short
+    # callback: each run that sees a callback of 50 ms or more is repeated, up
+    # to three runs.  A read on the loop cannot pass that way: it is a 300 ms
+    # callback in every run, and none may ever be as long as the read.
+    outcomes = []
+    for _run in range(3):
+        blocking = _herd_behind_one_read(cluster, path, refused, tom)
+        outcomes.append(blocking)
+        assert all(took < 0.25 for took, _ in blocking), f"the read ran on the loop: {blocking}"
+        if not blocking:
+            break
+    assert outcomes[-1] == [], f"callbacks of 50 ms or more during the read, each run: {outcomes}"
+
+
+def _herd_behind_one_read(
+    cluster: Cluster, path: str, refused: str, tom: str
+) -> list[tuple[float, str]]:
+    """One run: the callbacks of 50 ms or more while the 200 coroutines wait."""
+    from sqlalchemy.pool import NullPool
+
     vault = Vault(Credentials.of(refused, "never-sent", TOM, "stale-" + tom))
     provider = CredentialsProvider(vault.fetch, description="a test vault")
     provider.current()
     vault.creds = Credentials.of(TOM, tom)
 
-    async def scenario() -> list[tuple[float, float]]:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = 0.05
         engine = None
         if path == "sqlalchemy-asyncpg":
             engine = client.create_async_engine(
                 sa_url(cluster, "asyncpg"), provider, poolclass=NullPool
             )
-        ticks: list[tuple[float, float]] = []
-        stop = asyncio.Event()
-        ticker = asyncio.create_task(_ticks(stop, ticks))
         try:
             logins = (_login_async("asyncpg", cluster, provider, engine) for _ in range(200))
             users = await asyncio.gather(*logins)
         finally:
-            stop.set()
-            await ticker
             if engine is not None:
                 await engine.dispose()
         assert Counter(users) == {TOM: 200}
-        return ticks
 
-    ticks = asyncio.run(scenario())
+    slow = _SlowCallbacks()
+    logging.getLogger("asyncio").addHandler(slow)
+    try:
+        asyncio.run(scenario())
+    finally:
+        logging.getLogger("asyncio").removeHandler(slow)
     assert provider.auth_failure_count >= 200  # every coroutine was refused first...
     assert provider.refresh_count == 1 and vault.on_loop_thread == 0  # ...one read, off-loop
     start, end = vault.reads[-1]
-    during = [b - a - 0.005 for a, b in ticks if start <= a and b <= end]
-    assert len(during) >= 10, f"the timer fired {len(during)} times during the 300 ms read"
-    assert max(during) < 0.05, f"the loop stalled {max(during) * 1000:.0f} ms during the read"
+    return slow.overlapping(start, end)
+
+
+class _SlowCallbacks(logging.Handler):
+    """asyncio's debug-mode reports of callbacks that ran ``slow_callback_duration`` or more."""
+
+    _TOOK = re.compile(r"^Executing (.*) took ([0-9.]+) seconds$", re.DOTALL)
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[tuple[float, float, str]] = []  # (ended, took, what)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if match := self._TOOK.match(record.getMessage()):
+            self.seen.append((time.monotonic(), float(match.group(2)), match.group(1)[:120]))
+
+    def overlapping(self, start: float, end: float) -> list[tuple[float, str]]:
+        return [
+            (took, what) for ended, took, what in self.seen if ended - took < end and ended > start
+        ]
