@@ -202,18 +202,7 @@ def run(major: int | None = None, *, rounds: int = 4, queries: int = 2000) -> di
         info = machine(cluster)
         password = "bench-" + cluster.superuser_password
         cluster.query_one(f"CREATE ROLE {USER} LOGIN")
-        conn = cluster.connect()
-        try:
-            from psycopg2 import sql
-            from psycopg2.extensions import encrypt_password
-
-            with conn.cursor() as cur:
-                verifier = encrypt_password(password, USER, conn, "scram-sha-256")
-                cur.execute(
-                    sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(USER)), (verifier,)
-                )
-        finally:
-            conn.close()
+        cluster.set_password(USER, password)
         creds = work / "credentials.json"
         creds.write_text(json.dumps({"user": USER, "password": password}))
         creds.chmod(0o600)

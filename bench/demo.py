@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import psycopg2
 
 from bench.common import MEMBERS, example
+from bench.load import write_creds
 from rolekit.testing import Cluster, Project
 
 FAMILY = "my_app"
@@ -51,15 +51,6 @@ def step(text: str) -> None:
 
 
 # -- the client load -------------------------------------------------------------
-
-
-def write_creds(path: Path, user: str, password: str) -> None:
-    """Replace the apps' credentials file atomically (the demo's "redeploy")."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump({"user": user, "password": password}, file)
-    os.replace(tmp, path)
 
 
 def client(host: str, port: int, creds_path: str, stop: Any, ok: Any, failed: Any) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 import psycopg2
 
+from rolekit._fileio import atomic_write
+
 #: status of an attempt
 OK, CONNECT_FAILED, QUERY_FAILED = 0, 1, 2
 
@@ -29,11 +31,8 @@ MP = mp.get_context("spawn")
 
 
 def write_creds(path: Path, user: str, password: str) -> None:
-    """Atomically replace the application's credentials file."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"user": user, "password": password}))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Replace the applications' credentials file atomically (mode 0600): a redeploy."""
+    atomic_write(path, json.dumps({"user": user, "password": password}).encode(), fail=OSError)
 
 
 class CredsReader:

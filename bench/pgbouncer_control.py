@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 
 from bench.common import MEMBERS, example, log
 from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
@@ -46,8 +45,7 @@ def _alter(
         with conn.cursor() as cur:
             ident = sql.Identifier(role)
             if password is not None:
-                verifier = encrypt_password(password, role, conn, "scram-sha-256")
-                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(ident), (verifier,))
+                cluster.set_password(role, password, conn=conn)
             if login is not None:
                 cur.execute(
                     sql.SQL("ALTER ROLE {} {}").format(

@@ -40,9 +40,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
-
 from bench import pooled
 from bench.common import MEMBERS, RESULTS, example, log, machine, write_json
 from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
@@ -161,19 +158,6 @@ def _scenario(
         row["sessions"] = sess["sessions"]
     result.update(phase=phase.name, **extra, timeline=timeline)
     return result
-
-
-def _set_password(cluster: Cluster, role: str, password: str) -> None:
-    """``ALTER ROLE ... PASSWORD`` with a SCRAM verifier computed client-side."""
-    conn = cluster.connect()
-    try:
-        verifier = encrypt_password(password, role, conn, "scram-sha-256")
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (verifier,)
-            )
-    finally:
-        conn.close()
 
 
 def _execute(cluster: Cluster, statement: str) -> None:
@@ -568,11 +552,11 @@ def _single_user(
 ) -> tuple[Phase, dict[str, Any]]:
     password = generate_password()
     _execute(cluster, f"CREATE ROLE {SINGLE_USER} LOGIN")
-    _set_password(cluster, SINGLE_USER, password)
+    cluster.set_password(SINGLE_USER, password)
 
     def change() -> tuple[str, str]:
         new = generate_password()
-        _set_password(cluster, SINGLE_USER, new)
+        cluster.set_password(SINGLE_USER, new)
         return SINGLE_USER, new
 
     return _baseline_phase(

@@ -294,14 +294,10 @@ def roles_without_admin(reader: Reader, names: Iterable[str]) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
-def password_verifiers(reader: Reader, names: Iterable[str]) -> dict[str, str | None] | None:
+def password_verifiers(reader: Reader, names: Iterable[str]) -> dict[str, str | None]:
     """The stored password (a SCRAM verifier, an MD5 hash or NULL) of each of
-    *names*, or ``None`` when the current user may not read ``pg_authid``
-    (only a superuser may: ``pg_read_all_data`` does not cover it)."""
-    if not reader.fetchall(sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))[
-        0
-    ][0]:
-        return None
+    *names*.  Only a superuser may read ``pg_authid`` (``pg_read_all_data``
+    does not cover it): check :func:`privileges` first."""
     rows = reader.fetchall(
         sql.SQL("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)"),
         (list(names),),

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -43,7 +44,6 @@ from rolekit.errors import RolekitError
 FORMATS: Final = ("json", "env", "pgpass", "k8s-secret", "pgbouncer", "url")
 #: the key of the credentials document in the Kubernetes Secret
 K8S_DOCUMENT_KEY: Final = "credentials.json"
-_SHELL_SAFE: Final = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,6 @@ def _json(creds: Credentials, family: str, context: str, target: Target) -> str:
     return json.dumps(to_document(creds, family, context), indent=2) + "\n"
 
 
-def _shell(value: str) -> str:
-    """A POSIX-shell word: bare when safe, else single-quoted."""
-    if _SHELL_SAFE.fullmatch(value):
-        return value
-    return "'" + value.replace("'", "'\\''") + "'"
-
-
 def env_prefix(family: str) -> str:
     return family.upper()
 
@@ -97,7 +90,7 @@ def _env(creds: Credentials, family: str, context: str, target: Target) -> str:
     if creds.alternate is not None:
         alt_user, alt_secret = creds.alternate
         pairs += [(f"{prefix}_ALT_USER", alt_user), (f"{prefix}_ALT_PASSWORD", alt_secret.reveal())]
-    return "".join(f"{name}={_shell(value)}\n" for name, value in pairs)
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in pairs)
 
 
 def _pgpass_field(value: str) -> str:

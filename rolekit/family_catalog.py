@@ -17,7 +17,7 @@ from psycopg2 import sql
 from rolekit import catalog, ddl
 from rolekit.catalog import Membership, Reader, RoleInfo
 from rolekit.family import RoleFamily
-from rolekit.rotation.state import FamilyState, Retire
+from rolekit.rotation.state import FamilyState, Phase, Retire
 
 
 class Drift(NamedTuple):
@@ -185,3 +185,8 @@ class FamilyCatalog(NamedTuple):
     def can_log_in(self) -> list[str]:
         """Members that may log in now."""
         return [n for n in self.family.members if n in self.roles and self.roles[n].can_log_in_now]
+
+    def begun_past(self, state: FamilyState) -> bool:
+        """The catalog is in the overlap while *state* is steady: a ``begin`` committed
+        and was killed before it wrote the state file."""
+        return state.phase == Phase.STEADY and set(self.can_log_in()) == set(self.family.members)

@@ -100,14 +100,14 @@ def _server_verifiers(settings: Settings, found: Credentials) -> dict[str, str]:
     """
     members = [user for user, _secret in found.pairs()]
     with ControlConnection.open(settings.require_url(), application_name="rolekit") as control:
-        stored = catalog.password_verifiers(control, members)
-        if stored is None:
+        if not catalog.privileges(control, members).superuser:
             raise PrivilegeError(
                 "--format pgbouncer prints the SCRAM verifiers the server stores (PgBouncer "
                 "can log in to the server with them only if they are the server's own); "
                 "reading them needs a superuser (pg_authid), and the migration user is not "
                 "one. Nothing was printed"
             )
+        stored = catalog.password_verifiers(control, members)
         for user, secret in found.pairs():
             if not (stored.get(user) or "").startswith("SCRAM-SHA-256$"):
                 raise GuardError(

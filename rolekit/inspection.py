@@ -85,7 +85,7 @@ class FamilyReport:
 def _resume_hint(family: RoleFamily, state: FamilyState, found: FamilyCatalog, context: str) -> str:
     """Name the rolekit step that explains a state/catalog difference, if one does."""
     can = set(found.can_log_in())
-    if state.phase == Phase.STEADY and can == set(family.members):
+    if found.begun_past(state):
         return (
             f"; the catalog is in the overlap of a rotation: a 'rolekit rotate {family.group} "
             f"begin --context {context} --apply' was interrupted after its commit. Re-run it to "

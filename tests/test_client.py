@@ -16,8 +16,6 @@ from typing import Any
 import psycopg2
 import pytest
 import sqlalchemy
-from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
@@ -27,7 +25,7 @@ from rolekit.errors import RolekitError
 from rolekit.rotation.state import FamilyState, RotationState
 from rolekit.secrets import Secret, SecretsFile
 from rolekit.testing import Cluster, Project
-from tests.clients.helpers import JERRY, TOM, Workload, set_state, wait_for
+from tests.clients.helpers import JERRY, TOM, Workload, session_users, set_state, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +48,6 @@ def copy_atomically(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copy2(src, tmp)
     os.replace(tmp, dst)
-
-
-def session_users(cluster: Cluster) -> Counter[str]:
-    conn = cluster.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT usename FROM pg_stat_activity WHERE usename LIKE 'my_app%'")
-            return Counter(user for (user,) in cur.fetchall())
-    finally:
-        conn.close()
 
 
 def closed_port() -> int:
@@ -279,10 +267,7 @@ def test_thundering_herd_refreshes_once_per_change(project: Project) -> None:
 
     # change 2: tom's password is rotated in the server and the vault
     new_tom = "rotated-" + tom
-    with cluster.connect() as conn, conn.cursor() as cur:
-        verifier = encrypt_password(new_tom, TOM, conn, "scram-sha-256")
-        cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(TOM)), (verifier,))
-    conn.close()
+    cluster.set_password(TOM, new_tom)
     source[0] = Credentials.of(TOM, new_tom, JERRY, jerry)
     rejected_before = provider.auth_failure_count
     assert herd() == {TOM: 50}

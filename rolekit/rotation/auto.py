@@ -67,7 +67,7 @@ def dry_run(settings: Settings, family: RoleFamily, context: str, plan: Plan, em
     """What a run would do now, reading only: ``not due``, ``would rotate`` or ``would resume``."""
     state = _state(settings, family, context)
     with ControlConnection.open(settings.require_url(), application_name="rolekit") as control:
-        if state.phase == Phase.OVERLAP or _begun_in_catalog(control, family, state):
+        if state.phase == Phase.OVERLAP or FamilyCatalog.read(control, family).begun_past(state):
             verdict = "would resume"
         else:
             verdict = "would rotate" if _due(control, state, plan, emit) else "not due"
@@ -91,7 +91,7 @@ def run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: 
         state = _state(settings, family, context)
         resumed = state.phase == Phase.OVERLAP
         if state.phase == Phase.STEADY:
-            interrupted = _begun_in_catalog(control, family, state)
+            interrupted = FamilyCatalog.read(control, family).begun_past(state)
             if not interrupted and not _due(control, state, plan, emit):
                 return "not due"
             _step(settings, family, context, Step.BEGIN, control, plan, emit)
@@ -105,13 +105,6 @@ def run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: 
         emit({"event": "wait", "for": "the old member to drain", "timeout_s": plan.move_timeout})
         _step(settings, family, context, Step.FINISH, control, plan, emit, extra)
         return "resumed" if resumed else "rotated"
-
-
-def _begun_in_catalog(control: ControlConnection, family: RoleFamily, state: FamilyState) -> bool:
-    """Both members may log in while the state file says steady: an interrupted begin."""
-    return set(FamilyCatalog.read(control, family).can_log_in()) == set(family.members) and (
-        len(state.login) == 1
-    )
 
 
 def _due(control: ControlConnection, state: FamilyState, plan: Plan, emit: Emit) -> bool:

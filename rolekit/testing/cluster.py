@@ -366,6 +366,22 @@ class Cluster:
         except FileNotFoundError:
             return ""
 
+    def set_password(self, role: str, password: str, *, conn: connection | None = None) -> None:
+        """``ALTER ROLE role PASSWORD`` with a SCRAM verifier computed here: the
+        statement, and so the server log, never holds the password.  On *conn*
+        (inside its transaction) when given, else on a connection of its own."""
+        own = conn is None
+        conn = conn or self.connect()
+        try:
+            verifier = encrypt_password(password, role, conn, "scram-sha-256")
+            with conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role)), (verifier,)
+                )
+        finally:
+            if own:
+                conn.close()
+
     def create_migrator(
         self,
         name: str = "migrator",
@@ -392,8 +408,8 @@ class Cluster:
         try:
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(role))
-                verifier = encrypt_password(password, name, conn, "scram-sha-256")
-                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(role), (verifier,))
+            self.set_password(name, password, conn=conn)
+            with conn.cursor() as cur:
                 cur.execute(sql.SQL("ALTER DATABASE postgres OWNER TO {}").format(role))
                 if self.major < 15:  # 15 made the public schema its database owner's
                     cur.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rolekit.testing import Project
+from rolekit.testing import Cluster, Project
 
 TOM, JERRY = "my_app_tom", "my_app_jerry"
 
@@ -29,6 +29,17 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 20.0) ->
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def session_users(cluster: Cluster) -> Counter[str]:
+    """Backends of the family's roles on the server, per user (what the drain sees)."""
+    conn = cluster.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT usename FROM pg_stat_activity WHERE usename LIKE 'my_app%'")
+            return Counter(user for (user,) in cur.fetchall())
+    finally:
+        conn.close()
 
 
 def set_state(project: Project, login: list[str], incoming: str | None = None) -> None:

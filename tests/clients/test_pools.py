@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -19,22 +18,9 @@ import pytest
 from rolekit.client import Credentials, CredentialsProvider
 from rolekit.client import asyncpg as rk_asyncpg
 from rolekit.client import psycopg as rk_psycopg
-from rolekit.testing import Cluster, Project
-from tests.clients.helpers import JERRY, TOM, set_state, wait_for
+from rolekit.testing import Project
+from tests.clients.helpers import JERRY, TOM, session_users, set_state, wait_for
 from tests.clients.test_drivers import conninfo, project_provider
-
-
-def _sessions(cluster: Cluster) -> Counter[str]:
-    """Backends of the two members, on the server (what the drain sees)."""
-    conn = cluster.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT usename FROM pg_stat_activity WHERE usename = ANY(%s)", ([TOM, JERRY],)
-            )
-            return Counter(user for (user,) in cur.fetchall())
-    finally:
-        conn.close()
 
 
 def _start_overlap(project: Project) -> None:
@@ -67,7 +53,7 @@ def test_a_psycopg_pool_moves_every_connection_without_a_stall(
     )  # fmt: skip
     try:
         pool.wait()
-        assert _sessions(project.cluster) == {TOM: 4}
+        assert session_users(project.cluster) == {TOM: 4}
         _start_overlap(project)
         caplog.set_level(logging.INFO, logger="psycopg.pool")
 
@@ -80,7 +66,7 @@ def test_a_psycopg_pool_moves_every_connection_without_a_stall(
         # returned); the connections handed out meanwhile still work
         def moved() -> bool:
             assert {one_query() for _ in range(8)} <= {TOM, JERRY}
-            return _sessions(project.cluster) == {JERRY: 4}
+            return session_users(project.cluster) == {JERRY: 4}
 
         wait_for("every pooled connection on jerry", moved)
         assert {one_query() for _ in range(20)} == {JERRY}
@@ -103,13 +89,13 @@ def test_an_idle_asyncpg_pool_moves_without_being_used(project: Project) -> None
             database="postgres", min_size=4, max_size=4,
         )  # fmt: skip
         try:
-            assert _sessions(project.cluster) == {TOM: 4}
+            assert session_users(project.cluster) == {TOM: 4}
             await asyncio.to_thread(_start_overlap, project)
             # nobody acquires: the watcher replaces the idle connections itself
             await asyncio.to_thread(
                 wait_for,
                 "the idle connections on jerry",
-                lambda: _sessions(project.cluster) == {JERRY: 4},
+                lambda: session_users(project.cluster) == {JERRY: 4},
             )
             async with pool.acquire() as conn:
                 assert await conn.fetchval("SELECT session_user") == JERRY
@@ -129,11 +115,11 @@ def test_an_async_psycopg_pool_moves_every_connection(project: Project) -> None:
         )
         await pool.open(wait=True)
         try:
-            assert _sessions(project.cluster) == {TOM: 4}
+            assert session_users(project.cluster) == {TOM: 4}
             await asyncio.to_thread(_start_overlap, project)
             deadline = time.monotonic() + 20
-            while _sessions(project.cluster) != {JERRY: 4}:
-                assert time.monotonic() < deadline, _sessions(project.cluster)
+            while session_users(project.cluster) != {JERRY: 4}:
+                assert time.monotonic() < deadline, session_users(project.cluster)
                 async with pool.connection() as conn:
                     await conn.execute("SELECT 1")
                 await asyncio.sleep(0.05)
