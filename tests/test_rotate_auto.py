@@ -71,6 +71,10 @@ def test_a_due_family_is_rotated_and_published(any_project: Project) -> None:
     # back again: the next due run rotates to tom
     assert _auto(project, "--max-age", "0", "--publish", PUBLISH)[0] == 0
     assert can_login(project) == {"my_app_tom": True, "my_app_jerry": False}
+    # the server logged every statement (log_statement = all): no password in it
+    log = project.cluster.log_text()
+    for role in ("my_app_tom", "my_app_jerry"):
+        assert password(project, role) not in log
 
 
 def test_a_failed_publish_stays_in_the_overlap_and_the_next_run_completes(
