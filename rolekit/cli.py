@@ -25,7 +25,7 @@ from typing import Any
 import psycopg2
 import sqlalchemy
 
-from rolekit import command, creds_formats, rotate_args, status_text
+from rolekit import command, creds_formats, init_args, rotate_args, status_text
 from rolekit._fileio import atomic_write
 from rolekit.contexts import primary_context
 from rolekit.errors import ExitCode, RolekitError, first_line
@@ -47,6 +47,7 @@ _EXAMPLES = {
     "check": "rolekit check --context prod || echo drift",
     "gen-password": "rolekit gen-password my_app_tom --context dev --write",
     "clear-checksums": "rolekit clear-checksums allow_login_for_my_app   # next upgrade re-runs it",
+    "init": "rolekit init --family my_app --members my_app_tom,my_app_jerry --dry-run",
 }
 
 
@@ -252,6 +253,19 @@ def cmd_clear_checksums(args: argparse.Namespace, out: _Output) -> int:
     return ExitCode.OK
 
 
+def cmd_init(args: argparse.Namespace, out: _Output) -> int:
+    report = command.init(
+        args.config,
+        family=args.family,
+        members=init_args.split(args.members),
+        contexts=init_args.split(args.contexts),
+        force=args.force,
+        dry_run=args.dry_run,
+    )
+    out.emit(init_args.to_json(report, args.dry_run), init_args.render(report, args.dry_run))
+    return int(report.exit_code)
+
+
 # -- parser ---------------------------------------------------------------------
 
 
@@ -278,12 +292,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help: str, fn: Command, description: str = "") -> argparse.ArgumentParser:
+    def add(
+        name: str, help: str, fn: Command, description: str = "", *, contexts: bool = True
+    ) -> argparse.ArgumentParser:
         parser = sub.add_parser(
             name,
             help=help,
             description=f"{help}.\n\n{description}".strip(),
-            parents=[common, ctx],
+            parents=[common, ctx] if contexts else [common],
             epilog="example:\n  " + _EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -339,20 +355,7 @@ def _parser() -> argparse.ArgumentParser:
         "creds",
         "print the credentials applications should use now",
         cmd_creds,
-        "Both members that may log in, the preferred one first (during a rotation's overlap\n"
-        "an application that can fall back uses the second when the first is refused).\n"
-        "Formats, and what each is for:\n"
-        "  json        CredentialsProvider.from_file (a mounted file); same as --json\n"
-        "  env         a POSIX shell: set -a; . ./creds.env; set +a (values quoted for sh):\n"
-        "              PGUSER, PGPASSWORD and <FAMILY>_USER/_PASSWORD/_ALT_USER/_ALT_PASSWORD\n"
-        "              (CredentialsProvider.from_env('<FAMILY>'))\n"
-        "  pgpass      libpq's password file, one line per member\n"
-        "  k8s-secret  a v1 Secret for 'kubectl apply -f -' (stable name, labels)\n"
-        "  pgbouncer   PgBouncer auth_file lines: the SCRAM verifiers the server stores\n"
-        "              (read from pg_authid: needs a superuser), never a password\n"
-        "  url         postgresql://user:password@host:port/db (password percent-encoded)\n"
-        "Secrets go to stdout, or with --output to a file written atomically with mode 0600;\n"
-        "never to arguments or the environment of other processes.",
+        creds_formats.HELP,
     )
     p.add_argument("family")
     p.add_argument("--format", choices=creds_formats.FORMATS, help="output format (see above)")
@@ -397,6 +400,14 @@ def _parser() -> argparse.ArgumentParser:
         "it. For one run only, 'alembic -x rerun=ID upgrade head' does the same.",
     )
     p.add_argument("ids", nargs="+", metavar="ID", help="repeatable id(s)")
+    p = add(
+        "init",
+        "add rolekit to an existing Alembic project",
+        cmd_init,
+        init_args.INIT_HELP,
+        contexts=False,
+    )
+    init_args.add_init_arguments(p)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg2 import sql
 from sqlalchemy import create_engine, pool
 
-from rolekit import inspection
+from rolekit import inspection, scaffold
 from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts, primary_context
 from rolekit.creds_formats import FORMATS
@@ -406,3 +407,27 @@ def clear_checksums(config: ConfigLike, ids: Sequence[str]) -> list[str]:
             (list(ids),),
         )
     return sorted(set(ids))
+
+
+# -- project setup ----------------------------------------------------------------
+
+
+def init(
+    config: str | os.PathLike[str] = "alembic.ini",
+    *,
+    family: str | None = None,
+    members: Sequence[str] = (),
+    contexts: Sequence[str] = scaffold.DEFAULT_CONTEXTS,
+    force: bool = False,
+    dry_run: bool = False,
+) -> scaffold.InitReport:
+    """Add rolekit to the Alembic project of *config* (``rolekit init``).
+
+    With *family* it also declares that role family: a first revision, its
+    repeatables and its rotation state.  Reads no database: it can run before
+    the database exists.  See :mod:`rolekit.scaffold`.
+    """
+    if members and not family:
+        raise RolekitError("--members needs --family (the group role the members belong to)")
+    spec = scaffold.FamilySpec.parse(family, members, contexts) if family else None
+    return scaffold.init_project(config, family=spec, force=force, dry_run=dry_run)

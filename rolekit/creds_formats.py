@@ -42,6 +42,25 @@ from rolekit.client._document import to_document
 from rolekit.errors import RolekitError
 
 FORMATS: Final = ("json", "env", "pgpass", "k8s-secret", "pgbouncer", "url")
+
+#: ``rolekit creds --help``: the formats, and what consumes each
+HELP: Final = (
+    "Both members that may log in, the preferred one first (during a rotation's overlap\n"
+    "an application that can fall back uses the second when the first is refused).\n"
+    "Formats, and what each is for:\n"
+    "  json        CredentialsProvider.from_file (a mounted file); same as --json\n"
+    "  env         a POSIX shell: set -a; . ./creds.env; set +a (values quoted for sh):\n"
+    "              PGUSER, PGPASSWORD and <FAMILY>_USER/_PASSWORD/_ALT_USER/_ALT_PASSWORD\n"
+    "              (CredentialsProvider.from_env('<FAMILY>'))\n"
+    "  pgpass      libpq's password file, one line per member\n"
+    "  k8s-secret  a v1 Secret for 'kubectl apply -f -' (stable name, labels)\n"
+    "  pgbouncer   PgBouncer auth_file lines: the SCRAM verifiers the server stores\n"
+    "              (read from pg_authid: needs a superuser), never a password\n"
+    "  url         postgresql://user:password@host:port/db (password percent-encoded)\n"
+    "Secrets go to stdout, or with --output to a file written atomically with mode 0600;\n"
+    "never to arguments or the environment of other processes."
+)
+
 #: the key of the credentials document in the Kubernetes Secret
 K8S_DOCUMENT_KEY: Final = "credentials.json"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 _INCLUDE = re.compile(r"<!-- include (\S+) -->\n```[a-z]*\n(.*?)```\n", re.DOTALL)
-_EXAMPLE_SUFFIXES = (".py", ".yaml", ".sh")
+_EXAMPLE_SUFFIXES = (".py", ".yaml", ".sh", ".crontab")
 
 
 def test_each_included_block_is_its_file_and_every_example_is_included() -> None:

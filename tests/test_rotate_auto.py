@@ -91,6 +91,24 @@ def test_a_failed_publish_stays_in_the_overlap_and_the_next_run_completes(
     assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
 
 
+def test_the_publish_command_gets_none_of_rolekits_secrets_in_its_environment(
+    project: Project,
+) -> None:
+    """Credentials on stdin only: the migrator's password (in DATABASE_URL or
+    PGPASSWORD) and the age identity stay with rolekit."""
+    project.upgrade("dev")
+    private = {"PGPASSWORD": "pg-secret-4711", "ROLEKIT_AGE_IDENTITY": "AGE-SECRET-KEY-4711"}
+    publish = f"env > publish.env; {PUBLISH}"
+    proc = project.rolekit(*AUTO, "--max-age", "0", "--publish", publish, **private)
+    assert '"result": "rotated"' in proc.stdout
+    seen = (project.root / "publish.env").read_text()
+    assert "ROLEKIT_AGE_IDENTITY=" not in seen and "DATABASE_URL=" not in seen
+    assert "PGPASSWORD=" not in seen and "4711" not in seen and project.password not in seen
+    for role in ("my_app_tom", "my_app_jerry"):
+        assert password(project, role) not in seen
+    assert "PATH=" in seen  # the rest of the environment is passed on
+
+
 def test_apps_that_did_not_move_exit_3_in_the_overlap(project: Project) -> None:
     project.upgrade("dev")
     wait_for_no_sessions(project.cluster, "my_app_tom")

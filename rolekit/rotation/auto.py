@@ -36,10 +36,18 @@ from rolekit.rotation.state import FamilyState, Phase, RotationState
 from rolekit.rotation.workflow import Step, Transition, rotate_lock, rotate_locked
 from rolekit.runtime.config import Settings
 from rolekit.runtime.control import ControlConnection
+from rolekit.secrets import AGE_IDENTITY_ENV
 
 #: environment variables that may carry rolekit's own secrets (URLs with a
-#: password): never passed on to the publish command
-_PRIVATE_ENV: Final = ("DATABASE_URL", "ROLEKIT_REPLICAS", "ROLEKIT_POOLERS")
+#: password, libpq's password, the age identity that decrypts every password):
+#: never passed on to the publish command
+_PRIVATE_ENV: Final = (
+    "DATABASE_URL",
+    "ROLEKIT_REPLICAS",
+    "ROLEKIT_POOLERS",
+    "PGPASSWORD",
+    AGE_IDENTITY_ENV,
+)
 
 Emit = Callable[[dict[str, Any]], None]
 

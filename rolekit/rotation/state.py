@@ -298,11 +298,14 @@ class RotationState:
             data["members"] = {f: list(pair) for f, pair in sorted(self.members.items())}
         return data
 
+    def render(self) -> str:
+        """The file's text, as :meth:`save` writes it."""
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
     def save(self) -> None:
         """Write atomically (fsynced), so a crash never leaves a torn file for a deploy."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(self.to_json(), indent=2) + "\n"
-        atomic_write(self.path, data.encode("utf-8"), mode=0o644, fail=RolekitError)
+        atomic_write(self.path, self.render().encode("utf-8"), mode=0o644, fail=RolekitError)
 
 
 @contextlib.contextmanager

@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from alembic import command as alembic_command
-from alembic.config import Config
 
 from rolekit.errors import RolekitError, RotationStateError
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
 from rolekit.rotation.state import FamilyState, Phase, RotationState, locked
-from rolekit.runtime.config import Settings
+from rolekit.runtime.config import Settings, alembic_config
 from rolekit.runtime.control import ControlConnection
 from rolekit.runtime.environment import ROTATION_ATTRIBUTE, SETTINGS_ATTRIBUTE, MigrationFailed
 from rolekit.runtime.logins import login_works
@@ -126,7 +125,7 @@ def _finish(family: RoleFamily, context: str, current: FamilyState | None) -> Fa
 
 
 def _upgrade(settings: Settings, context: str, extra: Sequence[str], target: RotationState) -> None:
-    config = Config(str(settings.ini_path))
+    config = alembic_config(settings.ini_path)
     config.cmd_opts = argparse.Namespace(x=[f"context={context}", *extra])
     config.attributes[ROTATION_ATTRIBUTE] = target
     config.attributes[SETTINGS_ATTRIBUTE] = settings

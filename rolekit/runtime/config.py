@@ -31,6 +31,8 @@ DEFAULT_LOCK_WAIT = 300.0
 DEFAULT_DRAIN_QUIET_PERIOD = 90.0
 #: seconds to wait after the commit for every replica to replay it
 DEFAULT_REPLICA_WAIT = 30.0
+#: the SQLAlchemy driver of rolekit's migrations and connections
+MIGRATION_DRIVER = "postgresql+psycopg2"
 #: the word in ``replicas`` that turns the check for unknown standbys off
 REPLICAS_UNCHECKED = "unchecked"
 
@@ -154,9 +156,41 @@ class Settings:
         return self.min_password_length.get(context.lower(), self.default_min_password_length)
 
     def require_url(self) -> str:
+        """The database URL, for psycopg2 whatever PostgreSQL driver it names.
+
+        An async project's ``sqlalchemy.url`` names asyncpg or psycopg:
+        rolekit still runs the migrations and its checks through psycopg2
+        (they are synchronous, and the verifiers come from psycopg2), while
+        the application keeps its own driver.
+        """
         if not self.database_url:
             raise RolekitError("no database URL: set DATABASE_URL or sqlalchemy.url in alembic.ini")
-        return self.database_url
+        from sqlalchemy.engine import make_url  # not at import: rolekit.client needs no SQLAlchemy
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(self.database_url)
+        except ArgumentError:
+            raise RolekitError(
+                "the database URL (DATABASE_URL or sqlalchemy.url) cannot be parsed: expected "
+                "postgresql://user@host:port/database"
+            ) from None
+        if url.get_backend_name() not in ("postgresql", "postgres"):
+            raise RolekitError(
+                f"the database URL names {url.drivername!r}: rolekit needs PostgreSQL "
+                "(postgresql://user@host:port/database in DATABASE_URL or sqlalchemy.url)"
+            )
+        return url.set(drivername=MIGRATION_DRIVER).render_as_string(hide_password=False)
+
+
+def alembic_config(ini: Path) -> Config:
+    """The project's Alembic config as its command line reads it: alembic.ini, and
+    the pyproject.toml beside it (``alembic init -t pyproject`` keeps
+    ``script_location`` there)."""
+    from alembic.config import Config  # not at import: rolekit.client needs no Alembic
+
+    toml = ini.parent / "pyproject.toml"
+    return Config(str(ini), toml_file=str(toml) if toml.is_file() else None)
 
 
 def x_argument(env: EnvironmentContext | None, name: str) -> str:

@@ -20,7 +20,6 @@ import psycopg2
 import sqlalchemy.exc
 from psycopg2 import sql
 from sqlalchemy import Connection, create_engine, pool
-from sqlalchemy.engine import make_url
 
 from rolekit.catalog import PG15
 from rolekit.errors import BusyError, UnreachableError, first_line
@@ -46,11 +45,8 @@ class ControlConnection:
     @contextlib.contextmanager
     def open(cls, url: str, *, application_name: str = "rolekit") -> Iterator[ControlConnection]:
         """Connect like the migration does (same URL, same driver options)."""
-        parsed = make_url(url)
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg2")
         engine = create_engine(
-            parsed,
+            url,
             poolclass=pool.NullPool,
             connect_args={"application_name": application_name},
         )

@@ -1,0 +1,215 @@
+"""What ``rolekit init`` does with a project's ``env.py``.
+
+Three cases, told apart by reading the file, never by guessing:
+
+* it already runs rolekit (imports ``rolekit.runtime.environment``): nothing;
+* it is exactly one of the env.py files the installed Alembic's ``alembic
+  init`` writes (``generic``, ``async``, ``pyproject``, ``pyproject_async``):
+  nothing of the user's is in it, so it is replaced by rolekit's two-line
+  env.py, keeping ``target_metadata``;
+* anything else is the user's: when its last statement is Alembic's
+  ``if context.is_offline_mode(): ... else: ...`` dispatch, the change is
+  the import and that block replaced by ``run_migrations(...)``, shown as a
+  diff and made only with ``--force``; otherwise the exact lines to add and
+  where are printed, and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+import alembic
+
+#: the import rolekit's env.py integration needs
+IMPORT_LINE = "from rolekit.runtime.environment import run_migrations"
+#: the templates of ``alembic init -t NAME`` whose env.py is replaced as a whole
+STOCK_TEMPLATES = ("generic", "async", "pyproject", "pyproject_async")
+
+ENV_PY = '''"""Alembic environment: the project's migrations, then rolekit's repeatables.
+
+Written by `rolekit init` in place of Alembic's template. The database URL is
+DATABASE_URL when set, else sqlalchemy.url in alembic.ini; rolekit runs the
+migrations through psycopg2 whatever driver the URL names (an application can
+keep asyncpg or psycopg). The revisions and the repeatables run in one
+transaction, under an advisory lock; waits (the drain) happen outside it.
+Options: -x context=dev (or ROLEKIT_CONTEXT), -x drain_timeout=S,
+-x terminate=true, -x pg_version=N for offline --sql runs.
+"""
+
+from logging.config import fileConfig
+
+from alembic import context
+
+from rolekit.runtime.environment import run_migrations
+
+if context.config.config_file_name is not None:
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+
+# add your model's MetaData object here for 'autogenerate' support:
+# from myapp import mymodel
+# target_metadata = mymodel.Base.metadata
+target_metadata = None
+
+run_migrations(context, target_metadata=target_metadata)
+'''
+
+WRAPPER = """\
+    with RolekitRun(context, connection) as rolekit:  # lock and drain first, no lock held
+        context.configure(connection=connection, transaction_per_migration=False)
+        with context.begin_transaction():
+            context.run_migrations()
+            rolekit.apply_repeatables()  # then the checks after the commit"""
+
+
+class EnvPyCase(enum.Enum):
+    INTEGRATED = "integrated"
+    STOCK = "stock"
+    PATCHABLE = "patchable"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class EnvPyPlan:
+    """What to do with one env.py."""
+
+    case: EnvPyCase
+    #: the new text (STOCK, PATCHABLE); ``None`` when the file stays as it is
+    new_text: str | None
+    #: for the user: what was found, and for MANUAL the lines to add and where
+    note: str
+
+
+def stock_env_texts() -> dict[str, str]:
+    """The env.py of each template of the installed Alembic."""
+    root = Path(alembic.__file__).parent / "templates"
+    found = {}
+    for name in STOCK_TEMPLATES:
+        path = root / name / "env.py"
+        if path.is_file():
+            found[name] = path.read_text(encoding="utf-8")
+    return found
+
+
+def plan_env_py(text: str) -> EnvPyPlan:
+    """Decide what ``rolekit init`` does with an env.py holding *text*."""
+    if "rolekit.runtime.environment" in text:
+        return EnvPyPlan(EnvPyCase.INTEGRATED, None, "already runs rolekit")
+    for name, stock in stock_env_texts().items():
+        if text == stock:
+            note = f"was Alembic's {name!r} template: replaced by rolekit's env.py"
+            if "async" in name:
+                note += " (migrations run through psycopg2; the application keeps its async driver)"
+            return EnvPyPlan(EnvPyCase.STOCK, ENV_PY, note)
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        return EnvPyPlan(
+            EnvPyCase.MANUAL, None, f"cannot be parsed (line {exc.lineno}): {_manual(None)}"
+        )
+    dispatch = _dispatch_block(tree)
+    if dispatch is None:
+        return EnvPyPlan(EnvPyCase.MANUAL, None, _manual(tree))
+    return EnvPyPlan(
+        EnvPyCase.PATCHABLE,
+        _patched(text, tree, dispatch),
+        "is customised: the import goes after the imports, and rolekit's run_migrations "
+        f"replaces the 'if context.is_offline_mode()' block (lines {dispatch.lineno}-"
+        f"{dispatch.end_lineno}); the functions it called stay, unused",
+    )
+
+
+def _is_offline_test(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "is_offline_mode"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "context"
+    )
+
+
+def _dispatch_block(tree: ast.Module) -> ast.If | None:
+    """Alembic's closing ``if context.is_offline_mode(): ... else: ...``, if it ends the file."""
+    last = tree.body[-1] if tree.body else None
+    if isinstance(last, ast.If) and _is_offline_test(last.test) and last.orelse:
+        return last
+    return None
+
+
+def _assigns(tree: ast.Module, name: str) -> bool:
+    """Whether the module binds *name* at its top level."""
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return True
+    return False
+
+
+def _call(tree: ast.Module | None) -> str:
+    if tree is not None and _assigns(tree, "target_metadata"):
+        return "run_migrations(context, target_metadata=target_metadata)"
+    return "run_migrations(context)"
+
+
+def _last_import_line(tree: ast.Module) -> int:
+    """The last line of the module's leading run of imports (0: none)."""
+    end = 0
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            end = node.end_lineno or node.lineno
+        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            break  # the docstring may come first; anything else ends the imports
+    return end
+
+
+def _patched(text: str, tree: ast.Module, dispatch: ast.If) -> str:
+    lines = text.splitlines(keepends=True)
+    start, end = dispatch.lineno - 1, dispatch.end_lineno or dispatch.lineno
+    body = [*lines[:start], _call(tree) + "\n", *lines[end:]]
+    at = _last_import_line(tree)
+    return "".join([*body[:at], IMPORT_LINE + "\n", *body[at:]])
+
+
+def _find_call(tree: ast.Module, attr: str) -> int | None:
+    """The line of the first ``context.<attr>(...)`` call anywhere in the module."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == attr
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "context"
+        ):
+            return node.lineno
+    return None
+
+
+def _manual(tree: ast.Module | None) -> str:
+    """The lines to add, and where, for an env.py rolekit cannot edit safely."""
+    where_import = ""
+    configure = run = None
+    if tree is not None:
+        where_import = f" after line {_last_import_line(tree)}"
+        configure = _find_call(tree, "configure")
+        run = _find_call(tree, "run_migrations")
+    where_run = (
+        f" (your context.configure() is on line {configure}, context.run_migrations() on "
+        f"line {run})"
+        if configure and run
+        else ""
+    )
+    return (
+        "rolekit cannot edit it safely; add these lines by hand.\n"
+        f"  1. the import{where_import}:\n      {IMPORT_LINE}\n"
+        f"  2. instead of the code that configures and runs the migrations{where_run}:\n"
+        f"      {_call(tree)}\n"
+        "  or, to keep your own engine and connection, import RolekitRun from the same module\n"
+        "  and wrap the configure and the transaction on that connection:\n"
+        f"{WRAPPER}\n"
+        "  (RolekitRun needs a psycopg2 connection: in an async env.py, use run_migrations.)"
+    )
