@@ -417,7 +417,7 @@ def init(
     *,
     family: str | None = None,
     members: Sequence[str] = (),
-    contexts: Sequence[str] = scaffold.DEFAULT_CONTEXTS,
+    contexts: Sequence[str] | None = None,
     force: bool = False,
     dry_run: bool = False,
 ) -> scaffold.InitReport:
@@ -427,7 +427,11 @@ def init(
     repeatables and its rotation state.  Reads no database: it can run before
     the database exists.  See :mod:`rolekit.scaffold`.
     """
-    if members and not family:
-        raise RolekitError("--members needs --family (the group role the members belong to)")
-    spec = scaffold.FamilySpec.parse(family, members, contexts) if family else None
+    if (members or contexts) and not family:
+        raise RolekitError(
+            "--members and --contexts need --family (the group role the members belong to)"
+        )
+    spec = None
+    if family:
+        spec = scaffold.FamilySpec.parse(family, members, contexts or scaffold.DEFAULT_CONTEXTS)
     return scaffold.init_project(config, family=spec, force=force, dry_run=dry_run)

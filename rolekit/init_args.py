@@ -11,8 +11,8 @@ from rolekit.scaffold import DEFAULT_CONTEXTS, Action, FileChange, InitReport
 INIT_HELP: Final = (
     "Run it in the folder of alembic.ini (or name it with -c). It adds:\n"
     "  env.py's two lines (Alembic's untouched template is replaced by rolekit's env.py;\n"
-    "    a customised one is shown as a diff and changed only with --force, or, when\n"
-    "    rolekit cannot edit it safely, the lines to add and where are printed, exit 1),\n"
+    "    for a customised one the change is printed, as a diff --force applies, or as the\n"
+    "    lines to add and where when rolekit cannot edit it safely; then it exits 1),\n"
     "  [rolekit] in alembic.ini, the repeatables folder, an empty rotation.json,\n"
     "  passwords.env and rolekit's lock files in .gitignore, passwords.env.example.\n"
     "--family NAME --members A,B also writes a first revision (op.create_role_family and\n"
@@ -43,8 +43,9 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--contexts",
         metavar="C1,C2",
-        default=",".join(DEFAULT_CONTEXTS),
-        help="the contexts to declare passwords and login state for (default: %(default)s)",
+        default="",
+        help="the contexts to declare passwords and login state for (default: "
+        f"{','.join(DEFAULT_CONTEXTS)})",
     )
     parser.add_argument(
         "--force", action="store_true", help="replace files that exist with other content"
@@ -59,12 +60,8 @@ def split(value: str) -> list[str]:
 
 
 def _verb(change: FileChange, report: InitReport) -> str:
-    if change.forced:
-        return "replace"
-    verb = _VERBS[change.action]
-    if change.writes and not report.applied:
-        return f"would {verb}"
-    return verb
+    verb = "replace" if change.forced else _VERBS[change.action]
+    return f"would {verb}" if change.writes and not report.applied else verb
 
 
 def to_json(report: InitReport, dry_run: bool) -> dict[str, Any]:
@@ -91,15 +88,16 @@ def to_json(report: InitReport, dry_run: bool) -> dict[str, Any]:
 
 def render(report: InitReport, dry_run: bool) -> str:
     """The report for a person: one line per file, the diffs that need a decision, what next."""
+    manual = report.manual
     rows = [
-        f"  {_verb(c, report):<15} {os.path.relpath(c.path, report.root):<44} {c.note}"
+        f"  {_verb(c, report):<15} {os.path.relpath(c.path, report.root):<44} "
+        + ("(below)" if c in manual else c.note)
         for c in report.changes
-        if c.action is not Action.MANUAL
     ]
     lines = [f"rolekit init in {report.root}", *rows]
-    show = [c for c in report.changes if c.action is Action.CONFLICT or (dry_run and c.writes)]
+    show = [c for c in report.changes if c.waits_for_user or (dry_run and c.writes)]
     lines += [c.diff(report.root).rstrip("\n") for c in show if c.after is not None]
-    lines += [f"env.py {c.note}" for c in report.manual]
+    lines += [f"{os.path.relpath(c.path, report.root)} {c.note}" for c in manual]
     lines += [f"warning: {w}" for w in report.warnings]
     if report.conflicts:
         lines.append(

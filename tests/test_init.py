@@ -133,7 +133,11 @@ def test_an_async_alembic_project_rotates_after_init(
     """``alembic init -t async`` with an asyncpg URL: the application keeps asyncpg,
     rolekit's migrations and checks run through psycopg2."""
     project = new_project(tmp_path / "app", cluster, template=template)
-    url = make_url(project.url).set(drivername="postgresql+asyncpg")
+    # asyncpg's own URL options: translated (ssl) or dropped for psycopg2
+    url = make_url(project.url).set(
+        drivername="postgresql+asyncpg",
+        query={"ssl": "disable", "prepared_statement_cache_size": "0"},
+    )
     report = init(project, *FAMILY)
     assert "async" in next(f["note"] for f in report["files"] if f["path"].endswith("env.py"))
     _rotate_in_new_project(project, DATABASE_URL=url.render_as_string(hide_password=False))
@@ -158,23 +162,28 @@ def _customise(project: Project) -> Path:
     return env_py
 
 
-def test_a_customised_env_py_is_changed_only_with_force(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_customised_env_py_gets_the_lines_as_a_diff_that_force_applies(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     project = new_project(tmp_path / "app", cluster)
     env_py = _customise(project)
-    files = tree(project.root)
-    report = init(project, *FAMILY, code=3)
-    assert tree(project.root) == files  # nothing written, not even the files without conflict
-    [conflict] = [f for f in report["files"] if f["action"] == "conflict"]
-    assert conflict["path"] == "migrations/env.py"
-    assert f"+{IMPORT_LINE}\n" in conflict["diff"]
-    assert "+run_migrations(context, target_metadata=target_metadata)\n" in conflict["diff"]
-    assert "-if context.is_offline_mode():\n" in conflict["diff"]
-    text = project.rolekit("init", *FAMILY, check=False).stdout
-    assert "re-run with --force" in text and f"+{IMPORT_LINE}" in text
+    customised = env_py.read_text()
+    report = init(project, *FAMILY, code=1)
+    assert env_py.read_text() == customised  # the user's file is not touched ...
+    assert (project.root / "migrations" / "repeatable" / "my_app.py").exists()  # ... the rest is
+    [manual] = [f for f in report["files"] if f["action"] == "manual"]
+    assert manual["path"] == "migrations/env.py"
+    assert f"+{IMPORT_LINE}\n" in manual["diff"]
+    assert "+run_migrations(context, target_metadata=target_metadata)\n" in manual["diff"]
+    assert "-if context.is_offline_mode():\n" in manual["diff"]
+    text = project.rolekit("init", *FAMILY, check=False)
+    assert text.returncode == 1 and "re-run with --force" in text.stdout
+    assert f"+{IMPORT_LINE}" in text.stdout and env_py.read_text() == customised
 
     init(project, *FAMILY, "--force")
     source = env_py.read_text()
     assert "target_metadata = sa.MetaData()" in source and "compare_type=True" in source
+    assert set(actions(init(project, *FAMILY)).values()) == {"unchanged"}
     _rotate_in_new_project(project)
 
 
@@ -342,7 +351,8 @@ def test_dry_run_shows_every_change_and_writes_nothing(tmp_path: Path) -> None:
         (("--family", "my_app", "--members", "a,a"), "--members needs two different roles"),
         (("--family", "My-App", "--members", "a,b"), "family name 'My-App' is not allowed"),
         (("--family", "my_app", "--members", "a,b;drop"), "member name 'b;drop' is not allowed"),
-        (("--members", "a,b"), "--members needs --family"),
+        (("--members", "a,b"), "--members and --contexts need --family"),
+        (("--contexts", "dev"), "--members and --contexts need --family"),
         ((*FAMILY, "--contexts", "dev,pr od"), "context"),
         (("-c", "nowhere.ini"), "nowhere.ini does not exist"),
     ],
@@ -390,3 +400,173 @@ def test_a_project_with_several_heads_is_refused(tmp_path: Path) -> None:
     proc = project.rolekit("init", *FAMILY, check=False)
     assert proc.returncode == 2 and "merge them first" in proc.stderr
     assert tree(project.root) == files
+
+
+# -- found in review ------------------------------------------------------------------
+
+
+def test_an_existing_rolekit_section_is_read_as_rolekit_reads_it(tmp_path: Path) -> None:
+    """``%(here)s`` in [rolekit] means the folder of alembic.ini, as at run time."""
+    project = new_project(tmp_path / "app")
+    ini = project.root / "alembic.ini"
+    ini.write_text(
+        ini.read_text()
+        + "\n[rolekit]\nrepeatables = %(here)s/db/rep\nstate = %(here)s/db/state.json\n"
+    )
+    init(project, *FAMILY)
+    assert (project.root / "db" / "rep" / "my_app.py").is_file()
+    assert "my_app" in json.loads((project.root / "db" / "state.json").read_text())["families"]
+    assert not any("%(here)s" in str(p) for p in project.root.rglob("*"))
+
+
+def test_a_family_whose_name_starts_with_an_underscore_is_loaded(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    init(project, "--family", "_app", "--members", "_app_a,_app_b")
+    from rolekit.repeatable.loader import load_repeatables
+
+    found = load_repeatables(project.root / "migrations" / "repeatable")
+    assert "allow_login_for__app" in {rep.id for rep in found}
+
+
+def _set_ini(project: Project, old: str, new: str) -> None:
+    ini = project.root / "alembic.ini"
+    text = ini.read_text()
+    assert old in text
+    ini.write_text(text.replace(old, new))
+
+
+def test_a_failing_post_write_hook_leaves_nothing_written(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    _set_ini(
+        project,
+        "[post_write_hooks]\n",
+        "[post_write_hooks]\nhooks = fmt\nfmt.type = exec\nfmt.executable = /nonexistent/black\n",
+    )
+    files = tree(project.root)
+    proc = project.rolekit("init", *FAMILY, "--json", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "could not write the revision" in json.loads(proc.stdout)["error"]
+    assert "Traceback" not in proc.stderr
+    assert tree(project.root) == files
+
+
+def test_json_is_one_document_whatever_hooks_print_and_names_the_real_file(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app", in_process=False)  # the hook writes to fd 1
+    hook = project.root / "hook.sh"
+    hook.write_text('#!/bin/sh\necho HOOK-OUTPUT "$@"\n')
+    hook.chmod(0o755)
+    _set_ini(
+        project,
+        "[post_write_hooks]\n",
+        f"[post_write_hooks]\nhooks = say\nsay.type = exec\nsay.executable = {hook}\n",
+    )
+    _set_ini(
+        project,
+        "# file_template = %%(year)d_%%(month).2d_%%(day).2d_%%(hour).2d%%(minute).2d-%%(rev)s_%%(slug)s",
+        "file_template = %%(year)d_%%(rev)s_%%(slug)s",
+    )
+    proc = project.rolekit("init", *FAMILY, "--json")
+    report = json.loads(proc.stdout)  # one document: the hook's output went to stderr
+    assert "HOOK-OUTPUT" in proc.stderr
+    [revision] = [f["path"] for f in report["files"] if f["path"].startswith("migrations/versions")]
+    assert (project.root / revision).is_file() and Path(revision).name.startswith("20")
+
+
+def test_a_template_without_upgrades_is_refused_and_the_revision_not_kept(
+    tmp_path: Path,
+) -> None:
+    project = new_project(tmp_path / "app")
+    mako = project.root / "migrations" / "script.py.mako"
+    mako.write_text(mako.read_text().replace('${upgrades if upgrades else "pass"}', "pass"))
+    files = tree(project.root)
+    proc = project.rolekit("init", *FAMILY, check=False)
+    assert proc.returncode == 2 and "does not place ${upgrades}" in proc.stderr
+    assert tree(project.root) == files
+
+
+def test_only_a_committed_gitignore_counts(tmp_path: Path) -> None:
+    """A rule in .git/info/exclude protects this clone only, not a teammate's."""
+    project = new_project(tmp_path / "app")
+    (project.root / ".git" / "info").mkdir(exist_ok=True)
+    (project.root / ".git" / "info" / "exclude").write_text("passwords.env\n")
+    init(project)
+    assert "passwords.env\n" in (project.root / ".gitignore").read_text().splitlines(keepends=True)
+
+
+def test_multidb_is_left_to_the_user(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app", template="multidb")
+    env_py = project.root / "migrations" / "env.py"
+    before = env_py.read_text()
+    proc = project.rolekit("init", "--force", check=False)
+    assert proc.returncode == 1 and "migrates several databases" in proc.stdout
+    assert env_py.read_text() == before
+
+
+def test_line_endings_are_kept(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    ini, ignore = project.root / "alembic.ini", project.root / ".gitignore"
+    for path in (ini, ignore):
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    report = init(project)
+    for path in (ini, ignore):
+        data = path.read_bytes()
+        assert b"[rolekit]" in data or b"passwords.env" in data
+        assert data.count(b"\n") == data.count(b"\r\n"), path
+    # the diff shows what changed, not every line
+    [ini_diff] = [f["diff"] for f in report["files"] if f["path"] == "alembic.ini"]
+    assert "-[alembic]" not in ini_diff
+    assert set(actions(init(project)).values()) == {"unchanged"}
+
+
+def test_a_symlinked_file_stays_a_symlink(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    shared = tmp_path / "shared.gitignore"
+    shared.write_text("__pycache__/\n")
+    (project.root / ".gitignore").unlink()
+    (project.root / ".gitignore").symlink_to(shared)
+    init(project)
+    assert (project.root / ".gitignore").is_symlink()
+    assert "passwords.env\n" in shared.read_text()
+
+
+def test_diffs_do_not_show_the_database_password(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    _set_ini(
+        project,
+        "sqlalchemy.url = driver://user:pass@localhost/dbname",
+        "sqlalchemy.url = postgresql://migrator:S3cretPW@db/app",
+    )
+    # put the URL next to where [rolekit] goes, inside the diff's context lines
+    _set_ini(
+        project,
+        "\n# Logging configuration",
+        "\nx = postgresql://migrator:S3cretPW@db/app\n\n# Logging configuration",
+    )
+    dry = project.rolekit("init", "--dry-run", "--json")
+    text = project.rolekit("init", "--dry-run")
+    assert "S3cretPW" not in dry.stdout + text.stdout and "***@db/app" in dry.stdout
+
+
+def test_an_existing_readme_or_family_module_is_kept(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    folder = project.root / "migrations" / "repeatable"
+    folder.mkdir()
+    (folder / "README.md").write_text("ours\n")
+    (folder / "families.py").write_text(
+        "from rolekit.repeatable import FamilyLogin\n"
+        "REPEATABLES = [FamilyLogin('login', 'my_app', ['my_app_tom', 'my_app_jerry'])]\n"
+    )
+    report = init(project, *FAMILY)
+    assert actions(report)["migrations/repeatable/README.md"] == "unchanged"
+    assert actions(report)["migrations/repeatable/families.py"] == "unchanged"
+    assert not (folder / "my_app.py").exists() and (folder / "README.md").read_text() == "ours\n"
+
+
+def test_dry_run_with_force_says_would(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    mine = project.root / "passwords.env.example"
+    mine.write_text("mine\n")
+    (project.root / "migrations" / "repeatable").mkdir()
+    (project.root / "migrations" / "repeatable" / "my_app.py").write_text("REPEATABLES = []\n")
+    text = project.rolekit("init", *FAMILY, "--dry-run", "--force").stdout
+    assert "would replace" in text and "dry run: nothing written" in text

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import re
 import shlex
 import shutil
@@ -88,7 +87,8 @@ def test_the_cron_line_runs_as_written_then_rotates_when_due(
     variables, schedule, command = parse_crontab((SCHEDULE / "rolekit.crontab").read_text())
     assert next(CronSim(schedule, datetime(2026, 1, 1))) == datetime(2026, 1, 1, 3, 17)
     rolekit_command(command)
-    assert set(variables) == {AGE_IDENTITY_FILE_ENV, "CREDENTIALS_FILE"}
+    assert set(variables) == {"PATH", AGE_IDENTITY_FILE_ENV, "CREDENTIALS_FILE"}
+    assert variables["PATH"].startswith("/srv/my_app/.venv/bin:")
 
     # prod as the example project declares it: passwords in passwords.prod.env.age
     identity = tmp_path / "prod-age-identity.txt"
@@ -103,9 +103,11 @@ def test_the_cron_line_runs_as_written_then_rotates_when_due(
     shutil.copy(SCHEDULE / "publish-to-file.sh", project.root / "publish-to-file.sh")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    # the crontab's variables, with this machine's paths: the test's virtualenv
+    # stands for the project's, tmp_path for the identity's and the apps' folders
     env = project.env(
         **{AGE_IDENTITY_FILE_ENV: str(identity), "CREDENTIALS_FILE": str(run_dir / "creds.json")},
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+        PATH=variables["PATH"].replace("/srv/my_app/.venv/bin", str(Path(sys.executable).parent)),
     )
 
     def cron(line: str) -> list[dict[str, Any]]:

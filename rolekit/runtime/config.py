@@ -10,10 +10,10 @@ import configparser
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rolekit.durations import parse_duration
-from rolekit.errors import RolekitError
+from rolekit.errors import RolekitError, first_line
 from rolekit.secrets import DEFAULT_MIN_LENGTH as DEFAULT_MIN_PASSWORD_LENGTH
 
 if TYPE_CHECKING:
@@ -141,12 +141,7 @@ class Settings:
                 f"no Alembic config at {ini}: run from the project folder or pass --config"
             )
         ini = ini.resolve()
-        parser = configparser.ConfigParser({"here": str(ini.parent), "__file__": str(ini)})
-        try:
-            parser.read(ini, encoding="utf-8")
-        except configparser.Error as exc:
-            raise RolekitError(f"cannot read {ini}: {exc}") from None
-        return cls.from_parser(ini, parser)
+        return cls.from_parser(ini, read_ini(ini))
 
     def secrets_file(self, context: str) -> Path:
         """The secrets file of *context*: ``secrets.<context>`` or the default."""
@@ -170,7 +165,8 @@ class Settings:
 
         try:
             url = make_url(self.database_url)
-        except ArgumentError:
+            url.port  # noqa: B018  (a non-numeric port raises here, not at connect)
+        except (ArgumentError, ValueError):
             raise RolekitError(
                 "the database URL (DATABASE_URL or sqlalchemy.url) cannot be parsed: expected "
                 "postgresql://user@host:port/database"
@@ -180,7 +176,29 @@ class Settings:
                 f"the database URL names {url.drivername!r}: rolekit needs PostgreSQL "
                 "(postgresql://user@host:port/database in DATABASE_URL or sqlalchemy.url)"
             )
+        if url.drivername.endswith("+asyncpg"):
+            url = url.set(query=_libpq_options(dict(url.query)))
         return url.set(drivername=MIGRATION_DRIVER).render_as_string(hide_password=False)
+
+
+#: asyncpg's URL options with their libpq names; ``None``: the application's
+#: driver alone uses it (statement caches, command timeouts), so psycopg2 drops it
+_ASYNCPG_OPTIONS = {
+    "ssl": "sslmode",
+    "timeout": "connect_timeout",
+    "command_timeout": None,
+    "prepared_statement_cache_size": None,
+    "prepared_statement_name_func": None,
+}
+
+
+def _libpq_options(query: dict[str, Any]) -> dict[str, Any]:
+    """An asyncpg URL's options as psycopg2 (libpq) understands them."""
+    for name, libpq in _ASYNCPG_OPTIONS.items():
+        value = query.pop(name, None)
+        if value is not None and libpq is not None:
+            query[libpq] = {"true": "require", "false": "disable"}.get(str(value).lower(), value)
+    return query
 
 
 def alembic_config(ini: Path) -> Config:
@@ -246,6 +264,20 @@ def _int(key: str, value: str) -> int:
 
 #: what the Python API takes as configuration: an alembic.ini path, or settings
 ConfigLike = str | os.PathLike[str] | Settings
+
+
+def read_ini(ini: Path, text: str | None = None) -> configparser.ConfigParser:
+    """alembic.ini (or *text* as its content) parsed as Alembic parses it:
+    ``%(here)s`` is the folder of the resolved file."""
+    parser = configparser.ConfigParser({"here": str(ini.parent), "__file__": str(ini)})
+    try:
+        if text is None:
+            parser.read(ini, encoding="utf-8")
+        else:
+            parser.read_string(text, source=str(ini))
+    except configparser.Error as exc:
+        raise RolekitError(f"cannot read {ini}: {first_line(exc)}") from None
+    return parser
 
 
 def load_settings(config: ConfigLike = "alembic.ini") -> Settings:

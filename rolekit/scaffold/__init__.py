@@ -8,17 +8,13 @@ state.  It is idempotent, and it never replaces what the user wrote without
 ``--force``: a conflict stops it before any write.
 
 Modules: ``_project`` (planning and applying), ``_envpy`` (env.py),
+``_family`` (``--family``: repeatables, revision, rotation state),
 ``_content`` (the text written), ``_changes`` (one file's change and diff).
 """
 
 from rolekit.scaffold._changes import Action, FileChange
-from rolekit.scaffold._project import (
-    DEFAULT_CONTEXTS,
-    FamilySpec,
-    InitReport,
-    init_project,
-    plan_init,
-)
+from rolekit.scaffold._family import DEFAULT_CONTEXTS, FamilySpec
+from rolekit.scaffold._project import InitReport, init_project, plan_init
 
 __all__ = [
     "DEFAULT_CONTEXTS",

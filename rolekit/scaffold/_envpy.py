@@ -94,20 +94,31 @@ def stock_env_texts() -> dict[str, str]:
 
 
 def plan_env_py(text: str) -> EnvPyPlan:
-    """Decide what ``rolekit init`` does with an env.py holding *text*."""
-    if "rolekit.runtime.environment" in text:
-        return EnvPyPlan(EnvPyCase.INTEGRATED, None, "already runs rolekit")
-    for name, stock in stock_env_texts().items():
-        if text == stock:
-            note = f"was Alembic's {name!r} template: replaced by rolekit's env.py"
-            if "async" in name:
-                note += " (migrations run through psycopg2; the application keeps its async driver)"
-            return EnvPyPlan(EnvPyCase.STOCK, ENV_PY, note)
+    """Decide what ``rolekit init`` does with an env.py holding *text* (LF line ends)."""
+    # generic's env.py is also pyproject's: name the first template that has it
+    stock = {body: name for name, body in reversed(stock_env_texts().items())}
+    if text in stock and "async" not in stock[text]:
+        return EnvPyPlan(
+            EnvPyCase.STOCK, ENV_PY, f"was Alembic's {stock[text]!r} template: {_REPLACED}"
+        )
+    if text in stock:
+        note = f"was Alembic's {stock[text]!r} template: {_REPLACED} (migrations run through "
+        return EnvPyPlan(EnvPyCase.STOCK, ENV_PY, note + "psycopg2; the app keeps its driver)")
     try:
         tree = ast.parse(text)
     except SyntaxError as exc:
         return EnvPyPlan(
             EnvPyCase.MANUAL, None, f"cannot be parsed (line {exc.lineno}): {_manual(None)}"
+        )
+    if _runs_rolekit(tree):
+        return EnvPyPlan(EnvPyCase.INTEGRATED, None, "already runs rolekit")
+    if _migrates_several_databases(tree, text):
+        return EnvPyPlan(
+            EnvPyCase.MANUAL,
+            None,
+            "migrates several databases (target_metadata per engine): rolekit runs one "
+            "database per alembic.ini, so give each database an Alembic project of its own, or "
+            + _manual(tree),
         )
     dispatch = _dispatch_block(tree)
     if dispatch is None:
@@ -115,10 +126,33 @@ def plan_env_py(text: str) -> EnvPyPlan:
     return EnvPyPlan(
         EnvPyCase.PATCHABLE,
         _patched(text, tree, dispatch),
-        "is customised: the import goes after the imports, and rolekit's run_migrations "
-        f"replaces the 'if context.is_offline_mode()' block (lines {dispatch.lineno}-"
-        f"{dispatch.end_lineno}); the functions it called stay, unused",
+        "is customised: add the import, and call rolekit's run_migrations instead of the "
+        f"'if context.is_offline_mode()' block (lines {dispatch.lineno}-{dispatch.end_lineno}) "
+        "as the diff shows (the functions it called stay, unused): by hand, or re-run with --force",
     )
+
+
+_REPLACED = "replaced by rolekit's env.py"
+
+
+def _runs_rolekit(tree: ast.Module) -> bool:
+    """Whether the module imports rolekit's env.py integration."""
+    return any(
+        isinstance(node, ast.ImportFrom) and node.module == "rolekit.runtime.environment"
+        for node in ast.walk(tree)
+    )
+
+
+def _migrates_several_databases(tree: ast.Module, text: str) -> bool:
+    """Alembic's ``multidb`` shape: a dict of metadata per engine."""
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "target_metadata" for t in node.targets)
+            and isinstance(node.value, ast.Dict)
+        ):
+            return True
+    return 'get_main_option("databases"' in text
 
 
 def _is_offline_test(node: ast.expr) -> bool:
@@ -157,13 +191,15 @@ def _call(tree: ast.Module | None) -> str:
 
 
 def _last_import_line(tree: ast.Module) -> int:
-    """The last line of the module's leading run of imports (0: none)."""
+    """The last line of the module's leading imports, else of its docstring (0: neither)."""
     end = 0
     for node in tree.body:
         if isinstance(node, ast.Import | ast.ImportFrom):
             end = node.end_lineno or node.lineno
-        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
-            break  # the docstring may come first; anything else ends the imports
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and end == 0:
+            end = node.end_lineno or node.lineno  # the docstring, before any import
+        else:
+            break
     return end
 
 
@@ -194,7 +230,8 @@ def _manual(tree: ast.Module | None) -> str:
     where_import = ""
     configure = run = None
     if tree is not None:
-        where_import = f" after line {_last_import_line(tree)}"
+        after = _last_import_line(tree)
+        where_import = f" after line {after}" if after else " at the top"
         configure = _find_call(tree, "configure")
         run = _find_call(tree, "run_migrations")
     where_run = (

@@ -1,57 +1,35 @@
 """``rolekit init``: plan every file change of an Alembic project, then make them.
 
 Planning reads only; nothing is written until every change is known, so a
-conflict (a file rolekit would replace) stops the run before any write.
+conflict (a file rolekit would replace) stops the run before any write.  The
+revision, which runs the project's own template and hooks, is written first:
+if it fails, nothing else was written.
 """
 
 from __future__ import annotations
 
 import configparser
-import contextlib
-import io
 import os
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
-from alembic.util import CommandError, rev_id
+from alembic.util import CommandError
 
-from rolekit._names import check_role_name
-from rolekit.contexts import check_context_name
-from rolekit.errors import ExitCode, RolekitError
-from rolekit.rotation.state import FamilyState, RotationState
-from rolekit.runtime.config import Settings, alembic_config
+from rolekit.errors import ExitCode, RolekitError, first_line
+from rolekit.runtime.config import Settings, alembic_config, read_ini
 from rolekit.scaffold import _content
-from rolekit.scaffold._changes import Action, FileChange, read_text, whole_file, with_lines
+from rolekit.scaffold._changes import (
+    Action,
+    FileChange,
+    absent_only,
+    read_text,
+    to_lf,
+    with_lines,
+)
 from rolekit.scaffold._envpy import EnvPyCase, plan_env_py
-
-#: the contexts ``init --family`` declares when none are given
-DEFAULT_CONTEXTS = ("dev", "prod")
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    """``--family NAME --members A,B --contexts dev,prod``, checked."""
-
-    name: str
-    members: tuple[str, str]
-    contexts: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, name: str, members: Sequence[str], contexts: Sequence[str]) -> FamilySpec:
-        check_role_name(name, what="family name")
-        checked = [check_role_name(m, what="member name") for m in members]
-        if len(checked) != 2 or checked[0] == checked[1] or name in checked:
-            raise RolekitError(
-                f"--members needs two different roles other than the family {name!r}, "
-                f"got {', '.join(checked) or 'none'}"
-            )
-        names = [check_context_name(c) for c in contexts]
-        if not names or len(set(names)) != len(names):
-            raise RolekitError("--contexts needs one or more different context names")
-        return cls(name, (checked[0], checked[1]), tuple(names))
+from rolekit.scaffold._family import FamilySpec, repeatables_change, revision_change, state_change
 
 
 @dataclass
@@ -71,11 +49,7 @@ class InitReport:
 
     @property
     def manual(self) -> list[FileChange]:
-        return [c for c in self.changes if c.action is Action.MANUAL]
-
-    @property
-    def pending(self) -> list[FileChange]:
-        return [c for c in self.changes if c.writes]
+        return [c for c in self.changes if c.action is Action.MANUAL and not c.forced]
 
     @property
     def exit_code(self) -> ExitCode:
@@ -91,76 +65,74 @@ def _alembic_project(ini: Path) -> ScriptDirectory:
             f"{ini} does not exist: run rolekit init in an Alembic project (alembic init "
             "migrations creates one), or name its alembic.ini with -c"
         )
-    config = alembic_config(ini)
     try:
-        return ScriptDirectory.from_config(config)
-    except CommandError as exc:
-        raise RolekitError(f"{ini} is not a usable Alembic project: {exc}") from None
+        return ScriptDirectory.from_config(alembic_config(ini))
+    except (CommandError, configparser.Error) as exc:
+        raise RolekitError(f"{ini} is not a usable Alembic project: {first_line(exc)}") from None
 
 
-def _relative(path: Path, root: Path) -> str:
-    return os.path.relpath(path, root)
+def _relative(path: Path, root: Path) -> str | None:
+    """*path* relative to *root*, or ``None`` when it lies outside."""
+    relative = os.path.relpath(os.path.normpath(path), root)
+    return None if relative.startswith("..") else relative
 
 
 def _ini_change(ini: Path, script_dir: Path) -> tuple[FileChange, Settings]:
-    """alembic.ini gains ``[rolekit]``; the settings are those it will have."""
-    text = read_text(ini) or ""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(text, source=str(ini))
-    if parser.has_section("rolekit"):
-        change = FileChange(ini, Action.UNCHANGED, text, None, "has a [rolekit] section")
-        return change, Settings.from_parser(ini.resolve(), parser)
-    root = ini.resolve().parent
-    rel = _relative(script_dir, root)
-    section = _content.rolekit_section(f"{rel}/repeatable", f"{rel}/rotation.json")
+    """alembic.ini gains ``[rolekit]``; the settings are those it will have,
+    read as rolekit reads them at run time (``%(here)s`` expanded)."""
+    real = ini.resolve()
+    before = read_text(ini) or ""
+    text = to_lf(before)
+    if read_ini(real, text).has_section("rolekit"):
+        change = FileChange(ini, Action.UNCHANGED, before, None, "has a [rolekit] section")
+        return change, Settings.from_parser(real, read_ini(real, text))
+    folder = _relative(script_dir, real.parent) or str(script_dir)
+    section = _content.rolekit_section(f"{folder}/repeatable", f"{folder}/rotation.json")
     after = _content.add_rolekit_section(text, section)
-    parser.read_string(section)
-    change = FileChange(ini, Action.EDIT, text, after, "gains the [rolekit] section")
-    return change, Settings.from_parser(ini.resolve(), parser)
+    change = FileChange(ini, Action.EDIT, before, after, "gains [rolekit] and a rolekit logger")
+    return change, Settings.from_parser(real, read_ini(real, after))
 
 
-def _in_git(root: Path, *args: str) -> bool:
-    """Whether ``git -C root ARGS`` succeeds (``False`` without git or a repository)."""
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+    """``git -C root ARGS`` (``None`` without git)."""
     try:
-        done = subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, timeout=30, check=False
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30
         )
     except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _ignored_by_a_gitignore(root: Path, path: str) -> bool:
+    """Whether a committed ``.gitignore`` ignores *path*: not ``.git/info/exclude``
+    or a global excludes file, which a teammate's clone does not have."""
+    done = _git(root, "check-ignore", "--verbose", "--no-index", path)
+    if done is None or done.returncode != 0:
         return False
-    return done.returncode == 0
+    source = done.stdout.split(":", 1)[0]
+    return Path(source).name == ".gitignore" and not Path(source).is_absolute()
 
 
-def _ignore_rules(root: Path, settings: Settings) -> list[tuple[str, str]]:
-    """(a path git must ignore, the rule that ignores it), relative to *root*."""
-    plaintext = {settings.default_secrets_file, *settings.secrets_files.values()}
-    rules = [
-        (_relative(path, root), _relative(path, root))
-        for path in sorted(plaintext)
-        if path.suffix != ".age" and path.is_relative_to(root)
-    ]
-    rules += [("passwords.env.lock", "*.env.lock"), ("passwords.prod.env.age.lock", "*.age.lock")]
-    if settings.state_file.is_relative_to(root):
-        lock = _relative(settings.state_file, root) + ".lock"
-        rules.append((lock, lock))
-    return rules
+def _ignore_rules(root: Path, settings: Settings) -> list[str]:
+    """The paths git must ignore: plaintext secrets files and rolekit's lock files."""
+    secrets = sorted({settings.default_secrets_file, *settings.secrets_files.values()})
+    paths = [p for p in secrets if p.suffix != ".age"]
+    paths += [p.with_name(p.name + ".lock") for p in [*secrets, settings.state_file]]
+    return [rel for p in paths if (rel := _relative(p, root)) is not None]
 
 
 def _gitignore_change(root: Path, settings: Settings) -> FileChange:
-    """``.gitignore`` gains the plaintext secrets files and rolekit's lock files,
-    unless git ignores them already (by any rule, in any ignore file)."""
     path = root / ".gitignore"
     present = {line.strip().lstrip("/") for line in (read_text(path) or "").splitlines()}
-    repo = _in_git(root, "rev-parse", "--is-inside-work-tree")
     missing = [
         f"{rule}\n"
-        for example, rule in _ignore_rules(root, settings)
-        if rule not in present
-        and not (repo and _in_git(root, "check-ignore", "-q", "--no-index", example))
+        for rule in _ignore_rules(root, settings)
+        if rule not in present and not _ignored_by_a_gitignore(root, rule)
     ]
     header = "# rolekit: plaintext secrets files and rolekit's lock files\n"
     if missing and read_text(path):
         missing.insert(0, header)
-    return with_lines(path, missing, header, "keeps secrets files and lock files out of git")
+    return with_lines(path, missing, header, "keeps secrets and lock files out of git")
 
 
 def _example_change(root: Path, family: FamilySpec | None) -> FileChange:
@@ -174,78 +146,16 @@ def _example_change(root: Path, family: FamilySpec | None) -> FileChange:
     return with_lines(path, missing, _content.EXAMPLE_HEADER, "the secrets' keys")
 
 
-def _state_change(settings: Settings, family: FamilySpec | None) -> FileChange:
-    path = settings.state_file
-    before = read_text(path)
-    state = RotationState.load(path)
-    if family is not None:
-        recorded = state.members_of(family.name)
-        if recorded is not None and set(recorded) != set(family.members):
-            raise RolekitError(
-                f"{path} already records the members {', '.join(recorded)} for the family "
-                f"{family.name!r}, not {', '.join(family.members)}"
-            )
-        for context in family.contexts:
-            if state.get(family.name, context) is None:
-                state.set(family.name, context, FamilyState(login=(family.members[0],)))
-        state.members.setdefault(family.name, family.members)
-    what = "the rotation state"
-    if before is None:
-        return FileChange(path, Action.CREATE, None, state.render(), what)
-    if family is None or state.to_json() == RotationState.load(path).to_json():
-        return FileChange(path, Action.UNCHANGED, before, None, what)
-    return FileChange(path, Action.EDIT, before, state.render(), f"{what} gains {family.name}")
-
-
-def _revision_change(script: ScriptDirectory, family: FamilySpec) -> FileChange:
-    """The family's first revision, unless a revision already creates it."""
-    for revision in script.walk_revisions():
-        source = read_text(Path(revision.path)) or ""
-        if _content.creates_family(source, family.name):
-            note = f"revision {revision.revision} already creates {family.name}"
-            return FileChange(Path(revision.path), Action.UNCHANGED, source, None, note)
-    heads = script.get_heads()
-    if len(heads) > 1:
-        raise RolekitError(
-            f"the project has {len(heads)} heads ({', '.join(heads)}): merge them first "
-            "(alembic merge heads), then run rolekit init again"
-        )
-    upgrade, downgrade = _content.revision_bodies(family.name, family.members)
-    revision_id = rev_id()
-    message = f"create role family {family.name}"
-
-    def write() -> Path:
-        # Alembic prints "Generating ... done" on stdout, which is rolekit's (--json)
-        with contextlib.redirect_stdout(io.StringIO()):
-            made = script.generate_revision(
-                revision_id, message, head="head", upgrades=upgrade, downgrades=downgrade
-            )
-        assert made is not None
-        return Path(made.path)
-
-    preview = f"def upgrade():\n    {upgrade}\n\n\ndef downgrade():\n    {downgrade}\n"
-    folder = Path(script.versions)
-    return FileChange(
-        folder / f"{revision_id}_create_role_family_{family.name}.py",
-        Action.CREATE,
-        None,
-        preview,
-        f"a revision {revision_id} (revises {heads[0] if heads else 'nothing'}) from the "
-        "project's script.py.mako",
-        writer=write,
-    )
-
-
 def _env_change(script_dir: Path) -> FileChange:
     path = script_dir / "env.py"
     text = read_text(path)
     if text is None:
         raise RolekitError(f"{path} does not exist: the Alembic project has no env.py")
-    plan = plan_env_py(text)
+    plan = plan_env_py(to_lf(text))
     action = {
         EnvPyCase.INTEGRATED: Action.UNCHANGED,
         EnvPyCase.STOCK: Action.EDIT,
-        EnvPyCase.PATCHABLE: Action.CONFLICT,
+        EnvPyCase.PATCHABLE: Action.MANUAL,
         EnvPyCase.MANUAL: Action.MANUAL,
     }[plan.case]
     return FileChange(path, action, text, plan.new_text, plan.note)
@@ -263,32 +173,33 @@ def plan_init(
     script_dir = Path(script.dir)
     ini_change, settings = _ini_change(ini, script_dir)
     root = settings.root
-    changes = [
+    changes = []
+    if family is not None:  # first: if Alembic fails to write it, nothing else is written
+        changes.append(revision_change(script, family))
+    changes += [
         _env_change(script_dir),
         ini_change,
-        whole_file(
+        absent_only(
             settings.repeatables_dir / "README.md",
             _content.REPEATABLES_README,
             "the repeatables folder",
         ),
-        _state_change(settings, family),
+        state_change(settings, family),
         _gitignore_change(root, settings),
         _example_change(root, family),
     ]
     if family is not None:
-        module = _content.repeatables_module(family.name, family.members, family.contexts)
-        path = settings.repeatables_dir / f"{family.name}.py"
-        changes.append(whole_file(path, module, f"the repeatables of {family.name}"))
-        changes.append(_revision_change(script, family))
+        changes.append(repeatables_change(settings, family))
     if force:
         changes = [change.allow() for change in changes]
     report = InitReport(root, changes)
-    if _in_git(root, "ls-files", "--error-unmatch", "passwords.env"):
+    tracked = _git(root, "ls-files", "--error-unmatch", "passwords.env")
+    if tracked is not None and tracked.returncode == 0:
         report.warnings.append(
             "passwords.env is committed to git: remove it from the index (git rm --cached "
             "passwords.env) and treat its passwords as leaked (rotate them)"
         )
-    report.next_steps = _next_steps(report, family)
+    report.next_steps = _next_steps(report, family, str(config))
     return report
 
 
@@ -307,27 +218,30 @@ def init_project(
     report = plan_init(config, family=family, force=force)
     if dry_run or report.conflicts:
         return report
-    for change in report.pending:
-        report.written.append(change.apply())
+    for index, change in enumerate(report.changes):
+        if change.writes:
+            written = change.apply()
+            report.changes[index] = replace(change, path=written)
+            report.written.append(written)
     report.applied = True
     return report
 
 
-def _next_steps(report: InitReport, family: FamilySpec | None) -> list[str]:
-    steps = []
-    if report.manual:
-        steps.append("add the lines above to env.py")
+def _next_steps(report: InitReport, family: FamilySpec | None, config: str) -> list[str]:
+    steps = ["edit env.py as shown above"] if report.manual else []
+    with_config = "" if config == "alembic.ini" else f" -c {config}"
     if family is None:
-        steps.append(
-            "declare a role family: rolekit init --family my_app --members my_app_tom,my_app_jerry"
-        )
-        return steps
+        return [
+            *steps,
+            f"declare a role family: rolekit init{with_config} --family my_app "
+            "--members my_app_tom,my_app_jerry",
+        ]
     context, first = family.contexts[0], family.members[0]
     return [
         *steps,
-        f"rolekit gen-password {first} --context {context} --write   # into passwords.env",
-        f"alembic -x context={context} upgrade head",
-        f"rolekit status --context {context}",
-        f"rolekit rotate {family.name} auto --context {context} --max-age 90d --apply  "
-        "# from cron: see the README",
+        f"rolekit gen-password{with_config} {first} --context {context} --write",
+        f"alembic{with_config} -x context={context} upgrade head",
+        f"rolekit status{with_config} --context {context}",
+        f"rolekit rotate{with_config} {family.name} auto --context {context} --max-age 90d "
+        "--apply   # from cron: see the README",
     ]
