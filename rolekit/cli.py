@@ -42,7 +42,7 @@ _EXAMPLES = {
         "  rolekit creds my_app --context prod --json   # redeploy apps with these\n"
         "  rolekit rotate my_app finish --context prod --apply --drain-timeout 300"
     ),
-    "creds": "rolekit creds my_app --context prod --format k8s-secret | kubectl apply -f -",
+    "creds": "rolekit creds my_app --context prod --format k8s-secret | kubectl apply --server-side --field-manager=rolekit -f -",
     "status": "rolekit status --context prod --json",
     "check": "rolekit check --context prod || echo drift",
     "gen-password": "rolekit gen-password my_app_tom --context dev --write",
@@ -161,6 +161,7 @@ def _rotate_auto(args: argparse.Namespace, context: str) -> int:
         move_timeout=args.move_timeout,
         quiet_period=args.quiet_period,
         git_commit=args.git_commit,
+        git_push=args.git_push,
         emit=emit,
     )
     emit({"event": "done", "result": result})
@@ -420,8 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args, out))
     except RolekitError as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "error": str(exc), "exit_code": int(exc.exit_code)}))
+        if args.json:  # an "event" too, for log pipelines reading rotate auto's events
+            error = {"ok": False, "event": "error", "error": str(exc)}
+            print(json.dumps({**error, "exit_code": int(exc.exit_code)}))
         print(f"rolekit: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     except (psycopg2.Error, sqlalchemy.exc.DBAPIError) as exc:

@@ -212,6 +212,7 @@ def rotate_auto(
     move_timeout: float | None = None,
     quiet_period: float | None = None,
     git_commit: bool = False,
+    git_push: bool = False,
     emit: auto.Emit = lambda event: None,
 ) -> str:
     """A whole rotation when the password apps use is due (see :mod:`rolekit.rotation.auto`).
@@ -222,6 +223,7 @@ def rotate_auto(
 
     :raises PublishError: the publish command failed (the overlap stays).
     :raises DrainTimeoutError: the apps did not move by *move_timeout*.
+    :raises GitError: a phase is applied but could not be committed or pushed.
     """
     settings = load_settings(config)
     policy = max_age if max_age is not None else settings.max_age
@@ -236,6 +238,7 @@ def rotate_auto(
         move_timeout=move_timeout,
         quiet_period=quiet_period,
         git_commit=git_commit,
+        git_push=git_push,
     )
     fam = _rotation_family(settings, family, context)
     run = auto.run if apply else auto.dry_run

@@ -13,8 +13,10 @@ env        a POSIX shell (``set -a; . ./creds.env; set +a``), values quoted
            that ``CredentialsProvider.from_env("<FAMILY>")`` reads
 pgpass     libpq's password file (``~/.pgpass``, ``PGPASSFILE``): one line
            per member
-k8s-secret ``kubectl apply -f -``: a ``v1`` ``Secret`` (JSON) with a stable
-           name and labels; ``credentials.json`` for a volume read by
+k8s-secret ``kubectl apply --server-side --field-manager=rolekit -f -``: a
+           ``v1`` ``Secret`` (JSON) with a stable name and labels (server-side:
+           a client-side apply copies the values into the
+           ``last-applied-configuration`` annotation); ``credentials.json`` for a volume read by
            ``from_file``, ``PGUSER``/``PGPASSWORD`` for ``envFrom``
 pgbouncer  PgBouncer's ``auth_file`` (``userlist.txt``): the SCRAM verifiers
            the server stores, never a password (PgBouncer logs in to the
@@ -53,7 +55,9 @@ HELP: Final = (
     "              PGUSER, PGPASSWORD and <FAMILY>_USER/_PASSWORD/_ALT_USER/_ALT_PASSWORD\n"
     "              (CredentialsProvider.from_env('<FAMILY>'))\n"
     "  pgpass      libpq's password file, one line per member\n"
-    "  k8s-secret  a v1 Secret for 'kubectl apply -f -' (stable name, labels)\n"
+    "  k8s-secret  a v1 Secret (stable name, labels) for\n"
+    "              'kubectl apply --server-side --field-manager=rolekit -f -' (a client-side\n"
+    "              apply would copy its values into an annotation anyone reading it sees)\n"
     "  pgbouncer   PgBouncer auth_file lines: the SCRAM verifiers the server stores\n"
     "              (read from pg_authid: needs a superuser), never a password\n"
     "  url         postgresql://user:password@host:port/db (password percent-encoded)\n"

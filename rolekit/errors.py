@@ -8,6 +8,7 @@ and never carry a secret.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import Any
@@ -38,6 +39,19 @@ def first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     lines = str(orig).strip().splitlines()
     return lines[0] if lines else type(orig).__name__
+
+
+#: the password of a URL (``scheme://user:password@host``)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def mask_url_passwords(text: str) -> str:
+    """*text* with the password of every URL in it replaced by ``***``.
+
+    For text rolekit shows but did not write: a diff of alembic.ini, what
+    git or a publish command printed.
+    """
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 class RolekitError(Exception):

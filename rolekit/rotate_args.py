@@ -14,8 +14,9 @@ AUTO_HELP: Final = (
     "  to drain (up to --move-timeout), finish. A run killed at any point is completed by\n"
     "  the next; two at once: the second exits 4. Apps that did not move: exit 3, still in\n"
     "  the overlap (no outage). A failed publish: exit 1, still in the overlap.\n"
-    "  rolekit rotate my_app auto --context prod --apply --max-age 90d \\\n"
-    "    --publish 'kubectl apply -f -' --publish-format k8s-secret --move-timeout 900"
+    "  rolekit rotate my_app auto --context prod --apply --max-age 90d --move-timeout 900 \\\n"
+    "    --publish 'kubectl apply --server-side --field-manager=rolekit -f -' \\\n"
+    "    --publish-format k8s-secret --git-commit --git-push"
 )
 
 
@@ -31,7 +32,7 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
         "--publish",
         metavar="CMD",
         help="auto: a shell command that gets the new credentials on its stdin (never in its "
-        "arguments or environment), e.g. 'kubectl apply -f -'",
+        "arguments or environment), e.g. 'kubectl apply --server-side --field-manager=rolekit -f -'",
     )
     parser.add_argument(
         "--publish-format",
@@ -51,4 +52,11 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="auto: commit the state file and the secrets file (unless git ignores it) after "
         "each phase, with a message naming family, context and phase",
+    )
+    parser.add_argument(
+        "--git-push",
+        action="store_true",
+        help="auto: also push after each commit, before anything is published (for a checkout "
+        "that vanishes with its CI job or CronJob); refuses a secrets file git ignores, whose "
+        "new password would be lost",
     )

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import grp
 import json
+import os
 import re
 import shlex
 import shutil
@@ -87,7 +89,9 @@ def test_the_cron_line_runs_as_written_then_rotates_when_due(
     variables, schedule, command = parse_crontab((SCHEDULE / "rolekit.crontab").read_text())
     assert next(CronSim(schedule, datetime(2026, 1, 1))) == datetime(2026, 1, 1, 3, 17)
     rolekit_command(command)
-    assert set(variables) == {"PATH", AGE_IDENTITY_FILE_ENV, "CREDENTIALS_FILE"}
+    assert set(variables) == {
+        "PATH", AGE_IDENTITY_FILE_ENV, "CREDENTIALS_FILE", "CREDENTIALS_GROUP", "MAILTO",
+    }  # fmt: skip
     assert variables["PATH"].startswith("/srv/my_app/.venv/bin:")
 
     # prod as the example project declares it: passwords in passwords.prod.env.age
@@ -107,6 +111,7 @@ def test_the_cron_line_runs_as_written_then_rotates_when_due(
     # stands for the project's, tmp_path for the identity's and the apps' folders
     env = project.env(
         **{AGE_IDENTITY_FILE_ENV: str(identity), "CREDENTIALS_FILE": str(run_dir / "creds.json")},
+        CREDENTIALS_GROUP=grp.getgrgid(os.getgid()).gr_name,
         PATH=variables["PATH"].replace("/srv/my_app/.venv/bin", str(Path(sys.executable).parent)),
     )
 
@@ -168,8 +173,10 @@ def test_the_cronjob_publishes_the_secret_the_application_reads() -> None:
     pod = cronjob["jobTemplate"]["spec"]["template"]["spec"]
     [container] = pod["containers"]
     args = rolekit_command(container["args"][0])
-    assert args.publish == "kubectl apply -f -" and args.publish_format == "k8s-secret"
-    assert args.git_commit
+    assert args.publish == "kubectl apply --server-side --field-manager=rolekit -f -"
+    assert args.publish_format == "k8s-secret" and args.git_commit and args.git_push
+    # rolekit is PID 1 (exec), so a node drain's SIGTERM reaches it
+    assert "\nexec rolekit rotate " in container["args"][0]
     secret = k8s_name("my_app", "prod")
     # the Role lets kubectl apply exactly that Secret
     named = [rule for rule in kinds["Role"]["rules"] if "resourceNames" in rule]
@@ -235,7 +242,7 @@ def test_the_ci_schedule_job_is_a_valid_github_workflow(tmp_path: Path) -> None:
     assert next(CronSim("17 3 * * *", datetime(2026, 1, 1))) == datetime(2026, 1, 1, 3, 17)
     [step] = [s for s in data["jobs"]["rotate"]["steps"] if "rolekit rotate" in s.get("run", "")]
     args = rolekit_command(step["run"])
-    assert args.git_commit and "file:///dev/stdin" in args.publish
+    assert args.git_commit and args.git_push and "file:///dev/stdin" in args.publish
     assert data["concurrency"]["cancel-in-progress"] is False
     # secrets only through the secrets context, never written into the file
     assert step["env"]["PGPASSWORD"].startswith("${{ secrets.")

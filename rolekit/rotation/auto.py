@@ -21,17 +21,18 @@ overlap, where both members may log in: no outage.
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from rolekit import inspection
-from rolekit.errors import RolekitError
+from rolekit.client._credentials import Credentials
+from rolekit.errors import RolekitError, mask_url_passwords
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
 from rolekit.handout import creds as handout_creds
+from rolekit.rotation import gitstate
 from rolekit.rotation.state import FamilyState, Phase, RotationState
 from rolekit.rotation.workflow import Step, Transition, rotate_lock, rotate_locked
 from rolekit.runtime.config import Settings
@@ -69,6 +70,8 @@ class Plan:
     move_timeout: float | None = None
     quiet_period: float | None = None
     git_commit: bool = False
+    #: push after every commit, before anything is published (``--git-push``)
+    git_push: bool = False
 
 
 def dry_run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: Emit) -> str:
@@ -94,6 +97,8 @@ def _state(settings: Settings, family: RoleFamily, context: str) -> FamilyState:
 
 def run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: Emit) -> str:
     """One ``auto`` run; returns what it did: ``not due``, ``rotated`` or ``resumed``."""
+    if plan.git_push:
+        gitstate.require_pushable(settings, context)
     with rotate_lock(settings, family, apply=True) as control:
         assert control is not None
         state = _state(settings, family, context)
@@ -151,8 +156,9 @@ def _step(
             "resumed": done.resumed,
         }
     )
-    if plan.git_commit:
-        _git_commit(settings, family, context, step, emit)
+    if plan.git_commit or plan.git_push:
+        push = plan.git_push
+        gitstate.commit(settings, family.group, context, step.value, emit, push=push)
     return done
 
 
@@ -181,37 +187,19 @@ def _publish(settings: Settings, family: RoleFamily, context: str, plan: Plan, e
             "in the overlap (both members may log in). Fix it and re-run"
         ) from None
     if proc.returncode != 0:
+        said = _redacted(proc.stderr, found.credentials)
         raise PublishError(
-            f"--publish exited {proc.returncode}; {family.group} stays in the overlap (both "
-            "members may log in). Fix it and re-run: the next run publishes again"
+            f"--publish exited {proc.returncode}{': ' + said if said else ''}; {family.group} "
+            "stays in the overlap (both members may log in). Fix it and re-run: the next run "
+            "publishes again"
         )
     emit({"event": "publish", "ok": True, "format": plan.publish_format})
 
 
-def _git(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["git", "-C", str(settings.root), *args], capture_output=True, text=True, check=False
-    )
-
-
-def _git_commit(
-    settings: Settings, family: RoleFamily, context: str, step: Step, emit: Emit
-) -> None:
-    """Commit exactly the state file and the secrets file (unless git ignores it: a
-    plaintext secrets file must never reach the repository)."""
-    paths = [settings.state_file, settings.secrets_file(context)]
-    tracked = [p for p in paths if _git(settings, "check-ignore", "-q", str(p)).returncode != 0]
-    if not _git(settings, "status", "--porcelain", "--", *map(str, tracked)).stdout.strip():
-        emit({"event": "git commit", "skipped": "nothing changed"})  # a resumed step
-        return
-    added = _git(settings, "add", "--", *map(str, tracked))
-    message = f"rolekit: rotate {family.group} ({context}): {step.value}"
-    done = added.returncode == 0 and (
-        _git(settings, "commit", "-m", message, "--only", "--", *map(str, tracked)).returncode == 0
-    )
-    if not done:
-        raise RolekitError(
-            f"git could not commit {', '.join(shlex.quote(str(p)) for p in tracked)} "
-            f"({(added.stderr or '').strip()[:200]}); the rotation itself is applied"
-        )
-    emit({"event": "git commit", "message": message, "paths": [str(p) for p in tracked]})
+def _redacted(stderr: str, credentials: Credentials) -> str:
+    """The last lines the publish command wrote to stderr (its stdout is never
+    shown: a command may echo what it read), with any password in them masked."""
+    for _, secret in (credentials.preferred, *filter(None, [credentials.alternate])):
+        stderr = stderr.replace(secret.reveal(), "<redacted>")
+    lines = [line[:300] for line in mask_url_passwords(stderr).strip().splitlines()[-5:]]
+    return " | ".join(lines)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import difflib
 import enum
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rolekit._fileio import atomic_write
-from rolekit.errors import RolekitError
-
-#: the password of a URL in a diff's context lines (alembic.ini's sqlalchemy.url)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+from rolekit.errors import RolekitError, mask_url_passwords
 
 
 class Action(enum.Enum):
@@ -74,7 +70,7 @@ class FileChange:
             fromfile="/dev/null" if self.before is None else f"a/{name}",
             tofile=f"b/{name}",
         )
-        return _URL_PASSWORD.sub(r"\1***@", "".join(lines))
+        return mask_url_passwords("".join(lines))
 
     def apply(self) -> Path:
         """Write the file (folders included) through a symlink, keeping its mode and
