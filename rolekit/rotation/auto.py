@@ -15,7 +15,9 @@ any point is completed by the next one:
 
 Publishing runs a command with the credentials on its **stdin** only, never
 in its arguments or environment.  A failing publish stops the run in the
-overlap, where both members may log in: no outage.
+overlap, where both members may log in: no outage.  With ``--git-push``
+each phase reaches the repository before anything is published
+(:mod:`rolekit.rotation.gitstate`).
 """
 
 from __future__ import annotations
