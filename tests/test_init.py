@@ -70,6 +70,15 @@ def init(project: Project, *args: str, code: int = 0) -> dict[str, Any]:
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
+def refused(project: Project, *args: str, message: str) -> None:
+    """``rolekit init ARGS`` exits 2 naming the problem, and the project is untouched."""
+    files = tree(project.root)
+    proc = project.rolekit("init", *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree(project.root) == files
+
+
 def actions(report: dict[str, Any]) -> dict[str, str]:
     return {f["path"]: f["action"] for f in report["files"]}
 
@@ -360,21 +369,14 @@ def test_dry_run_shows_every_change_and_writes_nothing(tmp_path: Path) -> None:
 def test_bad_input_names_the_problem_and_changes_nothing(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    project = new_project(tmp_path / "app")
-    files = tree(project.root)
-    proc = project.rolekit("init", *args, check=False)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert tree(project.root) == files
+    refused(new_project(tmp_path / "app"), *args, message=message)
 
 
 def test_members_that_differ_from_the_rotation_state_are_refused(tmp_path: Path) -> None:
     project = new_project(tmp_path / "app")
     init(project, *FAMILY)
-    files = tree(project.root)
-    proc = project.rolekit("init", "--family", "my_app", "--members", "a,b", check=False)
-    assert proc.returncode == 2
-    assert "already records the members my_app_tom, my_app_jerry" in proc.stderr
-    assert tree(project.root) == files
+    message = "already records the members my_app_tom, my_app_jerry"
+    refused(project, "--family", "my_app", "--members", "a,b", message=message)
 
 
 def test_ignore_rules_git_already_applies_are_not_repeated(tmp_path: Path) -> None:
@@ -396,10 +398,7 @@ def test_a_project_with_several_heads_is_refused(tmp_path: Path) -> None:
     project = new_project(tmp_path / "app")
     project.alembic("revision", "-m", "one")
     project.alembic("revision", "-m", "two", "--head", "base", "--splice")
-    files = tree(project.root)
-    proc = project.rolekit("init", *FAMILY, check=False)
-    assert proc.returncode == 2 and "merge them first" in proc.stderr
-    assert tree(project.root) == files
+    refused(project, *FAMILY, message="merge them first")
 
 
 # -- found in review ------------------------------------------------------------------
@@ -478,10 +477,7 @@ def test_a_template_without_upgrades_is_refused_and_the_revision_not_kept(
     project = new_project(tmp_path / "app")
     mako = project.root / "migrations" / "script.py.mako"
     mako.write_text(mako.read_text().replace('${upgrades if upgrades else "pass"}', "pass"))
-    files = tree(project.root)
-    proc = project.rolekit("init", *FAMILY, check=False)
-    assert proc.returncode == 2 and "does not place ${upgrades}" in proc.stderr
-    assert tree(project.root) == files
+    refused(project, *FAMILY, message="does not place ${upgrades}")
 
 
 def test_only_a_committed_gitignore_counts(tmp_path: Path) -> None:
