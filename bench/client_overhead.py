@@ -12,7 +12,6 @@ the result is the ratio of their median checkout+query latencies.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from statistics import median
 from typing import Any
 
 from bench.common import log, machine, rounded, write_json
+from bench.load import write_creds
 from rolekit.client import CredentialsProvider
 from rolekit.testing import Cluster
 
@@ -204,8 +204,7 @@ def run(major: int | None = None, *, rounds: int = 4, queries: int = 2000) -> di
         cluster.query_one(f"CREATE ROLE {USER} LOGIN")
         cluster.set_password(USER, password)
         creds = work / "credentials.json"
-        creds.write_text(json.dumps({"user": USER, "password": password}))
-        creds.chmod(0o600)
+        write_creds(creds, USER, password)
         provider = CredentialsProvider.from_file(creds)
         rows = []
         for stack in STACKS:

@@ -160,15 +160,6 @@ def _scenario(
     return result
 
 
-def _execute(cluster: Cluster, statement: str) -> None:
-    conn = cluster.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
-
-
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text)
@@ -380,6 +371,7 @@ def _rolekit_phase(
     project: Project,
     bouncer: PgBouncer,
     auth_query: PgBouncer | None,
+    poolers: tuple[str, ...],
     work: Path,
     sampler: SessionSampler,
 ) -> tuple[Phase, list[dict[str, Any]]]:
@@ -422,7 +414,6 @@ def _rolekit_phase(
     go.set()
     log("rolekit: load running")
 
-    poolers = tuple(b.admin_url() for b in (bouncer, auth_query) if b is not None)
     aq = [aq_pool] if aq_pool is not None else []
     driver = _Rotations(
         cfg, project, bouncer, phase, creds_path, [direct, through_bouncer, *aq], poolers
@@ -551,7 +542,7 @@ def _single_user(
     cfg: Config, cluster: Cluster, work: Path, sampler: SessionSampler
 ) -> tuple[Phase, dict[str, Any]]:
     password = generate_password()
-    _execute(cluster, f"CREATE ROLE {SINGLE_USER} LOGIN")
+    cluster.query_one(f"CREATE ROLE {SINGLE_USER} LOGIN")
     cluster.set_password(SINGLE_USER, password)
 
     def change() -> tuple[str, str]:
@@ -582,7 +573,7 @@ def _liquibase(
         old, new = order[n % 2], order[(n + 1) % 2]
 
         def flip(old: str = old, new: str = new) -> tuple[str, str]:
-            _execute(cluster, f"ALTER ROLE {old} NOLOGIN; ALTER ROLE {new} LOGIN")
+            cluster.query_one(f"ALTER ROLE {old} NOLOGIN; ALTER ROLE {new} LOGIN")
             return new, passwords[new]
 
         changes.append(("one-step flip", flip))
@@ -626,12 +617,12 @@ def run(major: int | None = None, cfg: Config | None = None) -> dict[str, Any]:
                 if cfg.pgbouncer_auth_query:
                     auth_query = stack.enter_context(PgBouncer(cluster, auth="query", admin=admin))
                 info["pgbouncer"] = bouncer.version
+                poolers = tuple(b.admin_url() for b in (bouncer, auth_query) if b is not None)
                 phase, found = _rolekit_phase(
-                    cfg, cluster, project, bouncer, auth_query, work, sampler
+                    cfg, cluster, project, bouncer, auth_query, poolers, work, sampler
                 )
                 phases[phase.name] = phase
                 scenarios += found
-                poolers = tuple(b.admin_url() for b in (bouncer, auth_query) if b is not None)
                 phase, found = _client_stacks_phase(
                     cfg, cluster, project, bouncer, poolers, work, sampler
                 )

@@ -192,9 +192,7 @@ def rotate_finish(
     """
     settings = load_settings(config)
     fam = _rotation_family(settings, family, context)
-    extra = [f"drain_timeout={drain_timeout}"] if drain_timeout is not None else []
-    extra += [f"drain_quiet_period={quiet_period}"] if quiet_period is not None else []
-    extra += ["terminate=true"] if terminate else []
+    extra = workflow.finish_x(drain_timeout, quiet_period, terminate)
     return workflow.rotate(
         settings, fam, context.lower(), Step.FINISH, apply=apply, upgrade_x=extra
     )

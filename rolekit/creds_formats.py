@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote
@@ -42,8 +42,6 @@ from urllib.parse import quote
 from rolekit.client._credentials import Credentials
 from rolekit.client._document import to_document
 from rolekit.errors import RolekitError
-
-FORMATS: Final = ("json", "env", "pgpass", "k8s-secret", "pgbouncer", "url")
 
 #: ``rolekit creds --help``: the formats, and what consumes each
 HELP: Final = (
@@ -84,17 +82,10 @@ def render(
     fmt: str, creds: Credentials, family: str, context: str, target: Target = Target()
 ) -> str:
     """The text of *creds* in *fmt* (one of :data:`FORMATS`)."""
-    renderers = {
-        "json": _json,
-        "env": _env,
-        "pgpass": _pgpass,
-        "k8s-secret": _k8s_secret,
-        "pgbouncer": _pgbouncer,
-        "url": _url,
-    }
-    if fmt not in renderers:
+    renderer = _RENDERERS.get(fmt)
+    if renderer is None:
         raise RolekitError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return renderers[fmt](creds, family, context, target)
+    return renderer(creds, family, context, target)
 
 
 def _json(creds: Credentials, family: str, context: str, target: Target) -> str:
@@ -191,3 +182,15 @@ def _url(creds: Credentials, family: str, context: str, target: Target) -> str:
     host = f"[{target.host}]" if ":" in target.host else target.host
     port = f":{target.port}" if target.port else ""
     return f"postgresql://{auth}@{host}{port}/{dbname}\n"
+
+
+_RENDERERS: Final[dict[str, Callable[[Credentials, str, str, Target], str]]] = {
+    "json": _json,
+    "env": _env,
+    "pgpass": _pgpass,
+    "k8s-secret": _k8s_secret,
+    "pgbouncer": _pgbouncer,
+    "url": _url,
+}
+#: the formats, in the order ``--help`` lists them
+FORMATS: Final = tuple(_RENDERERS)

@@ -75,7 +75,7 @@ def creds(
         (preferred, secrets.get(preferred, context)),
         (alternate, secrets.get(alternate, context)) if alternate is not None else None,
     )
-    url = make_url(settings.database_url) if settings.database_url else None
+    url = make_url(settings.require_url()) if settings.database_url else None
     target = Target(
         host or (url.host if url else None),
         port or (url.port if url else None),

@@ -290,6 +290,12 @@ def password_age(set_at: dict[str, str], member: str) -> float | None:
     return (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(when)).total_seconds()
 
 
+def is_due(age_s: float | None, max_age_s: float) -> bool:
+    """The rotation policy's one rule: a password is due once it is *max_age_s* old,
+    or when rolekit has no record of setting it."""
+    return age_s is None or age_s >= max_age_s
+
+
 def check_password_age(
     report: FamilyReport, set_at: dict[str, str], max_age_s: float | None, max_age: str
 ) -> None:
@@ -315,7 +321,7 @@ def check_password_age(
         )
         return
     report.due_in_s = round(max_age_s - report.password_age_s, 1)
-    if report.due_in_s <= 0:
+    if is_due(report.password_age_s, max_age_s):
         report.problems.append(
             f"the password of {active!r} (the member apps use) is "
             f"{durations.describe(report.password_age_s)} old, older than the maximum age "

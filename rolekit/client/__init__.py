@@ -121,7 +121,7 @@ _LAZY = {
     "attach": "rolekit.client._sqlalchemy",
     "create_engine": "rolekit.client._sqlalchemy",
     "create_async_engine": "rolekit.client._sqlalchemy",
-    "DEFAULT_FALLBACK_RECYCLE": "rolekit.client._sqlalchemy",
+    "DEFAULT_FALLBACK_RECYCLE": "rolekit.client._placement",  # no SQLAlchemy needed
     "DEFAULT_POOL_RECYCLE": "rolekit.client._sqlalchemy",
 }
 

@@ -80,14 +80,15 @@ class LoopPreference:
         self._next = 0.0
         self._pending: asyncio.Future[object] | None = None
 
-    def preferred(self) -> str | None:
+    def preferred(self, default: str) -> str:
+        """The cached preferred member, or *default* before the first read."""
         now = time.monotonic()
         if now >= self._next and (self._pending is None or self._pending.done()):
             self._next = now + LOOP_REFRESH_INTERVAL
             loop = asyncio.get_running_loop()
             self._pending = loop.run_in_executor(None, self._refresh)
         cached = self.provider.peek()
-        return cached.preferred[0] if cached is not None else None
+        return cached.preferred[0] if cached is not None else default
 
     def _refresh(self) -> object:
         try:

@@ -108,7 +108,7 @@ def attach(
         if not isinstance(placed, Placement):
             return
         if preference is not None:
-            preferred = preference.preferred() or placed.preferred
+            preferred = preference.preferred(placed.preferred)
         else:
             preferred = provider.current().preferred[0]
         reason = move_reason(placed, preferred, provider, fallback_recycle)

@@ -261,7 +261,7 @@ def async_connection_pool(
     def preferred_now(conn: Any) -> str:
         placed = getattr(conn, _PLACEMENT, None)
         fallback = placed.preferred if isinstance(placed, Placement) else ""
-        return preference.preferred() or fallback
+        return preference.preferred(fallback)
 
     async def check(conn: Any) -> None:
         if pools and mover.must_drain(conn, preferred_now(conn)):

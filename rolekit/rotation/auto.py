@@ -36,7 +36,7 @@ from rolekit.family_catalog import FamilyCatalog
 from rolekit.handout import creds as handout_creds
 from rolekit.rotation import gitstate
 from rolekit.rotation.state import FamilyState, Phase, RotationState
-from rolekit.rotation.workflow import Step, Transition, rotate_lock, rotate_locked
+from rolekit.rotation.workflow import Step, Transition, finish_x, rotate_lock, rotate_locked
 from rolekit.runtime.config import Settings
 from rolekit.runtime.control import ControlConnection
 from rolekit.secrets import AGE_IDENTITY_ENV
@@ -80,12 +80,24 @@ def dry_run(settings: Settings, family: RoleFamily, context: str, plan: Plan, em
     """What a run would do now, reading only: ``not due``, ``would rotate`` or ``would resume``."""
     state = _state(settings, family, context)
     with ControlConnection.open(settings.require_url(), application_name="rolekit") as control:
-        if state.phase == Phase.OVERLAP or FamilyCatalog.read(control, family).begun_past(state):
-            verdict = "would resume"
-        else:
-            verdict = "would rotate" if _due(control, state, plan, emit) else "not due"
+        decision = _decide(control, family, state, plan, emit)
+    verdict = decision if decision == NOT_DUE else f"would {decision}"
     emit({"event": "dry run", "result": verdict, "changed": "nothing"})
     return verdict
+
+
+#: what a run does: nothing, a rotation, or the completion of an interrupted one
+NOT_DUE, ROTATE, RESUME = "not due", "rotate", "resume"
+
+
+def _decide(
+    control: ControlConnection, family: RoleFamily, state: FamilyState, plan: Plan, emit: Emit
+) -> str:
+    """:data:`RESUME` out of the steady phase, or when a ``begin`` committed and was
+    killed before writing the state file; else :data:`ROTATE` when due."""
+    if state.phase != Phase.STEADY or FamilyCatalog.read(control, family).begun_past(state):
+        return RESUME
+    return ROTATE if _due(control, state, plan, emit) else NOT_DUE
 
 
 def _state(settings: Settings, family: RoleFamily, context: str) -> FamilyState:
@@ -104,28 +116,22 @@ def run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: 
     with rotate_lock(settings, family, apply=True) as control:
         assert control is not None
         state = _state(settings, family, context)
-        resumed = state.phase == Phase.OVERLAP
-        if state.phase == Phase.STEADY:
-            interrupted = FamilyCatalog.read(control, family).begun_past(state)
-            if not interrupted and not _due(control, state, plan, emit):
-                return "not due"
+        decision = _decide(control, family, state, plan, emit)
+        if decision == NOT_DUE:
+            return NOT_DUE
+        if state.phase == Phase.STEADY:  # due, or a begin killed before its state file
             _step(settings, family, context, Step.BEGIN, control, plan, emit)
-            resumed = interrupted
         _publish(settings, family, context, plan, emit)
-        extra = []
-        if plan.move_timeout is not None:
-            extra.append(f"drain_timeout={plan.move_timeout}")
-        if plan.quiet_period is not None:
-            extra.append(f"drain_quiet_period={plan.quiet_period}")
+        extra = finish_x(plan.move_timeout, plan.quiet_period)
         emit({"event": "wait", "for": "the old member to drain", "timeout_s": plan.move_timeout})
         _step(settings, family, context, Step.FINISH, control, plan, emit, extra)
-        return "resumed" if resumed else "rotated"
+        return "resumed" if decision == RESUME else "rotated"
 
 
 def _due(control: ControlConnection, state: FamilyState, plan: Plan, emit: Emit) -> bool:
     (active,) = state.login
     age = inspection.password_age(inspection.password_set_times(control), active)
-    due = age is None or age >= plan.max_age_s
+    due = inspection.is_due(age, plan.max_age_s)
     emit(
         {
             "event": "due check",

@@ -57,7 +57,7 @@ class Transition:
 
 
 @contextlib.contextmanager
-def _rotate_lock(
+def rotate_lock(
     settings: Settings, family: RoleFamily, apply: bool
 ) -> Iterator[ControlConnection | None]:
     """The checkout's lock, and with ``--apply`` the database's lock of the family."""
@@ -158,7 +158,7 @@ def rotate(
     length: int = DEFAULT_PASSWORD_LENGTH,
 ) -> Transition:
     """Move *family* to the next phase in *context*; with *apply*, upgrade now."""
-    with _rotate_lock(settings, family, apply) as control:
+    with rotate_lock(settings, family, apply) as control:
         return rotate_locked(
             settings, family, context, step, control, upgrade_x=upgrade_x, length=length
         )
@@ -195,4 +195,11 @@ def rotate_locked(
     return Transition(family.group, context, current, after, control is not None, resumed)
 
 
-rotate_lock = _rotate_lock
+def finish_x(
+    drain_timeout: float | None = None, quiet_period: float | None = None, terminate: bool = False
+) -> list[str]:
+    """The ``-x`` arguments of a finish's upgrade: the drain's timeout and quiet
+    period when given (else the settings'), and ``terminate``."""
+    extra = [f"drain_timeout={drain_timeout}"] if drain_timeout is not None else []
+    extra += [f"drain_quiet_period={quiet_period}"] if quiet_period is not None else []
+    return extra + (["terminate=true"] if terminate else [])

@@ -86,6 +86,7 @@ def state_change(settings: Settings, family: FamilySpec | None) -> FileChange:
     path = settings.state_file
     before = read_text(path)
     state = RotationState.load(path)
+    original = state.to_json()
     if family is not None:
         recorded = state.members_of(family.name)
         if recorded is not None and set(recorded) != set(family.members):
@@ -100,7 +101,7 @@ def state_change(settings: Settings, family: FamilySpec | None) -> FileChange:
     what = "the rotation state"
     if before is None:
         return FileChange(path, Action.CREATE, None, state.render(), what)
-    if family is None or state.to_json() == RotationState.load(path).to_json():
+    if family is None or state.to_json() == original:
         return FileChange(path, Action.UNCHANGED, before, None, what)
     return FileChange(path, Action.EDIT, before, state.render(), f"{what} gains {family.name}")
 

@@ -30,6 +30,7 @@ from rolekit.scaffold._changes import (
 )
 from rolekit.scaffold._envpy import EnvPyCase, plan_env_py
 from rolekit.scaffold._family import FamilySpec, repeatables_change, revision_change, state_change
+from rolekit.secrets._file import git_tracks
 
 
 @dataclass
@@ -83,9 +84,10 @@ def _ini_change(ini: Path, script_dir: Path) -> tuple[FileChange, Settings]:
     real = ini.resolve()
     before = read_text(ini) or ""
     text = to_lf(before)
-    if read_ini(real, text).has_section("rolekit"):
+    parser = read_ini(real, text)
+    if parser.has_section("rolekit"):
         change = FileChange(ini, Action.UNCHANGED, before, None, "has a [rolekit] section")
-        return change, Settings.from_parser(real, read_ini(real, text))
+        return change, Settings.from_parser(real, parser)
     folder = _relative(script_dir, real.parent) or str(script_dir)
     section = _content.rolekit_section(f"{folder}/repeatable", f"{folder}/rotation.json")
     after = _content.add_rolekit_section(text, section)
@@ -193,11 +195,11 @@ def plan_init(
     if force:
         changes = [change.allow() for change in changes]
     report = InitReport(root, changes)
-    tracked = _git(root, "ls-files", "--error-unmatch", "passwords.env")
-    if tracked is not None and tracked.returncode == 0:
+    secrets = settings.default_secrets_file
+    if git_tracks(secrets):
         report.warnings.append(
-            "passwords.env is committed to git: remove it from the index (git rm --cached "
-            "passwords.env) and treat its passwords as leaked (rotate them)"
+            f"{secrets.name} is committed to git: remove it from the index (git rm --cached "
+            f"{secrets.name}) and treat its passwords as leaked (rotate them)"
         )
     report.next_steps = _next_steps(report, family, str(config))
     return report

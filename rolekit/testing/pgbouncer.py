@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -40,9 +39,8 @@ from typing import Any, Self
 from urllib.parse import quote
 
 from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 
-from rolekit.testing.cluster import Cluster
+from rolekit.testing.cluster import Cluster, _free_port, _run_as
 
 AUTH_USER = "pgbouncer_auth"
 
@@ -71,10 +69,9 @@ def version(binary: str) -> str:
     return proc.stdout.splitlines()[0].strip() if proc.stdout else "unknown"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _userlist_line(user: str, password: str) -> str:
+    """One auth_file line: both fields double-quoted, a quote doubled."""
+    return " ".join('"' + value.replace('"', '""') + '"' for value in (user, password)) + "\n"
 
 
 class PgBouncer:
@@ -124,9 +121,8 @@ class PgBouncer:
         self._tmp = Path(tempfile.mkdtemp(prefix="rolekit-pgbouncer-"))
         self.logfile = self._tmp / "pgbouncer.log"
         self._owner: tuple[int, int] | None = None
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam("postgres")
-            self._owner = entry.pw_uid, entry.pw_gid
+        self._owner = _run_as()  # PgBouncer refuses root, as PostgreSQL does
+        if self._owner:
             os.chown(self._tmp, *self._owner)
 
     def _write(self, path: Path, text: str) -> None:
@@ -151,8 +147,7 @@ class PgBouncer:
                 role = sql.Identifier(AUTH_USER)
                 if cur.fetchone() is None:
                     cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
-                verifier = encrypt_password(password, AUTH_USER, conn, "scram-sha-256")
-                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(role), (verifier,))
+                self.cluster.set_password(AUTH_USER, password, conn=conn)
                 cur.execute(_LOOKUP)
                 cur.execute(sql.SQL("GRANT USAGE ON SCHEMA pgbouncer_auth TO {}").format(role))
                 cur.execute(
@@ -165,10 +160,7 @@ class PgBouncer:
         return password
 
     def _write_userlist(self) -> None:
-        def quote(value: str) -> str:
-            return '"' + value.replace('"', '""') + '"'
-
-        lines = [f"{quote(user)} {quote(password)}\n" for user, password in self.users.items()]
+        lines = [_userlist_line(user, password) for user, password in self.users.items()]
         self._write(self._tmp / "userlist.txt", "".join(lines))
 
     def set_users(self, users: dict[str, str], *, timeout: float = 10) -> None:
@@ -184,9 +176,7 @@ class PgBouncer:
     def set_auth_file(self, text: str, *, timeout: float = 10) -> None:
         """Replace the auth_file with *text* (``rolekit creds --format pgbouncer``,
         plus the admin user's line if any) and reload, like :meth:`set_users`."""
-        admin = ""
-        if self.admin is not None:
-            admin = f'"{self.admin[0]}" "{self.admin[1]}"\n'
+        admin = _userlist_line(*self.admin) if self.admin is not None else ""
         self._write(self._tmp / "userlist.txt", text + admin)
         self._reload(timeout)
 
