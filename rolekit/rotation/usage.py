@@ -247,7 +247,7 @@ class Watch:
                 if uses is not None:
                     self._current[source.name] = uses
                 if uses:
-                    when = seen - max(u.age for u in uses)
+                    when = seen - min(u.age for u in uses)  # the most recent use
                     if when >= self._last_seen:
                         self._last_seen, self._last = when, list(uses)
             if first:

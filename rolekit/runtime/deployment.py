@@ -69,18 +69,24 @@ class Deployment:
     @classmethod
     @contextlib.contextmanager
     def open(
-        cls, settings: Settings, control: ControlConnection, *, progress: Progress
+        cls,
+        settings: Settings,
+        control: ControlConnection,
+        *,
+        progress: Progress,
+        poolers: bool = True,
     ) -> Iterator[Deployment]:
-        """Connect to the configured replicas and poolers (refusing when one is unreachable)."""
+        """Connect to the configured replicas and, unless told not to, poolers
+        (refusing when one is unreachable)."""
         with (
             open_replicas(settings, control) as replicas,
-            open_poolers(settings.poolers) as poolers,
+            open_poolers(settings.poolers if poolers else ()) as pooler_list,
         ):
             yield cls(
                 settings,
                 Host(primary_name(settings), control),
                 tuple(replicas),
-                tuple(poolers),
+                tuple(pooler_list),
                 tracking.installed_schema(control),
                 progress,
             )

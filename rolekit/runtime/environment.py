@@ -231,12 +231,17 @@ class RolekitRun:
             self._connections.close()
             raise
 
-    def _open_deployment(self, control: ControlConnection) -> Deployment:
-        """The replicas and poolers, connected once per run and kept until its end."""
+    def _open_deployment(self, control: ControlConnection, *, poolers: bool = True) -> Deployment:
+        """The replicas and poolers, connected once per run and kept until its end.
+
+        :param poolers: ``False`` when only the replicas are needed (the wait
+            for replay after a commit no drain preceded): an unreachable
+            pooler must not fail a migration that committed.
+        """
         if self._deployment is None:
             progress = self.run.progress if self.run else drain.stderr_progress
             self._deployment = self._connections.enter_context(
-                Deployment.open(self.settings, control, progress=progress)
+                Deployment.open(self.settings, control, progress=progress, poolers=poolers)
             )
         return self._deployment.on(control)
 
@@ -283,7 +288,7 @@ class RolekitRun:
         changed = isinstance(session, Session) and session.changed
         deployment = None
         if self._deployment is not None or (changed and self.settings.replicas):
-            deployment = self._open_deployment(control)
+            deployment = self._open_deployment(control, poolers=False)
         if deployment is not None and changed:
             deployment.wait_for_replay()  # NOLOGIN (or a new password) in effect everywhere
         if run is not None and run.terminate_after_commit:

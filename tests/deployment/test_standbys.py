@@ -156,3 +156,21 @@ def test_status_reports_each_member_on_each_host(
     assert places[direct]["last_seen"] is not None and places[cascade]["last_seen"] is None
     # create_role_family lets the migrator see its members' sessions in detail
     assert places[direct]["sessions_hidden"] == 0
+
+
+def test_an_unreachable_pooler_does_not_fail_a_begin_that_only_waits_for_replay(
+    deployed_project: Project, replicated: Replicated
+) -> None:
+    """After a commit no drain preceded, rolekit waits for the replicas only: the
+    poolers are watched by a drain, and an unreachable one must not fail (exit 5)
+    a migration that committed.  The finish, which drains, still refuses it."""
+    project = deployed_project
+    project.extra_env["ROLEKIT_REPLICAS"] = replica_urls(replicated.direct, replicated.cascade)
+    project.upgrade("dev")
+    project.extra_env["ROLEKIT_POOLERS"] = "postgresql://admin:wrong@127.0.0.1:1/pgbouncer"
+    begin = rotate(project, "begin")
+    for standby in (replicated.direct, replicated.cascade):
+        assert f"replicas: replica {standby.host}:{standby.port}/postgres replayed" in begin.stderr
+    assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}
+    proc = rotate(project, "finish", "--drain-timeout", "3", check=False)
+    assert proc.returncode == 5 and "cannot reach pooler 127.0.0.1:1" in proc.stderr
