@@ -206,6 +206,7 @@ def cmd_status(args: argparse.Namespace, out: _Output) -> int:
             "families": [r.to_json() for r in result.families],
             "last_runs": result.last_runs,
             "deployment_problems": result.deployment_problems,
+            "stale_files": result.stale_files,
         },
         status_text.render(result),
     )

@@ -30,6 +30,7 @@ from rolekit.errors import (
     ChangelogError,
     GuardError,
     RolekitError,
+    StaleFileError,
     UnreachableError,
     first_line,
 )
@@ -38,7 +39,7 @@ from rolekit.family import RoleFamily
 # re-exported: ``rolekit.command.creds`` is the API behind ``rolekit creds``
 from rolekit.handout import Creds as Creds
 from rolekit.handout import creds as creds
-from rolekit.repeatable import changelog
+from rolekit.repeatable import changelog, forward
 from rolekit.repeatable.engine import plan as plan_repeatables
 from rolekit.repeatable.loader import load_repeatables, login_members, require_known_contexts
 from rolekit.repeatable.run import RunContext
@@ -135,6 +136,10 @@ def plan(config: ConfigLike, context: str | None = None) -> list[PlanRow]:
     settings = load_settings(config)
     run, repeatables = _run_context(settings, context)
     with _read_only_session(settings) as session:
+        active = [rep for rep in repeatables if rep.skip_reason(run) is None]
+        _, stale = forward.check(session, run, active)
+        if stale:  # what the upgrade would do: refuse before anything else
+            raise StaleFileError("; ".join(stale) + ". The upgrade would refuse it")
         state = changelog.read(session)
         items = plan_repeatables(
             session, replace(run, salt=state.salt), repeatables, state, roles_must_exist=False
@@ -255,12 +260,16 @@ class Status:
     last_runs: list[dict[str, Any]]
     #: replicas or poolers rolekit cannot reach or trust, unknown standbys
     deployment_problems: list[str] = field(default_factory=list)
+    #: files behind the database (a stale checkout): the upgrade refuses them
+    stale_files: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
-        return self.deployment_problems + [
-            f"{r.group}: {p}" for r in self.families for p in r.problems
-        ]
+        return (
+            self.stale_files
+            + self.deployment_problems
+            + [f"{r.group}: {p}" for r in self.families for p in r.problems]
+        )
 
 
 @contextlib.contextmanager
@@ -322,7 +331,9 @@ def status(config: ConfigLike, context: str | None = None, *, max_age: str | Non
             inspection.check_password_age(report, set_at, max_age_s, max_age or "")
             reports.append(report)
         runs = inspection.last_runs(control)
-    return Status(reports, runs, trouble)
+        active = [rep for rep in repeatables if rep.skip_reason(run) is None]
+        _, stale = forward.check(control, run, active)
+    return Status(reports, runs, trouble, stale)
 
 
 def check(

@@ -128,6 +128,15 @@ class ClaimError(GuardError):
     """A role is managed from another database of the cluster."""
 
 
+class StaleFileError(GuardError):
+    """The state or secrets file is behind what the database applied (or another
+    project's): applying it would move the database backwards."""
+
+
+class PasswordInUseError(GuardError):
+    """An upgrade would replace the password of a member that may log in and is in use."""
+
+
 class LogExposureError(GuardError):
     """A password verifier would reach the server log and rolekit cannot prevent it."""
 

@@ -38,7 +38,7 @@ def render(result: Status) -> str:
             lines.append(f"  {age}")
         lines.append(f"  login tracking: {r.login_tracking}")
         lines += [f"  problem: {p}" for p in r.problems]
-    lines += [f"problem: {p}" for p in result.deployment_problems]
+    lines += [f"problem: {p}" for p in [*result.stale_files, *result.deployment_problems]]
     lines.append("last repeatable runs:")
     lines += [
         f"  {x['applied_at']}  {x['id']} ({x['exec_type']}, {x['context'] or '-'})"

@@ -1,3 +1,8 @@
 """Fixtures come from plugin modules, so no conftest imports another."""
 
-pytest_plugins = ["tests.plugins.postgres", "tests.plugins.reliability", "tests.plugins.deployment"]
+pytest_plugins = [
+    "tests.plugins.hermetic",
+    "tests.plugins.postgres",
+    "tests.plugins.reliability",
+    "tests.plugins.deployment",
+]

@@ -10,6 +10,7 @@ a ``.gitignore`` as Python projects have one.  After ``rolekit init
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -274,10 +275,9 @@ def test_init_without_a_family_prepares_the_project(tmp_path: Path) -> None:
         "passwords.env.example": "create",
     }
     root = project.root
-    assert json.loads((root / "migrations" / "rotation.json").read_text()) == {
-        "version": 1,
-        "families": {},
-    }
+    written = json.loads((root / "migrations" / "rotation.json").read_text())
+    assert re.fullmatch("[0-9a-f]{32}", written.pop("lineage"))  # this project's, from now on
+    assert written == {"version": 2, "families": {}}
     assert (root / ".gitignore").read_text().startswith("__pycache__/\n")  # kept, lines added
     ignored = ["passwords.env", "passwords.env.lock", "migrations/rotation.json.lock"]
     assert git(root, "check-ignore", *ignored).split() == ignored

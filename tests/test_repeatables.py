@@ -167,11 +167,23 @@ def test_failing_repeatable_rolls_back_everything(project: Project) -> None:
 
 def test_older_changelog_schema_is_migrated(project: Project) -> None:
     project.upgrade("dev")
+    # what a database upgraded by rolekit 0.1 holds: none of the later tables
     project.query("ALTER TABLE rolekit_changelog DROP COLUMN target_oids")
+    project.query(
+        "DROP TABLE rolekit_rotation, rolekit_rotation_history, rolekit_password_history;"
+        " DROP FUNCTION rolekit_append_only();"
+        " DELETE FROM rolekit_meta WHERE key = 'password_history_key'"
+    )
     project.query("UPDATE rolekit_meta SET value = '1' WHERE key = 'schema_version'")
     project.set_password("my_app_tom", "dev")
     project.upgrade("dev")
-    assert project.query("SELECT value FROM rolekit_meta WHERE key = 'schema_version'") == [("3",)]
+    assert project.query("SELECT value FROM rolekit_meta WHERE key = 'schema_version'") == [("4",)]
+    # the migrated changelog has no digests yet: both passwords were sent, and recorded
+    assert project.query("SELECT role FROM rolekit_password_history ORDER BY 1") == [
+        ("my_app_jerry",),
+        ("my_app_tom",),
+    ]
+    assert project.query("SELECT serial FROM rolekit_rotation WHERE context = 'dev'") == [(0,)]
     project.query("UPDATE rolekit_meta SET value = '99' WHERE key = 'schema_version'")
     proc = project.upgrade("dev", check=False)
     assert "newer than this rolekit" in proc.stderr

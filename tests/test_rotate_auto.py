@@ -69,7 +69,7 @@ def test_a_due_family_is_rotated_and_published(any_project: Project) -> None:
     # the apps got both members during the overlap, the new one first
     assert _published(project) == ("my_app_jerry", "my_app_tom")
     assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
-    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"]}
+    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"], "serial": 2}
     # back again: the next due run rotates to tom
     assert _auto(project, "--max-age", "0", "--publish", PUBLISH)[0] == 0
     assert can_login(project) == {"my_app_tom": True, "my_app_jerry": False}
@@ -195,7 +195,7 @@ def test_a_run_killed_with_sigkill_is_completed_by_the_next(project: Project, ph
         # the password the run set is the one on file: nothing lost, no second begin
         connect_as(project, "my_app_jerry")().close()
     assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
-    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"]}
+    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"], "serial": 2}
     assert _published(project)[0] == "my_app_jerry"
     if busy or phase != "begin, before its commit":
         assert app.attempts > 0 and app.failures == []

@@ -110,15 +110,14 @@ def test_concurrent_begin_exactly_one_wins(project: Project) -> None:
     assert project.state()["families"]["my_app"]["dev"] == {
         "login": ["my_app_tom", "my_app_jerry"],
         "incoming": "my_app_jerry",
+        "serial": 1,
     }
 
 
 def test_lockout_guard(project: Project) -> None:
     project.upgrade("dev")
     before = role_snapshot(project.cluster)
-    data = project.state()
-    data["families"]["my_app"]["dev"] = {"login": []}
-    project.write_state(data)
+    project.edit_state("my_app", "dev", {"login": []})
     proc = project.upgrade("dev", check=False)
     assert proc.returncode != 0 and "lets no member log in" in proc.stderr
     assert role_snapshot(project.cluster) == before
@@ -271,9 +270,7 @@ def test_help_teaches_with_examples(project: Project) -> None:
 
 
 def test_expire_retire_mode_sets_valid_until(project: Project) -> None:
-    data = project.state()
-    data["families"]["my_app"]["dev"]["retire"] = "expire"
-    project.write_state(data)
+    project.edit_state("my_app", "dev", {"login": ["my_app_tom"], "retire": "expire"})
     project.upgrade("dev")
     rows = project.query(
         "SELECT rolname, rolvaliduntil < now() FROM pg_roles WHERE rolname LIKE 'my_app_%%' ORDER BY 1"

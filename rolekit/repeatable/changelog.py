@@ -2,10 +2,20 @@
 
 ``rolekit_changelog`` holds one current row per repeatable; the append-only
 ``rolekit_changelog_history`` records every run for auditors (a trigger
-refuses UPDATE and DELETE); ``rolekit_meta`` holds the schema version and the
-salt of the secret fingerprints.  No table ever holds a secret: checksums
-carry salted fingerprints of them, an HMAC keyed by the secrets file's own
-key (useless without the file), or scrypt where a file has no key.
+refuses UPDATE and DELETE); ``rolekit_meta`` holds the schema version, the
+salt of the secret fingerprints and the key of the password history.
+
+Two more tables remember how far the database has gone, so that files that
+are behind it are refused (:mod:`rolekit.rotation.positions`):
+``rolekit_rotation`` (the position of each family's state applied per
+context, with an append-only history) and the append-only
+``rolekit_password_history`` (a keyed fingerprint of every password rolekit
+set, so a replaced password is never set again).
+
+No table ever holds a secret: checksums carry salted fingerprints of them, an
+HMAC keyed by the secrets file's own key (useless without the file), or
+scrypt where a file has no key; the password history is an HMAC keyed by a
+random key of this database's.
 """
 
 from __future__ import annotations
@@ -17,7 +27,54 @@ from psycopg2 import sql
 from rolekit.errors import ChangelogError
 from rolekit.runtime.session import ROLEKIT_TABLES, Session
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+#: the tables of schema 4: positions of the rotation state, and password history
+_GUARD_TABLES = [
+    """CREATE TABLE rolekit_rotation (
+        family text NOT NULL,
+        context text NOT NULL,
+        serial bigint NOT NULL,
+        digest text NOT NULL,
+        lineage text,
+        state jsonb NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        applied_by text NOT NULL DEFAULT session_user,
+        PRIMARY KEY (family, context))""",
+    """CREATE TABLE rolekit_rotation_history (
+        seq bigserial PRIMARY KEY,
+        family text NOT NULL,
+        context text NOT NULL,
+        serial bigint NOT NULL,
+        digest text NOT NULL,
+        lineage text,
+        state jsonb NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now(),
+        applied_by text NOT NULL DEFAULT session_user)""",
+    """CREATE TABLE rolekit_password_history (
+        seq bigserial PRIMARY KEY,
+        role text NOT NULL,
+        fingerprint text NOT NULL,
+        set_at timestamptz NOT NULL DEFAULT now(),
+        set_by text NOT NULL DEFAULT session_user)""",
+    """CREATE FUNCTION rolekit_append_only() RETURNS trigger
+        LANGUAGE plpgsql AS $$ BEGIN
+        RAISE EXCEPTION '% is append-only', TG_TABLE_NAME;
+        END $$""",
+    """CREATE TRIGGER rolekit_append_only
+        BEFORE UPDATE OR DELETE OR TRUNCATE ON rolekit_rotation_history
+        FOR EACH STATEMENT EXECUTE FUNCTION rolekit_append_only()""",
+    """CREATE TRIGGER rolekit_append_only
+        BEFORE UPDATE OR DELETE OR TRUNCATE ON rolekit_password_history
+        FOR EACH STATEMENT EXECUTE FUNCTION rolekit_append_only()""",
+]
+_HISTORY_KEY = "password_history_key"
+#: the key is made by the server (gen_random_uuid() draws on its strong random
+#: source), so it never travels in a statement that log_statement could log
+_NEW_HISTORY_KEY = sql.SQL(
+    "INSERT INTO rolekit_meta SELECT %s,"
+    " replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')"
+)
 
 _CREATE = [
     "CREATE TABLE rolekit_meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -50,12 +107,15 @@ _CREATE = [
     """CREATE TRIGGER rolekit_history_append_only
         BEFORE UPDATE OR DELETE ON rolekit_changelog_history
         FOR EACH STATEMENT EXECUTE FUNCTION rolekit_history_append_only()""",
+    *_GUARD_TABLES,
 ]
 
 # Schema 1 (rolekit 0.1) had no target_oids: repeatables then could not notice
 # that a downgrade dropped and re-created their roles.
 # Schema 2 had no step_digests (a re-run re-sent every password) and did not
 # record whose password a run set.
+# Schema 3 did not record positions or password history: a stale file could
+# move the database backwards.
 _MIGRATE = {
     1: [
         "ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS target_oids bigint[] NOT NULL DEFAULT '{}'"
@@ -65,6 +125,7 @@ _MIGRATE = {
         "ALTER TABLE rolekit_changelog_history"
         " ADD COLUMN IF NOT EXISTS passwords_set text[] NOT NULL DEFAULT '{}'",
     ],
+    3: _GUARD_TABLES,
 }
 
 
@@ -145,6 +206,7 @@ def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
             ),
             (str(SCHEMA_VERSION), salt.hex()),
         )
+        session.execute(_NEW_HISTORY_KEY, (_HISTORY_KEY,), echo=False)
         return Changelog(True, salt, {})
     version = changelog.version
     if version == SCHEMA_VERSION:
@@ -154,6 +216,8 @@ def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
     while version < SCHEMA_VERSION:
         for stmt in _MIGRATE[version]:
             session.execute(sql.SQL(stmt))
+        if version == 3:
+            session.execute(_NEW_HISTORY_KEY, (_HISTORY_KEY,), echo=False)
         version += 1
         session.execute(
             sql.SQL("UPDATE rolekit_meta SET value = %s WHERE key = 'schema_version'"),

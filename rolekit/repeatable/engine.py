@@ -18,12 +18,13 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from rolekit import catalog, claims, ddl
-from rolekit.errors import ClaimError, RepeatableError
+from rolekit.errors import ClaimError, PasswordInUseError, RepeatableError
 from rolekit.repeatable import changelog
 from rolekit.repeatable.base import Repeatable, Step, execute_step
 from rolekit.repeatable.kinds import FamilyLogin, SetPasswords
 from rolekit.repeatable.loader import login_members
 from rolekit.repeatable.run import Observed, RunContext
+from rolekit.rotation import password_history, positions
 from rolekit.runtime.session import Session
 from rolekit.secrets import Secret
 
@@ -266,6 +267,54 @@ def _before_sending(
     return changelog.ensure(session, state, salt=run.salt)
 
 
+def _refuse_replacing_in_use(
+    session: Session, run: RunContext, executed: Sequence[PlanItem], observed: Observed
+) -> None:
+    """An upgrade never replaces the password of a member that may log in and is in use.
+
+    The secrets file then disagrees with the server about a password
+    applications are using (a stale or hand-edited file, another project's
+    take-over, ``gen-password --write`` of the active member): changing it
+    would fail each of their next logins.  That change belongs to ``rotate
+    begin``, which gives the *other* member a fresh password.
+    """
+    setting = {s.secret_role for i in executed for s in i.steps if s.secret_role is not None}
+    replacing = sorted(
+        role
+        for role in setting - run.password_verified  # accepted: the server has it already
+        if role in observed.roles and observed.roles[role].can_log_in_now
+    )
+    if not replacing or session.offline or run.uses_look is None:
+        return
+    uses = run.uses_look(session, replacing)
+    for role in sorted(set(uses) & run.replace_password):
+        log.warning(
+            "replacing the password of %s although it is in use (%s), as -x replace_password "
+            "asks: applications holding its current password fail at their next login",
+            role,
+            uses[role],
+        )
+    refused = sorted(set(uses) - run.replace_password)
+    if refused:
+        raise PasswordInUseError(password_in_use_message(refused, uses, run))
+
+
+def password_in_use_message(roles: Sequence[str], uses: dict[str, str], run: RunContext) -> str:
+    names = ", ".join(repr(r) for r in roles)
+    filename = run.secrets_file.path.name
+    seen = "; ".join(uses[r] for r in roles)
+    return (
+        f"refusing to replace the password of {names}: it may log in and is in use "
+        f"({seen}), and {filename} holds another password for it. An upgrade "
+        "never changes the password applications use; nothing was changed. If the server's "
+        f"password is right, put it back in {filename}; to give the member a new password, "
+        "rotate ('rolekit rotate FAMILY begin' gives the standby a fresh one, then move the "
+        "applications and finish). In an emergency only, -x replace_password="
+        f"{','.join(roles)} replaces it anyway and breaks every application holding the "
+        "current password at its next login"
+    )
+
+
 def _run(session: Session, run: RunContext, item: PlanItem) -> None:
     """Execute one repeatable and record it in the changelog."""
     rep = item.repeatable
@@ -274,6 +323,9 @@ def _run(session: Session, run: RunContext, item: PlanItem) -> None:
     rep.apply(session, run, item.steps)
     if session.offline:
         return
+    password_history.record(
+        session, [(s.secret_role, s.secret) for s in item.steps if s.secret_role and s.secret]
+    )
     oids = catalog.roles(session, rep.targets()) if rep.targets() else {}
     changelog.record(
         session,
@@ -301,13 +353,17 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
     if not session.offline:
         active = [i.repeatable for i in planned.items if i.status != Status.SKIPPED]
         _claim(session, run, active, planned.observed)
-    if not report.executed:
+        _refuse_replacing_in_use(session, run, report.executed, planned.observed)
+    moving = [f for f in run.positions if f.verdict.recorded] if not session.offline else []
+    if not report.executed and not moving:
         return report
     migrated = _before_sending(session, run, report, state)
     if migrated.version != state.version:  # an older schema was just migrated
         report = RunReport(plan(session, run, repeatables, migrated).items)
     for item in report.executed:
         _run(session, run, item)
+    for family, context, serial in positions.record(session, moving, run.rotation.lineage):
+        log.info("recorded position %s of %s (%s)", serial, family, context)
     if not session.offline:
         report.to_verify = _logins_to_verify(run, report.executed, repeatables)
     return report

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 from rolekit.catalog import Reader, RoleInfo
 from rolekit.errors import SecretsError
 from rolekit.rotation.drain import Progress, decisive_check, stderr_progress
+from rolekit.rotation.positions import Finding
 from rolekit.rotation.state import RotationState
 from rolekit.runtime.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT, Settings
 from rolekit.secrets import Secret, SecretsFile, check_strength, secret_key
@@ -30,6 +31,14 @@ class DeploymentCheck(Protocol):
     :meth:`rolekit.runtime.deployment.Deployment.decisive_check`)."""
 
     def __call__(self, primary: Reader, members: Sequence[str], within: float) -> None: ...
+
+
+class UsesLook(Protocol):
+    """One look at every place that shows uses of *members* (sessions on every
+    host, pooler clients, tracked logins), the primary read through *primary*:
+    a description of the uses of each member in use (empty: none is)."""
+
+    def __call__(self, primary: Reader, members: Sequence[str]) -> dict[str, str]: ...
 
 
 class PasswordChecks(Protocol):
@@ -71,6 +80,14 @@ class RunContext:
     retiring: frozenset[str] = frozenset()
     #: set once the drain ran: looks at every host and pooler once more
     deployment_check: DeploymentCheck | None = None
+    #: set before the migration: who uses a member now, everywhere it can be used
+    uses_look: UsesLook | None = None
+    #: members whose password an upgrade may replace although they are in use
+    #: (-x replace_password: an emergency, it breaks their applications)
+    replace_password: frozenset[str] = frozenset()
+    #: the state file's position against the database's, per family (checked
+    #: before the migration; the positions that move are recorded in it)
+    positions: tuple[Finding, ...] = ()
     #: caches of the secrets file (filled on first use, never by callers)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

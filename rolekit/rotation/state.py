@@ -13,12 +13,23 @@ Phases follow from the ``login`` list:
 The file is validated strictly when read, because a guard that trusts a
 mistyped file is no guard: ``"decommissioned": "false"`` (a string) once
 passed the lockout guard.  Every error names the path inside the file.
+
+**Positions.**  Each state carries a ``serial``: its position in the
+family's history in that context.  Every ``rotate`` phase advances it by
+one, and so must a hand edit.  The database records the position each
+upgrade applied (:mod:`rolekit.rotation.positions`), so a file that is
+behind it -- an old checkout, a rolled-back release, a revert -- is refused
+instead of moving the database backwards.  The file's ``lineage`` (a random
+id written once) tells one project's file from another's, like Terraform's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import re
+import uuid
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -29,10 +40,13 @@ from rolekit._names import check_role_name
 from rolekit.contexts import check_context_name
 from rolekit.errors import BusyError, RolekitError, RoleNameError, StateFileError
 
-STATE_VERSION = 1
+#: the version rolekit writes; version 1 (no positions, no lineage) is still read
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 #: a state file larger than this is not one
 MAX_STATE_BYTES = 4 * 1024 * 1024
-_STATE_KEYS = frozenset({"login", "incoming", "retire", "decommissioned"})
+_STATE_KEYS = frozenset({"login", "incoming", "retire", "decommissioned", "serial"})
+_LINEAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class Retire(StrEnum):
@@ -58,6 +72,8 @@ class FamilyState(NamedTuple):
     retire: Retire = Retire.NOLOGIN
     #: set explicitly to let a family have no login member (decommission)
     decommissioned: bool = False
+    #: the position: every rotate phase (and hand edit) adds one
+    serial: int = 0
 
     @property
     def phase(self) -> Phase:
@@ -72,7 +88,8 @@ class FamilyState(NamedTuple):
             return self.incoming
         return self.login[0] if self.login else None
 
-    def to_json(self) -> dict[str, Any]:
+    def content(self) -> dict[str, Any]:
+        """What the state says, without its position."""
         data: dict[str, Any] = {"login": list(self.login)}
         if self.incoming:
             data["incoming"] = self.incoming
@@ -81,6 +98,27 @@ class FamilyState(NamedTuple):
         if self.decommissioned:
             data["decommissioned"] = True
         return data
+
+    def to_json(self) -> dict[str, Any]:
+        # A state nothing advanced yet reads as before positions existed.
+        return {**self.content(), "serial": self.serial} if self.serial else self.content()
+
+    @property
+    def digest(self) -> str:
+        """A short hash of :meth:`content`: two states at one position must agree on it."""
+        canonical = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """``login: my_app_tom, my_app_jerry (incoming my_app_jerry)``, for messages."""
+        text = f"login: {', '.join(self.login) or 'none'}"
+        if self.incoming:
+            text += f" (incoming {self.incoming})"
+        return text + (", decommissioned" if self.decommissioned else "")
+
+    def advanced(self, login: tuple[str, ...], incoming: str | None = None) -> FamilyState:
+        """The next position: *login* (and *incoming*), one serial further."""
+        return FamilyState(login, incoming, self.retire, False, self.serial + 1)
 
     @classmethod
     def from_json(cls, where: str, data: Any) -> FamilyState:
@@ -111,7 +149,13 @@ class FamilyState(NamedTuple):
                 f"{where}: 'decommissioned' is true but 'login' lists members; empty 'login' "
                 "to decommission the family, or remove 'decommissioned'"
             )
-        return cls(login, incoming, Retire(retire), decommissioned)
+        serial = data.get("serial", 0)
+        if not isinstance(serial, int) or isinstance(serial, bool) or not 0 <= serial < 2**53:
+            raise StateFileError(
+                f"{where}.serial: expected a whole number from 0 (the state's position; "
+                f"every change adds one), not {json.dumps(serial)}"
+            )
+        return cls(login, incoming, Retire(retire), decommissioned, serial)
 
 
 def _login(where: str, login: Any) -> tuple[str, ...]:
@@ -152,19 +196,25 @@ def _incoming(where: str, incoming: Any, login: tuple[str, ...]) -> str | None:
 
 def _validate(
     name: str, raw: Any
-) -> tuple[dict[str, dict[str, FamilyState]], dict[str, tuple[str, str]]]:
-    """The families' states and members of a parsed state file, checked."""
+) -> tuple[dict[str, dict[str, FamilyState]], dict[str, tuple[str, str]], str | None]:
+    """The families' states, members and lineage of a parsed state file, checked."""
     if (
         not isinstance(raw, dict)
-        or raw.get("version") != STATE_VERSION
+        or raw.get("version") not in _READABLE_VERSIONS
         or isinstance(raw.get("version"), bool)
     ):
         raise StateFileError(
             f'{name}: expected {{"version": {STATE_VERSION}, "families": {{...}}}}'
         )
-    unknown = sorted(set(raw) - {"version", "families", "members"})
+    unknown = sorted(set(raw) - {"version", "lineage", "families", "members"})
     if unknown:
         raise StateFileError(f"{name}: unknown top-level keys {unknown}")
+    lineage = raw.get("lineage")
+    if lineage is not None and (not isinstance(lineage, str) or not _LINEAGE.fullmatch(lineage)):
+        raise StateFileError(
+            f"{name}: 'lineage' must be the project's id (letters, digits, '-' or '_', at "
+            "most 64); rolekit writes it once, do not edit it"
+        )
     families = {
         family: _states(f"{name}: families.{family}", contexts)
         for family, contexts in _by_family(name, raw, "families", "contexts").items()
@@ -173,7 +223,12 @@ def _validate(
         family: _pair(name, family, pair, families.get(family, {}))
         for family, pair in _by_family(name, raw, "members", "two member names").items()
     }
-    return families, members
+    return families, members, lineage
+
+
+def new_lineage() -> str:
+    """A fresh project id for a state file that has none."""
+    return uuid.uuid4().hex
 
 
 def _by_family(name: str, raw: dict[str, Any], key: str, what: str) -> dict[str, Any]:
@@ -245,10 +300,13 @@ class RotationState:
         path: Path,
         families: dict[str, dict[str, FamilyState]] | None = None,
         members: dict[str, tuple[str, str]] | None = None,
+        lineage: str | None = None,
     ):
         self.path = path
         self.families = families or {}
         self.members = members or {}
+        #: the project's id (``None`` in a file written before rolekit kept one)
+        self.lineage = lineage
 
     @classmethod
     def load(cls, path: Path) -> RotationState:
@@ -275,7 +333,7 @@ class RotationState:
 
     def copy(self) -> RotationState:
         families = {f: dict(s) for f, s in self.families.items()}
-        return RotationState(self.path, families, dict(self.members))
+        return RotationState(self.path, families, dict(self.members), self.lineage)
 
     def members_of(self, family: str) -> tuple[str, str] | None:
         """The family's two members: recorded, else named by its states (if two are)."""
@@ -287,8 +345,10 @@ class RotationState:
         return (named[0], named[1]) if len(named) == 2 else None
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "version": STATE_VERSION,
+        data: dict[str, Any] = {"version": STATE_VERSION}
+        if self.lineage:
+            data["lineage"] = self.lineage
+        data |= {
             "families": {
                 family: {ctx: st.to_json() for ctx, st in sorted(contexts.items())}
                 for family, contexts in sorted(self.families.items())
@@ -303,7 +363,12 @@ class RotationState:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     def save(self) -> None:
-        """Write atomically (fsynced), so a crash never leaves a torn file for a deploy."""
+        """Write atomically (fsynced), so a crash never leaves a torn file for a deploy.
+
+        A file without a lineage gets one now: from here on the database can
+        tell this project's file from another's.
+        """
+        self.lineage = self.lineage or new_lineage()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, self.render().encode("utf-8"), mode=0o644, fail=RolekitError)
 

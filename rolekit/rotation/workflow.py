@@ -32,6 +32,7 @@ from alembic import command as alembic_command
 from rolekit.errors import RolekitError, RotationStateError
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
+from rolekit.rotation import positions
 from rolekit.rotation.state import FamilyState, Phase, RotationState, locked
 from rolekit.runtime.config import Settings, alembic_config
 from rolekit.runtime.control import ControlConnection
@@ -72,29 +73,71 @@ def rotate_lock(
             yield control
 
 
-def _begin(
+def _next(family: RoleFamily, context: str, current: FamilyState | None, step: Step) -> FamilyState:
+    """The state *step* moves *current* to, one position further (no side effect)."""
+    if current is None:
+        raise RotationStateError(
+            f"the rotation state has no state for {family.group!r} in context "
+            f'{context!r}; add {{"login": ["{family.members[0]}"]}} first'
+        )
+    if step == Step.BEGIN:
+        if current.phase != Phase.STEADY:
+            raise RotationStateError(
+                f"cannot begin: {family.group!r} ({context}) is in phase {current.phase.value!r} "
+                f"(login: {', '.join(current.login) or 'none'}); run 'rolekit rotate "
+                f"{family.group} finish' first"
+            )
+        (active,) = current.login
+        standby = family.other(active)
+        return current.advanced((active, standby), incoming=standby)  # steady -> overlap
+    if current.phase != Phase.OVERLAP or current.incoming is None:
+        raise RotationStateError(
+            f"cannot finish: {family.group!r} ({context}) is in phase {current.phase.value!r}, "
+            f"not in a rotation; run 'rolekit rotate {family.group} begin' first"
+        )
+    return current.advanced((current.incoming,))  # overlap -> steady on the incoming member
+
+
+def _require_forward(
+    control: ControlConnection,
+    state: RotationState,
+    family: RoleFamily,
+    context: str,
+    after: FamilyState,
+) -> bool:
+    """Refuse a state file behind the database, before anything is written.
+
+    One exception: the database already holds exactly the position this step
+    makes (a run killed after its commit, before it wrote the file).  The
+    step then completes that run.
+
+    :returns: whether the database already applied *after*.
+    """
+    recorded = positions.read(control, [family.group])
+    target = state.copy()
+    target.set(family.group, context, after)
+    (done,) = positions.compare(target, [family.group], context, recorded)
+    if done.verdict == positions.Verdict.SAME:
+        return True
+    findings = positions.compare(state, [family.group], context, recorded)
+    positions.require_current(findings, state.path.name)
+    return False
+
+
+def _begin_secrets(
     settings: Settings,
     family: RoleFamily,
     context: str,
-    current: FamilyState | None,
+    after: FamilyState,
     control: ControlConnection | None,
     length: int,
-) -> tuple[FamilyState, bool]:
-    """steady on A -> overlap (A and B may log in; B has a fresh password)."""
-    if current is None:
-        raise RotationStateError(
-            f"{settings.state_file.name} has no state for {family.group!r} in context "
-            f'{context!r}; add {{"login": ["{family.members[0]}"]}} first'
-        )
-    if current.phase != Phase.STEADY:
-        raise RotationStateError(
-            f"cannot begin: {family.group!r} ({context}) is in phase {current.phase.value!r} "
-            f"(login: {', '.join(current.login) or 'none'}); run 'rolekit rotate "
-            f"{family.group} finish' first"
-        )
-    (active,) = current.login
-    standby = family.other(active)
-    after = FamilyState((active, standby), incoming=standby, retire=current.retire)
+) -> bool:
+    """Give the standby a fresh password, unless an interrupted begin already did.
+
+    :returns: whether the server already has the standby's password on file.
+    """
+    standby = after.preferred
+    assert standby is not None
     secrets = SecretsFile(settings.secrets_file(context), repo_root=settings.root)
     if control is not None and secrets.has(standby, context):
         found = FamilyCatalog.read(control, family)
@@ -107,21 +150,10 @@ def _begin(
             # The catalog is already in the overlap and the standby accepts the
             # password on file: an earlier begin committed and was killed
             # before writing the state file.  Keep that password.
-            return after, True
+            return True
     secrets.set(standby, context, generate_password(max(length, settings.min_length(context))))
     secrets.ensure_fingerprint_key()
-    return after, False
-
-
-def _finish(family: RoleFamily, context: str, current: FamilyState | None) -> FamilyState:
-    """overlap -> steady on the incoming member."""
-    if current is None or current.phase != Phase.OVERLAP or current.incoming is None:
-        phase = current.phase.value if current else "unknown"
-        raise RotationStateError(
-            f"cannot finish: {family.group!r} ({context}) is in phase {phase!r}, not in a "
-            f"rotation; run 'rolekit rotate {family.group} begin' first"
-        )
-    return FamilyState((current.incoming,), retire=current.retire)
+    return False
 
 
 def _upgrade(settings: Settings, context: str, extra: Sequence[str], target: RotationState) -> None:
@@ -178,12 +210,14 @@ def rotate_locked(
     them for a whole run); *control* ``None`` is a dry run."""
     state = RotationState.load(settings.state_file)
     current = state.get(family.group, context)
+    after = _next(family, context, current, step)
+    assert current is not None
+    applied = control is not None and _require_forward(control, state, family, context, after)
     resumed = False
     if step == Step.BEGIN:
-        after, resumed = _begin(settings, family, context, current, control, length)
+        resumed = _begin_secrets(settings, family, context, after, control, length)
     else:
-        after = _finish(family, context, current)
-    assert current is not None
+        resumed = applied
     state.members[family.group] = family.members  # so applications know both
     if control is not None:
         target = state.copy()

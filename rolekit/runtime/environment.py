@@ -26,26 +26,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import psycopg2
 import sqlalchemy.exc
 from alembic.runtime.environment import EnvironmentContext
-from alembic.util import CommandError
+from alembic.util import CommandError, messaging
 from sqlalchemy import Connection, create_engine, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
 from rolekit import catalog, tracking
 from rolekit.contexts import parse_contexts, primary_context
 from rolekit.errors import RolekitError, first_line
+from rolekit.repeatable import forward
 from rolekit.repeatable.base import Repeatable
 from rolekit.repeatable.engine import RunReport, apply
 from rolekit.repeatable.loader import load_repeatables, require_known_contexts
 from rolekit.repeatable.run import RunContext
 from rolekit.rotation import drain
 from rolekit.rotation.state import RotationState
+from rolekit.rotation.usage import describe_uses
 from rolekit.runtime.config import Settings, seconds, x_argument, x_flag
 from rolekit.runtime.control import ControlConnection
 from rolekit.runtime.deployment import Deployment
@@ -135,6 +137,7 @@ def run_context(
         drain_quiet_period=quiet,
         terminate=x_flag(env, "terminate"),
         take_over=_names(env, "take_over"),
+        replace_password=_names(env, "replace_password"),
         rerun=_names(env, "rerun"),
         allow_verifier_in_log=x_flag(env, "allow_verifier_in_log", settings.allow_verifier_in_log),
     )
@@ -148,6 +151,9 @@ def prepare(
 ) -> RunContext:
     """Everything that must be seen or waited for before the migration transaction.
 
+    * first of all, files that are behind the database are refused
+      (:func:`rolekit.repeatable.forward.require_forward`), at once and
+      before any wait;
     * the members the run disables are drained here, on every host and
       pooler, holding no lock (*open_deployment* connects to them);
     * a member that may log in and rejects its secrets file's password is
@@ -155,8 +161,18 @@ def prepare(
     * privileges the guards need are checked here, before any change.
     """
     active = [rep for rep in repeatables if rep.skip_reason(run) is None]
+    run = forward.require_forward(control, run, active)
     names = {t for rep in active for t in rep.targets()}
     roles = catalog.roles(control, names) if names else {}
+
+    def uses_look(primary: catalog.Reader, members: Sequence[str]) -> dict[str, str]:
+        deployment = open_deployment()
+        deployment.check_standbys()
+        found = deployment.look_once(members, primary, run.drain_quiet_period)
+        users = sorted({use.user for use in found})
+        return {u: describe_uses([use for use in found if use.user == u]) for u in users}
+
+    run = replace(run, uses_look=uses_look)
     retiring = sorted({m for rep in active for m in rep.disables(run, roles)})
     if retiring:
         run = _drain(control, run, retiring, open_deployment)
@@ -324,8 +340,35 @@ def database_error(exc: BaseException) -> RolekitError:
     )
 
 
+def _from_alembic_cli(env: EnvironmentContext) -> bool:
+    """Whether the ``alembic`` command line runs us (not rolekit's or a user's Python)."""
+    attributes = env.config.attributes
+    return (
+        env.config.cmd_opts is not None
+        and SETTINGS_ATTRIBUTE not in attributes
+        and ROTATION_ATTRIBUTE not in attributes
+    )
+
+
 def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
-    """Run Alembic's migrations and rolekit's repeatables in one transaction."""
+    """Run Alembic's migrations and rolekit's repeatables in one transaction.
+
+    Under the ``alembic`` command line a refusal exits with rolekit's exit
+    code (3 for a guard, 5 for an unreachable server...), not Alembic's 255
+    for every failure, so a deploy script can tell a stale checkout from a
+    crash; the ``FAILED:`` line is Alembic's own.
+    """
+    try:
+        _run_migrations(env, **configure_kw)
+    except MigrationFailed as exc:
+        if not _from_alembic_cli(env):
+            raise
+        messaging.log.error(str(exc))
+        messaging.msg(f"FAILED: {exc}")
+        raise SystemExit(int(exc.error.exit_code)) from None
+
+
+def _run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
     settings = settings_for(env)
     if env.is_offline_mode():
         env.configure(

@@ -16,7 +16,7 @@ from alembic.util import CommandError, rev_id
 from rolekit._names import check_role_name
 from rolekit.contexts import check_context_name
 from rolekit.errors import RolekitError, first_line
-from rolekit.rotation.state import FamilyState, RotationState
+from rolekit.rotation.state import FamilyState, RotationState, new_lineage
 from rolekit.runtime.config import Settings
 from rolekit.scaffold import _content
 from rolekit.scaffold._changes import Action, FileChange, read_text, whole_file
@@ -99,6 +99,7 @@ def state_change(settings: Settings, family: FamilySpec | None) -> FileChange:
                 state.set(family.name, context, FamilyState(login=(family.members[0],)))
         state.members.setdefault(family.name, family.members)
     what = "the rotation state"
+    state.lineage = state.lineage or new_lineage()  # this project's file from here on
     if before is None:
         return FileChange(path, Action.CREATE, None, state.render(), what)
     if family is None or state.to_json() == original:

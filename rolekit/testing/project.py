@@ -120,6 +120,16 @@ class Project:
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.state_path)
 
+    def edit_state(self, family: str, context: str, entry: dict[str, Any]) -> None:
+        """Change one family's state by hand, as the docs tell GitOps users to:
+        the new *entry*, one ``serial`` past the file's (a hand edit advances
+        the position, or the upgrade refuses the file as diverged)."""
+        data = self.state()
+        states = data["families"].setdefault(family, {})
+        serial = states.get(context, {}).get("serial", 0)
+        states[context] = {**entry, "serial": serial + 1}
+        self.write_state(data)
+
     def write_repeatables(self, source: str, name: str = "my_app.py") -> None:
         (self.root / "migrations" / "repeatable" / name).write_text(source)
 

@@ -43,13 +43,11 @@ def session_users(cluster: Cluster) -> Counter[str]:
 
 
 def set_state(project: Project, login: list[str], incoming: str | None = None) -> None:
-    """Edit rotation.json as a GitOps checkout would (``Project.write_state``)."""
-    data = project.state()
+    """Edit rotation.json by hand as a GitOps user would (``Project.edit_state``)."""
     entry: dict[str, Any] = {"login": login}
     if incoming:
         entry["incoming"] = incoming
-    data["families"]["my_app"]["dev"] = entry
-    project.write_state(data)
+    project.edit_state("my_app", "dev", entry)
 
 
 class _Counts:

@@ -132,12 +132,9 @@ def test_members_only_log_in_with_the_password_on_file(any_project: Project) -> 
     project = any_project
     project.upgrade("dev")
     project.query("ALTER ROLE my_app_jerry PASSWORD 'someone-elses-password-42'")
-    data = project.state()
-    data["families"]["my_app"]["dev"] = {
-        "login": ["my_app_tom", "my_app_jerry"],
-        "incoming": "my_app_jerry",
-    }
-    project.write_state(data)
+    project.edit_state(
+        "my_app", "dev", {"login": ["my_app_tom", "my_app_jerry"], "incoming": "my_app_jerry"}
+    )
     project.upgrade("dev")
     login_as(project, "my_app_jerry").close()
     with pytest.raises(psycopg2.OperationalError):

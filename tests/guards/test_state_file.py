@@ -74,7 +74,7 @@ def test_sigterm_during_the_drain_leaves_file_and_catalog_agreeing(any_project: 
         assert check(project).returncode == 0
     rotate(project, "finish", "--drain-timeout", "10")
     assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
-    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"]}
+    assert project.state()["families"]["my_app"]["dev"] == {"login": ["my_app_jerry"], "serial": 2}
 
 
 def test_begin_during_a_finish_is_refused_on_any_checkout(

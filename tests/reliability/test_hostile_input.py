@@ -324,9 +324,7 @@ def test_hostile_role_name_in_a_repeatable(hostile: Hostile, kind: str, key: str
 def test_hostile_member_in_the_rotation_state(hostile: Hostile, key: str) -> None:
     project = hostile.project
     hostile.pending_change()
-    data = project.state()
-    data["families"]["my_app"]["dev"] = {"login": [ROLE_NAMES[key]]}
-    project.write_state(data)
+    project.edit_state("my_app", "dev", {"login": [ROLE_NAMES[key]]})
     hostile.refused(hostile.upgrade(), "not its members")
     hostile.refused(hostile.cli("rotate", "my_app", "begin", "--context", "dev"))
     hostile.refused(hostile.cli("creds", "my_app", "--context", "dev"))
