@@ -616,19 +616,6 @@ def test_no_file_is_written_through_a_symlink_leaving_the_project(
     _refused_outside(project, home, link, *args)
 
 
-def test_a_symlink_that_stays_in_the_project_is_followed(tmp_path: Path) -> None:
-    project = new_project(tmp_path / "app")
-    (project.root / "config").mkdir()
-    example = project.root / "passwords.env.example"
-    example.symlink_to("config/passwords.env.example")  # dangling, inside: created there
-    init(project, *FAMILY)
-    assert example.is_symlink()
-    assert (
-        "my_app_tom.password.dev="
-        in (project.root / "config" / "passwords.env.example").read_text()
-    )
-
-
 def test_a_symlinked_gitignore_is_left_to_the_user(tmp_path: Path) -> None:
     """git does not read a .gitignore that is a symlink: a rule in it protects nothing."""
     project = new_project(tmp_path / "app")
@@ -685,17 +672,24 @@ def test_a_symlinked_alembic_ini_keeps_the_project_in_its_own_folder(tmp_path: P
     assert settings.state_file == project.root / "migrations" / "rotation.json"
 
 
-def test_an_ini_symlinked_within_the_project_gains_relative_paths(tmp_path: Path) -> None:
+def test_symlinks_within_the_project_are_followed_and_paths_stay_relative(
+    tmp_path: Path,
+) -> None:
     project = new_project(tmp_path / "app")
     ini = project.root / "alembic.ini"
     (project.root / "config").mkdir()
     ini.rename(project.root / "config" / "alembic.ini")
     ini.symlink_to("config/alembic.ini")
-    init(project)
+    example = project.root / "passwords.env.example"
+    example.symlink_to("config/passwords.env.example")  # dangling, inside: created there
+    init(project, *FAMILY)
     text = (project.root / "config" / "alembic.ini").read_text()
     assert "repeatables = migrations/repeatable\n" in text and str(tmp_path) not in text
     assert (project.root / "migrations" / "repeatable" / "README.md").is_file()
     assert not (project.root / "config" / "migrations").exists()
+    assert ini.is_symlink() and example.is_symlink()
+    written = (project.root / "config" / "passwords.env.example").read_text()
+    assert "my_app_tom.password.dev=" in written
 
 
 OWN_RUN_MIGRATIONS = """
