@@ -325,3 +325,29 @@ def test_output_refuses_to_replace_a_symlink_fifo_or_directory(
     assert outside.read_text() == "keep me\n"
     assert not (tmp_path / "missing").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kinds, "outside.txt"])
+
+
+def test_a_password_with_a_line_break_is_refused_not_split_over_pgpass_lines(
+    project: Project, tmp_path: Path
+) -> None:
+    """python-dotenv decodes ``"\\n"`` in double quotes: such a password would be two
+    pgpass lines, and every login through PGPASSFILE would fail (issue 23, finding 6).
+    The secrets file is refused when read, naming the key, never the password."""
+    project.upgrade("dev")
+    secrets = project.root / "passwords.env"
+    tom = password(project, TOM)
+    lines = secrets.read_text().splitlines(keepends=True)
+    key = f"{TOM}.password.dev="
+    edited = [f'{key}"{tom}\\nsecond-line"\n' if ln.startswith(key) else ln for ln in lines]
+    assert edited != lines
+    secrets.write_text("".join(edited))
+    passfile = tmp_path / "pgpass"
+    for fmt in ("pgpass", "env", "json"):
+        proc = project.rolekit(
+            "creds", "my_app", "--context", "dev", "--format", fmt, "--output", str(passfile),
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert f"key '{TOM}.password.dev'" in proc.stderr and "line break" in proc.stderr
+        assert tom not in proc.stderr and "second-line" not in proc.stderr
+        assert proc.stdout == "" and not passfile.exists()
