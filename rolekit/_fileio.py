@@ -90,8 +90,41 @@ def read_regular_file(
     return data, info
 
 
+def _kind(mode: int) -> str:
+    """What a non-regular file is, for a refusal."""
+    kinds = (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "something else")
+
+
+def require_replaceable(path: Path, *, fail: Fail) -> None:
+    """Refuse to replace *path* unless it is absent or a regular file.
+
+    ``os.replace`` swaps whatever is at *path*: a symlink (``/dev/stdout``
+    as root, a link a repository committed) or a device would be replaced
+    for every later reader, not written to.  ``lstat``, so a link is seen as
+    one whatever it points at.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise fail(f"cannot stat {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise fail(f"{path} is {_kind(info.st_mode)}, not a regular file; refusing to replace it")
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, fail: Fail) -> None:
     """Replace *path* with *data* so readers see the old or the new file, whole.
+
+    Only a regular file (or nothing) is replaced: see :func:`require_replaceable`.
 
     The temporary file is created in the same folder (``os.replace`` is only
     atomic within a file system) and fsynced before the rename; the folder is
@@ -99,6 +132,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, fail: Fail) -> N
     (``.passwords.env.XXXX.tmp.env``) keeps the file's suffix, so an ignore
     rule like ``*.env`` also covers a temporary file a crash left behind.
     """
+    require_replaceable(path, fail=fail)
     try:
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent

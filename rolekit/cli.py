@@ -26,7 +26,7 @@ import psycopg2
 import sqlalchemy
 
 from rolekit import command, creds_formats, init_args, rotate_args, status_text
-from rolekit._fileio import atomic_write
+from rolekit._fileio import atomic_write, require_replaceable
 from rolekit.contexts import primary_context
 from rolekit.errors import ExitCode, RolekitError, first_line
 from rolekit.rotation.workflow import Transition
@@ -168,7 +168,26 @@ def _rotate_auto(args: argparse.Namespace, context: str) -> int:
     return ExitCode.OK
 
 
+def _creds_output(output: str | None) -> Path | None:
+    """The file ``--output`` names, refused before any secret is read.
+
+    An empty value (an unset shell variable) would otherwise mean "no
+    --output": the terminal form, password included, on stdout.
+    """
+    if output is None:
+        return None
+    if not output:
+        raise RolekitError("--output is empty (an unset variable?): name a file, or leave it out")
+    path = Path(output)
+    try:
+        require_replaceable(path, fail=RolekitError)
+    except RolekitError as exc:
+        raise RolekitError(f"--output {exc}; to write to stdout, leave out --output") from None
+    return path
+
+
 def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
+    output = _creds_output(args.output)
     found = command.creds(
         args.config,
         args.family,
@@ -179,16 +198,16 @@ def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
         verifiers=args.format == "pgbouncer",
     )
     # a file gets the JSON document unless told otherwise: never the terminal form
-    fmt = args.format or ("json" if args.json or args.output else None)
+    fmt = args.format or ("json" if args.json or output is not None else None)
     if fmt is None:  # a person at a terminal
         password = found.password.reveal()
         out.emit({}, f"user={found.user}\npassword={password}")
         return ExitCode.OK
     text = found.render(fmt)
-    if args.output is None:
+    if output is None:
         sys.stdout.write(text)
         return ExitCode.OK
-    atomic_write(Path(args.output), text.encode(), mode=0o600, fail=RolekitError)
+    atomic_write(output, text.encode(), mode=0o600, fail=RolekitError)
     message = (
         f"wrote the {fmt} credentials of {found.family} ({found.context}) to {args.output} (0600)"
     )

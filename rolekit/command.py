@@ -41,7 +41,12 @@ from rolekit.handout import Creds as Creds
 from rolekit.handout import creds as creds
 from rolekit.repeatable import changelog, forward
 from rolekit.repeatable.engine import plan as plan_repeatables
-from rolekit.repeatable.loader import load_repeatables, login_members, require_known_contexts
+from rolekit.repeatable.loader import (
+    load_repeatables,
+    login_members,
+    require_known_contexts,
+    require_known_ids,
+)
 from rolekit.repeatable.run import RunContext
 from rolekit.rotation import auto, workflow
 from rolekit.rotation.state import RotationState
@@ -402,12 +407,9 @@ def clear_checksums(config: ConfigLike, ids: Sequence[str]) -> list[str]:
         if not control.scalar(sql.SQL("SELECT to_regclass('rolekit_changelog') IS NOT NULL")):
             raise ChangelogError("this database has no rolekit changelog yet: nothing to clear")
         known = {r[0] for r in control.fetchall(sql.SQL("SELECT id FROM rolekit_changelog"))}
-        unknown = sorted(set(ids) - known)
-        if unknown:
-            raise RolekitError(
-                f"no changelog entry for {', '.join(map(repr, unknown))}; nothing was cleared "
-                f"(known: {', '.join(sorted(known)) or 'none'})"
-            )
+        require_known_ids(
+            ids, known, unknown_is="no changelog entry for {ids}; nothing was cleared"
+        )
         control.fetchall(
             sql.SQL(
                 "WITH gone AS (DELETE FROM rolekit_changelog WHERE id = ANY(%s)"

@@ -168,7 +168,7 @@ class BothMembersFailedError(RolekitError):
         self.failures = tuple(failures)
         self.source = source
         self.users = tuple(dict.fromkeys(user for user, _ in self.failures))
-        tried = ", ".join(f"{user} ({reason})" for user, reason in self.failures)
+        tried = ", ".join(f"{user!r} ({reason})" for user, reason in self.failures)
         if len(self.users) > 1:
             what = f"could not log in as any member of the family: {tried}"
         else:

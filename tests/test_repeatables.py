@@ -88,6 +88,32 @@ def test_reformatting_source_does_not_rerun_but_a_changed_statement_does(project
     ]
 
 
+def test_rerun_of_an_unknown_id_is_refused_listing_the_known_ones(any_project: Project) -> None:
+    """``-x rerun=`` with a typo did nothing and said nothing (issue 23, finding 17); it is
+    refused before anything runs, like ``clear-checksums`` refuses the same typo."""
+    project = any_project
+    project.upgrade("dev")
+    seen = history(project)
+    (head,) = project.query("SELECT version_num FROM alembic_version")[0]
+    project.add_revision("rerun_probe", head, "op.execute('SELECT 1')", "pass")
+    typo = "grant_permisions_to_my_app"
+    proc = project.alembic(
+        "upgrade", "head", context="dev", x={"rerun": f"{typo},set_passwords_dev"}, check=False
+    )
+    assert proc.returncode != 0
+    assert f"-x rerun: no repeatable has the id '{typo}'; nothing was done" in proc.stderr
+    known = re.search(r"\(known: ([^)]*)\)", proc.stderr)
+    assert known is not None, proc.stderr
+    assert {"grant_permissions_to_my_app", "set_passwords_dev"} <= set(known[1].split(", "))
+    assert "Traceback" not in proc.stderr
+    assert history(project) == seen
+    assert project.query("SELECT version_num FROM alembic_version") == [(head,)]
+    # the same typo for clear-checksums names the same known ids, by the same rule
+    cleared = project.rolekit("clear-checksums", typo, check=False)
+    assert cleared.returncode == 2
+    assert f"no changelog entry for '{typo}'; nothing was cleared (known: " in cleared.stderr
+
+
 def test_run_always_runs_every_time(project: Project) -> None:
     project.write_repeatables(
         "from rolekit.repeatable import Sql\n"

@@ -279,6 +279,27 @@ def test_binary_junk(tmp_path: Path, data: bytes, what: str) -> None:
     assert_names(message, f"{path}:2", what, "binary", "a.password.dev", "'dev'")
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"first-half\\nsecond-half"',  # python-dotenv decodes \n in double quotes
+        '"first-half\\rsecond-half"',
+        '"first-half\\vsecond-half"',
+        "'first-half\nsecond-half'",  # a quoted value over two lines
+        '"first-half\nsecond-half"',
+    ],
+)
+def test_a_decoded_line_break_is_refused_at_load(tmp_path: Path, value: str) -> None:
+    """A password with a line break would make two pgpass lines (issue 23, finding 6):
+    refused when read, naming the key and line, never the value."""
+    content = f"b.password.dev={PASSWORD}\na.password.dev={value}\n"
+    path = write(tmp_path / "passwords.env", content)
+    hidden = ("first-half", "second-half")
+    message = error_of(SecretsFile(path).get, "b", "dev")
+    assert_names(message, f"{path}:2", "a.password.dev", "line break", hidden=hidden)
+    assert_names(error_of(SecretsFile(path).load), f"{path}:2", "a.password.dev", hidden=hidden)
+
+
 def test_random_binary_file(tmp_path: Path) -> None:
     path = write(tmp_path / "passwords.env", os.urandom(4096))
     assert_names(error_of(SecretsFile(path).load), str(path), "binary")

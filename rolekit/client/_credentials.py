@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from rolekit.secrets import Secret
+
+#: how much of a name a log line or message shows
+_SHOWN_CHARS: Final = 64
+
+
+def shown(name: str | None) -> str:
+    """A user or family name read from a source, fit for a log line or a message.
+
+    Sources are written by others (a mounted document, the environment):
+    ``repr`` escapes line breaks and control characters, so a name cannot
+    forge log lines, and a long one is cut.
+    """
+    if name is None:
+        return "none"
+    return repr(name[:_SHOWN_CHARS]) + ("..." if len(name) > _SHOWN_CHARS else "")
 
 
 def _check_pair(pair: object, what: str) -> tuple[str, Secret]:

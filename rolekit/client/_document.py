@@ -15,13 +15,22 @@ the old member still works: an application that finds the new one refused
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from rolekit.client._credentials import Credentials
 from rolekit.errors import RolekitError
 
-#: keys of the document; ``family`` and ``context`` are informative
+#: keys of the document; ``family`` and ``context`` say whose credentials they are
+#: (``from_file`` refuses a document of another family or context)
 KEYS: Final = ("family", "context", "user", "password", "alt_user", "alt_password")
+
+
+class Document(NamedTuple):
+    """A parsed document: whose credentials (``None`` where it does not say), and them."""
+
+    family: str | None
+    context: str | None
+    credentials: Credentials
 
 
 def to_document(creds: Credentials, family: str, context: str) -> dict[str, str]:
@@ -36,6 +45,11 @@ def to_document(creds: Credentials, family: str, context: str) -> dict[str, str]
 
 
 def from_document(text: str, where: str) -> Credentials:
+    """The credentials of a document; errors name *where* and the problem, never a value."""
+    return read_document(text, where).credentials
+
+
+def read_document(text: str, where: str) -> Document:
     """Parse a document; errors name *where* and the problem, never a value."""
     if not text.strip():
         raise RolekitError(f"{where} is empty")
@@ -51,7 +65,7 @@ def from_document(text: str, where: str) -> Credentials:
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise RolekitError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
-    for key in ("user", "password", "alt_user", "alt_password"):
+    for key in KEYS:
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             raise RolekitError(f"{where}: {key!r} must be a non-empty string")
@@ -60,8 +74,9 @@ def from_document(text: str, where: str) -> Credentials:
     if (data.get("alt_user") is None) != (data.get("alt_password") is None):
         raise RolekitError(f"{where}: give both 'alt_user' and 'alt_password', or neither")
     try:
-        return Credentials.of(
+        credentials = Credentials.of(
             data["user"], data["password"], data.get("alt_user"), data.get("alt_password")
         )
     except ValueError as exc:
         raise RolekitError(f"{where}: {exc}") from None
+    return Document(data.get("family"), data.get("context"), credentials)

@@ -19,7 +19,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, TypeVar
 
-from rolekit.client._credentials import Credentials
+from rolekit.client._credentials import Credentials, shown
 from rolekit.client._provider import CredentialsProvider
 from rolekit.errors import BothMembersFailedError
 from rolekit.secrets import Secret
@@ -109,9 +109,9 @@ class _Attempt:
             raise exc
         self.provider.record_rejection(user)
         if not self.failures and self.provider.log_once(("rejected", user, reason)):
-            logger.info("%s was rejected (%s); trying the other member", user, reason)
+            logger.info("%s was rejected (%s); trying the other member", shown(user), reason)
         else:
-            logger.debug("%s was rejected (%s)", user, reason)
+            logger.debug("%s was rejected (%s)", shown(user), reason)
         self.failures.append((user, reason))
 
     def candidates(self, fresh: Credentials) -> Iterator[tuple[str, Secret]]:
@@ -131,7 +131,9 @@ class _Attempt:
         if user != self.preferred:
             self.provider.record_fallback()
             if self.provider.log_once(("fallback", user)):
-                logger.info("fell back to %s (the source prefers %s)", user, self.preferred)
+                logger.info(
+                    "fell back to %s (the source prefers %s)", shown(user), shown(self.preferred)
+                )
 
     def give_up(self) -> BothMembersFailedError:
         return BothMembersFailedError(self.failures, self.provider.description)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from rolekit.client._credentials import shown
 from rolekit.client._provider import CredentialsProvider
 
 #: seconds after which a connection opened by a fallback retries the preferred member
@@ -57,13 +58,13 @@ def move_reason(
     if placed.user == preferred:
         return None
     if placed.preferred != preferred:
-        return f"moving from {placed.user} to {preferred}"
+        return f"moving from {shown(placed.user)} to {shown(preferred)}"
     if (
         fallback_recycle >= 0
         and time.monotonic() - placed.opened >= fallback_recycle
         and not provider.recently_rejected(preferred, fallback_recycle)
     ):
-        return f"retrying {preferred}"
+        return f"retrying {shown(preferred)}"
     return None
 
 

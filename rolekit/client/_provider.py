@@ -10,7 +10,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from rolekit.client._credentials import Credentials
+from rolekit.client._credentials import Credentials, shown
 from rolekit.client._sources import FileSource, ProjectSource, env_source
 from rolekit.errors import RolekitError
 from rolekit.runtime.config import Settings
@@ -140,7 +140,13 @@ class CredentialsProvider:
         )
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> CredentialsProvider:
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        family: str | None = None,
+        context: str | None = None,
+    ) -> CredentialsProvider:
         """Read a credentials document (``rolekit creds --format json``) from a file.
 
         For a file that something else keeps up to date: a Kubernetes Secret
@@ -152,12 +158,20 @@ class CredentialsProvider:
         credentials: the last good ones are kept and the problem is logged
         once per version of the file.
 
+        Whatever publishes the file is not trusted to publish the right
+        family: a document whose ``family`` or ``context`` is not *family*
+        and *context* is refused the same way (the last good credentials are
+        kept and a warning names the mismatch).  Without them, those of the
+        first document read are kept to: pass them, so that a wrong document
+        is refused at start-up too.
+
         The file is read once before returning, so a wrong path fails at
         start-up.
 
-        :raises RolekitError: the file is missing or not a valid document.
+        :raises RolekitError: the file is missing or not a valid document,
+            or it is one of another family or context.
         """
-        source = FileSource(Path(path))
+        source = FileSource(Path(path), family, context)
         provider = cls(source.fetch, stamp=source.stamp, description=source.description)
         provider.current()
         return provider
@@ -290,9 +304,9 @@ class CredentialsProvider:
             with self._lock:
                 creds, generation, seen = self._creds, self._generation, self._stamp
             if creds is not None and generation == since and self._stamp_fn() == seen:
-                logger.debug("%s was rejected; %s has not changed", user, self.description)
+                logger.debug("%s was rejected; %s has not changed", shown(user), self.description)
                 return creds
-        return self._read(since, f"{user} was rejected", strict=False)[0]
+        return self._read(since, f"{shown(user)} was rejected", strict=False)[0]
 
     # -- bookkeeping for the connection helpers ---------------------------
 
@@ -334,7 +348,7 @@ def _describe_error(exc: BaseException) -> str:
 
 def _log_change(old: Credentials | None, new: Credentials, reason: str, source: str) -> None:
     if old is None:
-        logger.info("credentials from %s: preferred member %s", source, new.preferred[0])
+        logger.info("credentials from %s: preferred member %s", source, shown(new.preferred[0]))
         return
     if new == old:
         logger.debug("re-read credentials from %s (%s): unchanged", source, reason)
@@ -344,8 +358,8 @@ def _log_change(old: Credentials | None, new: Credentials, reason: str, source: 
             "re-read credentials from %s (%s): preferred member is now %s (was %s)",
             source,
             reason,
-            new.preferred[0],
-            old.preferred[0],
+            shown(new.preferred[0]),
+            shown(old.preferred[0]),
         )
     else:
         old_pairs = dict(old.pairs())
@@ -354,5 +368,5 @@ def _log_change(old: Credentials | None, new: Credentials, reason: str, source: 
             "re-read credentials from %s (%s): new password for %s",
             source,
             reason,
-            ", ".join(changed) or "no member (the alternate member changed)",
+            ", ".join(map(shown, changed)) or "no member (the alternate member changed)",
         )

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Final
 
 from rolekit._fileio import file_stamp, read_regular_file
-from rolekit.client._credentials import Credentials
-from rolekit.client._document import from_document
+from rolekit.client._credentials import Credentials, shown
+from rolekit.client._document import read_document
 from rolekit.errors import RolekitError
 from rolekit.rotation.state import RotationState
 from rolekit.secrets import SecretsFile, secret_key
@@ -136,7 +136,30 @@ def env_source(prefix: str, environ: Mapping[str, str] | None) -> Callable[[], C
 _MAX_DOCUMENT_BYTES: Final = 64 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass
+class _Pin:
+    """A field of the document every version must keep: given, or learned from the first."""
+
+    key: str
+    value: str | None = None
+    known: bool = False
+
+    @classmethod
+    def of(cls, key: str, given: str | None) -> _Pin:
+        return cls(key, given, given is not None)
+
+    def check(self, found: str | None, where: str) -> None:
+        if self.known and found != self.value:
+            raise RolekitError(
+                f"{where} is a document for {self.key} {shown(found)}, not {shown(self.value)}; "
+                "refusing it"
+            )
+
+    def learn(self, found: str | None) -> None:
+        if not self.known:
+            self.value, self.known = found, True
+
+
 class FileSource:
     """A credentials document (``rolekit creds --format json``) in a mounted file.
 
@@ -144,9 +167,21 @@ class FileSource:
     by swapping a symlink (``..data``) to a new directory, so the file is read
     through symlinks, and its stamp (of the file they point at) shows the
     swap by its new inode.
+
+    Whoever publishes to the file is not trusted to publish the right family:
+    a document whose ``family`` or ``context`` differs from *family* and
+    *context* (when not given: from those of the first document read) is
+    refused, so a publish to the wrong file cannot move the application to
+    another family's role.  :meth:`fetch` need not be thread-safe (the
+    provider serialises it).
     """
 
-    path: Path
+    def __init__(self, path: Path, family: str | None = None, context: str | None = None) -> None:
+        self.path = path
+        self._pins = (
+            _Pin.of("family", family),
+            _Pin.of("context", context.lower() if context is not None else None),
+        )
 
     @property
     def description(self) -> str:
@@ -167,4 +202,11 @@ class FileSource:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise RolekitError(f"{self.path} is not UTF-8 text") from None
-        return from_document(text, str(self.path))
+        document = read_document(text, str(self.path))
+        context = document.context.lower() if document.context is not None else None
+        found = (document.family, context)
+        for pin, value in zip(self._pins, found, strict=True):
+            pin.check(value, str(self.path))
+        for pin, value in zip(self._pins, found, strict=True):
+            pin.learn(value)
+        return document.credentials

@@ -22,6 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.util import await_only
 
+from rolekit.client._credentials import shown
 from rolekit.client._fallback import open_with_fallback
 from rolekit.client._placement import (
     DEFAULT_FALLBACK_RECYCLE,
@@ -113,7 +114,7 @@ def attach(
             preferred = provider.current().preferred[0]
         reason = move_reason(placed, preferred, provider, fallback_recycle)
         if reason is not None:
-            logger.debug("replacing a pooled connection of %s: %s", placed.user, reason)
+            logger.debug("replacing a pooled connection of %s: %s", shown(placed.user), reason)
             raise sa_exc.DisconnectionError(f"rolekit: {reason}")
 
     event.listen(sync_engine, "do_connect", do_connect)

@@ -101,3 +101,21 @@ def require_known_contexts(
             f"unknown context {', '.join(repr(u) for u in unknown)}: no repeatable, secrets key "
             f"or rotation state mentions it (known contexts: {listed}); nothing was done"
         )
+
+
+def require_known_ids(given: Iterable[str], known: Iterable[str], *, unknown_is: str) -> None:
+    """Refuse repeatable ids that are not *known*, listing the known ones.
+
+    The one rule for ``-x rerun=ID`` and ``rolekit clear-checksums ID``: a
+    mistyped id otherwise does nothing and says nothing.
+
+    :param unknown_is: what an unknown id lacks and what was not done, e.g.
+        ``"no changelog entry for {ids}; nothing was cleared"``.
+    """
+    known = set(known)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        ids = ", ".join(map(repr, unknown))
+        raise RepeatableError(
+            f"{unknown_is.format(ids=ids)} (known: {', '.join(sorted(known)) or 'none'})"
+        )

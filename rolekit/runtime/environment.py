@@ -43,7 +43,7 @@ from rolekit.errors import RolekitError, first_line
 from rolekit.repeatable import forward
 from rolekit.repeatable.base import Repeatable
 from rolekit.repeatable.engine import RunReport, apply
-from rolekit.repeatable.loader import load_repeatables, require_known_contexts
+from rolekit.repeatable.loader import load_repeatables, require_known_contexts, require_known_ids
 from rolekit.repeatable.run import RunContext
 from rolekit.rotation import drain
 from rolekit.rotation.state import RotationState
@@ -123,6 +123,12 @@ def run_context(
         x_argument(env, "drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT"),
         settings.drain_timeout,
     )
+    rerun = _names(env, "rerun")
+    require_known_ids(
+        rerun,
+        (rep.id for rep in repeatables),
+        unknown_is="-x rerun: no repeatable has the id {ids}; nothing was done",
+    )
     quiet = seconds(
         "drain_quiet_period",
         x_argument(env, "drain_quiet_period"),
@@ -138,7 +144,7 @@ def run_context(
         terminate=x_flag(env, "terminate"),
         take_over=_names(env, "take_over"),
         replace_password=_names(env, "replace_password"),
-        rerun=_names(env, "rerun"),
+        rerun=rerun,
         allow_verifier_in_log=x_flag(env, "allow_verifier_in_log", settings.allow_verifier_in_log),
     )
 

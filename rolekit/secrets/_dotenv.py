@@ -133,8 +133,19 @@ def _first_line(original: str, line: int) -> int:
     return line + len(_NEWLINE_RE.findall(lead.group()))
 
 
+def has_line_break_or_control(value: str) -> bool:
+    """Whether *value* holds CR, LF, NUL or another control character but tab.
+
+    The one rule for what a password may not hold, when it is stored and when
+    it is read: a line break splits a pgpass line in two (every login through
+    it then fails), and libpq stops at a NUL.
+    """
+    return "\n" in value or "\r" in value or _BINARY_RE.search(value.encode("utf-8")) is not None
+
+
 def parse(text: str, bom: bool, err: Errors) -> Parsed:
-    """Parse dotenv ``text``; refuse malformed lines and duplicate keys."""
+    """Parse dotenv ``text``; refuse malformed lines, duplicate keys, and values
+    holding a line break or control character once decoded."""
     values: dict[str, str] = {}
     empty: dict[str, int] = {}
     seen: dict[str, int] = {}
@@ -158,6 +169,16 @@ def parse(text: str, bom: bool, err: Errors) -> Parsed:
                 line=line,
             )
         seen[key] = line
+        if has_line_break_or_control(binding.value):
+            # After python-dotenv's decoding: "\n" in double quotes, or a quoted
+            # value over several lines.  Never the value itself.
+            raise err(
+                f"the value of {where(key, context_of(key))} holds a line break or a control "
+                "character (python-dotenv decodes \\n in double quotes): a pgpass line would "
+                "split in two, and libpq stops at a NUL; remove it, or single-quote the value "
+                "for a literal backslash",
+                line=line,
+            )
         if binding.value == "":
             empty[key] = line
         else:
@@ -222,7 +243,7 @@ def check_value(value: str, key: str, context: str) -> None:
         raise TypeError(f"the password for {what} must be a str")
     if not value:
         raise SecretsError(f"refusing to store an empty password for {what}")
-    if "\n" in value or "\r" in value or _BINARY_RE.search(value.encode("utf-8")):
+    if has_line_break_or_control(value):
         raise SecretsError(
             f"refusing to store the password for {what}: it holds a line break "
             "or a control character"

@@ -270,3 +270,84 @@ def test_output_without_a_format_writes_the_json_document(project: Project, tmp_
     proc = project.rolekit("creds", "my_app", "--context", "dev", "--output", str(target))
     assert proc.stdout == "" and password(project, TOM) not in proc.stderr
     assert from_document(target.read_text(), "output").preferred[0] == TOM
+
+
+@pytest.mark.parametrize("fmt", [[], ["--format", "json"], ["--format", "env"]])
+def test_an_empty_output_is_refused_and_prints_no_password(
+    project: Project, fmt: list[str]
+) -> None:
+    """``--output "$UNSET"``: refused by name, not taken as "no --output" (issue 23, 7)."""
+    project.upgrade("dev")
+    proc = project.rolekit("creds", "my_app", "--context", "dev", *fmt, "--output", "", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "--output is empty" in proc.stderr
+    assert proc.stdout == ""
+    assert password(project, TOM) not in proc.stderr
+    assert list(project.root.glob(".*.tmp*")) == []
+
+
+def test_output_refuses_to_replace_a_symlink_fifo_or_directory(
+    project: Project, tmp_path: Path
+) -> None:
+    """Only a regular file (or nothing) is replaced; a link stays a link, and what it
+    points at is untouched (issue 23, 8: ``--output /dev/stdout`` replaced the link)."""
+    project.upgrade("dev")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    links = {
+        "link-to-file": outside,
+        "link-to-device": Path("/dev/null"),
+        "dangling-link": tmp_path / "missing",
+    }
+    for name, target in links.items():
+        (tmp_path / name).symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "folder").mkdir()
+    kinds = {
+        **{name: "a symlink" for name in links},
+        "fifo": "a FIFO",
+        "folder": "a directory",
+    }
+    for name, kind in kinds.items():
+        where = tmp_path / name
+        proc = project.rolekit(
+            "creds", "my_app", "--context", "dev", "--format", "env",
+            "--output", str(where), check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert f"{where} is {kind}, not a regular file" in proc.stderr, proc.stderr
+        assert "leave out --output" in proc.stderr
+        assert proc.stdout == "" and password(project, TOM) not in proc.stderr
+    for name, target in links.items():
+        assert (tmp_path / name).is_symlink() and os.readlink(tmp_path / name) == str(target)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and (tmp_path / "folder").is_dir()
+    assert outside.read_text() == "keep me\n"
+    assert not (tmp_path / "missing").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kinds, "outside.txt"])
+
+
+def test_a_password_with_a_line_break_is_refused_not_split_over_pgpass_lines(
+    project: Project, tmp_path: Path
+) -> None:
+    """python-dotenv decodes ``"\\n"`` in double quotes: such a password would be two
+    pgpass lines, and every login through PGPASSFILE would fail (issue 23, finding 6).
+    The secrets file is refused when read, naming the key, never the password."""
+    project.upgrade("dev")
+    secrets = project.root / "passwords.env"
+    tom = password(project, TOM)
+    lines = secrets.read_text().splitlines(keepends=True)
+    key = f"{TOM}.password.dev="
+    edited = [f'{key}"{tom}\\nsecond-line"\n' if ln.startswith(key) else ln for ln in lines]
+    assert edited != lines
+    secrets.write_text("".join(edited))
+    passfile = tmp_path / "pgpass"
+    for fmt in ("pgpass", "env", "json"):
+        proc = project.rolekit(
+            "creds", "my_app", "--context", "dev", "--format", fmt, "--output", str(passfile),
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert f"key '{TOM}.password.dev'" in proc.stderr and "line break" in proc.stderr
+        assert tom not in proc.stderr and "second-line" not in proc.stderr
+        assert proc.stdout == "" and not passfile.exists()

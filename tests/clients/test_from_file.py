@@ -141,3 +141,87 @@ def test_falls_back_to_the_alternate_member_of_the_document(project: Project) ->
     finally:
         engine.dispose()
     assert provider.fallback_count == 1 and provider.auth_failure_count == 1
+
+
+def _document_of(family: str | None, context: str | None, user: str, secret: str) -> str:
+    doc = {"family": family, "context": context, "user": user, "password": secret}
+    return json.dumps({k: v for k, v in doc.items() if v is not None})
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["given", "learned"])
+def test_a_document_of_another_family_or_context_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, told: bool
+) -> None:
+    """A publish to the wrong file must not move the application to another family's role
+    (issue 23, finding 16): the family and context are given, or learned from the first
+    document; another one is refused, the last good credentials kept, the mismatch named."""
+    path = tmp_path / "credentials.json"
+    path.write_text(_document_of("my_app", "Dev", TOM, "tom-secret-1"))
+    whose = {"family": "my_app", "context": "DEV"} if told else {}
+    provider = CredentialsProvider.from_file(path, **whose)
+    good = provider.current()
+    caplog.set_level(logging.WARNING, logger="rolekit.client")
+    wrong = [
+        (("other_app", "dev", "other_app_tom"), "for family 'other_app', not 'my_app'"),
+        (("postgres", None, "postgres"), "for family 'postgres', not 'my_app'"),
+        (("my_app", "prod", JERRY), "for context 'prod', not 'dev'"),
+        ((None, "dev", JERRY), "for family none, not 'my_app'"),
+    ]
+    for n, ((family, context, user), mismatch) in enumerate(wrong, 1):
+        path.write_text(_document_of(family, context, user, "wrong-secret-1"))
+        assert provider.current() is good
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == n and mismatch in warnings[-1], warnings
+        assert "keeping the previous ones" in warnings[-1]
+    assert "wrong-secret-1" not in caplog.text and "tom-secret-1" not in caplog.text
+    path.write_text(_document_of("my_app", "dev", JERRY, "jerry-secret-1"))
+    assert provider.current().preferred == (JERRY, Secret("jerry-secret-1"))
+
+
+def test_a_wrong_document_at_start_is_refused_when_told_whose(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.json"
+    path.write_text(_document_of("postgres", "dev", "postgres", "s3cret-p4ss"))
+    with pytest.raises(RolekitError, match="for family 'postgres', not 'my_app'") as refused:
+        CredentialsProvider.from_file(path, family="my_app", context="dev")
+    assert "s3cret-p4ss" not in str(refused.value)
+
+
+def test_names_from_the_document_are_escaped_in_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user or family name holding a line break cannot forge a log line (finding 16)."""
+    caplog.set_level(logging.DEBUG, logger="rolekit.client")
+    forged = "\nERROR forged log line"
+    path = tmp_path / "credentials.json"
+    path.write_text(_document_of("my_app", "dev", f"my_app_tom{forged}", "tom-secret-1"))
+    provider = CredentialsProvider.from_file(path)
+    path.write_text(_document_of("my_app", "dev", f"my_app_jerry{forged}", "jerry-secret-1"))
+    provider.current()
+    path.write_text(_document_of(f"my_app{forged}", "dev", JERRY, "jerry-secret-2"))
+    provider.current()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) >= 3, messages
+    assert any("'my_app_jerry\\nERROR forged log line'" in m for m in messages), messages
+    assert any("family 'my_app\\nERROR forged log line'" in m for m in messages), messages
+    assert not [m for m in messages if "\n" in m], messages
+
+
+def test_a_document_of_another_family_never_moves_the_connections(project: Project) -> None:
+    """The wrong document names a role that would log in (the superuser, its real
+    password): new connections stay on the family's member (finding 16), the family
+    learned from the first document (an application that passes none is kept safe too)."""
+    project.upgrade("dev")
+    path = project.root / "credentials.json"
+    path.write_text(_document_of("my_app", "dev", TOM, password(project, TOM)))
+    provider = CredentialsProvider.from_file(path)
+    url = f"postgresql://{project.cluster.host}:{project.cluster.port}/postgres"
+    engine = client.create_engine(url, provider)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT session_user").scalar_one() == TOM
+        path.write_text(_document_of("postgres", "dev", project.user, project.password))
+        engine.dispose()  # every new connection asks the provider again
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT session_user").scalar_one() == TOM
+    finally:
+        engine.dispose()
