@@ -128,6 +128,11 @@ class ClaimError(GuardError):
     """A role is managed from another database of the cluster."""
 
 
+class TrackingError(GuardError):
+    """Login tracking's schema, tables or function are not the ones rolekit made
+    (or an older, unsafe install); nothing was changed."""
+
+
 class LogExposureError(GuardError):
     """A password verifier would reach the server log and rolekit cannot prevent it."""
 
