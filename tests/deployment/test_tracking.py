@@ -33,8 +33,13 @@ def with_tracking(project: Project) -> str:
 
 
 def tracked(project: Project) -> dict[str, int]:
+    """Logins recorded per member (in the table of rolekit before issue 23 where
+    that is the one installed, so the attacks below fail on it for their own reason)."""
+    table = LOGINS
+    if project.cluster.query_one(f"SELECT to_regclass('{LOGINS}')") is None:
+        table = "public.rolekit_logins"
     rows = project.cluster.connect().cursor()
-    rows.execute(f"SELECT role::text, sum(logins)::int FROM {LOGINS} GROUP BY role")
+    rows.execute(f"SELECT role::text, sum(logins)::int FROM {table} GROUP BY role")
     return dict(rows.fetchall())
 
 
@@ -300,8 +305,7 @@ def test_a_planted_schema_is_refused_and_changes_nothing(project: Project) -> No
     assert "nothing was changed" in proc.stderr and "Traceback" not in proc.stderr
     assert project.cluster.query_one("SELECT count(*) FROM pg_event_trigger") == 0
     assert superusers(project) == {project.cluster.superuser}
-    for role in ("my_app_tom", "my_app_jerry"):
-        login_as(project, role).close()
+    login_as(project, "my_app_tom").close()  # the one member that logs in before a rotation
 
 
 #: what the app tries on the installed tracker, whatever schema it is in
