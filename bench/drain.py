@@ -312,7 +312,8 @@ def poll_cost(cfg: Config, major: int | None) -> dict[str, Any]:
 
 def tracking_cost(cfg: Config, work: Path) -> dict[str, Any]:
     """Login latency on PostgreSQL 17 without the tracking trigger, and with it for a
-    role that is not leaving (one setting read) and for the leaving member (one upsert).
+    role that is not leaving (one lookup in the leaving table) and for the leaving
+    member (one upsert).
 
     Rounds alternate, the trigger disabled and enabled in turn
     (``ALTER EVENT TRIGGER``), so the machine's drift hits all three alike.

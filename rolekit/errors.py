@@ -137,6 +137,11 @@ class PasswordInUseError(GuardError):
     """An upgrade would replace the password of a member that may log in and is in use."""
 
 
+class TrackingError(GuardError):
+    """Login tracking's schema, tables or function are not the ones rolekit made
+    (or an older, unsafe install); nothing was changed."""
+
+
 class LogExposureError(GuardError):
     """A password verifier would reach the server log and rolekit cannot prevent it."""
 

@@ -17,7 +17,7 @@ from rolekit.errors import (
     FamilyConflictError,
     LiveSessionsError,
     PrivilegeError,
-    RolekitError,
+    TrackingError,
     VerificationError,
     first_line,
 )
@@ -220,15 +220,6 @@ def _no_orphans(reader: Reader, group: str, oids: list[int]) -> None:
         )
 
 
-def _tracking_schema(session: Session) -> str:
-    if session.offline:
-        return session.migration_context.version_table_schema or "public"
-    schema: str | None = session.scalar(sql.SQL("SELECT current_schema()::text"))
-    if schema is None:
-        raise RolekitError("login tracking needs a schema: the search_path names none that exists")
-    return schema
-
-
 @Operations.implementation_for(EnableLoginTrackingOp)
 def enable_login_tracking(operations: Operations, operation: EnableLoginTrackingOp) -> None:
     session = session_for(operations.get_context())
@@ -236,14 +227,26 @@ def enable_login_tracking(operations: Operations, operation: EnableLoginTracking
     if why := tracking.unavailable_reason(session.server_version, superuser):
         log.warning("enable_login_tracking: not installed: %s", why)
         return
-    schema = _tracking_schema(session)
-    for stmt in tracking.install_statements(schema):
+    if session.offline:  # a script: every object created fresh, so a taken name fails it
+        for stmt in [
+            *tracking.install_statements(schema_exists=False),
+            tracking.trigger_statement(),
+        ]:
+            session.execute(stmt)
+        return
+    # The login function runs as a superuser: refuse to build it on anything
+    # someone else made (issue 23), before changing anything.
+    if problems := tracking.trust_problems(session, installing=True):
+        raise TrackingError(
+            f"enable_login_tracking: refusing to install login tracking: {'; '.join(problems)}; "
+            f"nothing was changed. rolekit did not make these: check who did, drop them, "
+            f"and re-run"
+        )
+    steps = tracking.install_statements(schema_exists=tracking.schema_exists(session))
+    for stmt in steps + tracking.old_install_statements(session, keep_marks=True):
         session.execute(stmt)
-    trigger = tracking.trigger_statement(schema)
-    if session.offline:
-        session.execute(trigger)  # a script: its runner decides about transactions
-    else:
-        session.after_commit.append(lambda reader: _create_login_trigger(reader, trigger))
+    trigger = tracking.trigger_statement()
+    session.after_commit.append(lambda reader: _create_login_trigger(reader, trigger))
 
 
 def _create_login_trigger(reader: Reader, trigger: sql.Composable) -> None:
@@ -265,15 +268,26 @@ def disable_login_tracking(operations: Operations, operation: DisableLoginTracki
     session = session_for(operations.get_context())
     if session.server_version < tracking.PG17:
         return  # nothing can have been installed
-    if not session.offline and not session.superuser:
-        if tracking.installed_schema(session) is None:
+    if session.offline:
+        for stmt in tracking.remove_statements():
+            session.execute(stmt)
+        return
+    if not session.superuser:
+        if not tracking.has_trigger(session):
             return
         raise PrivilegeError(
             "disable_login_tracking: dropping the login event trigger needs a superuser; "
             "nothing was changed"
         )
-    schema = _tracking_schema(session)
-    if not session.offline:
-        schema = tracking.installed_schema(session) or schema
-    for stmt in tracking.remove_statements(schema):
+    steps = tracking.old_install_statements(session, keep_marks=False)
+    if tracking.trust_problems(session, installing=True):
+        # not rolekit's schema: end the trigger, touch nothing in it
+        log.warning(
+            "disable_login_tracking: left schema %s alone: rolekit did not make it",
+            tracking.SCHEMA,
+        )
+        steps.append(tracking.remove_statements()[0])
+    else:
+        steps += tracking.remove_statements()
+    for stmt in steps:
         session.execute(stmt)
