@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
-import sqlalchemy.exc
 from psycopg2 import sql
 from sqlalchemy.engine import URL, make_url
 
 from rolekit.errors import GuardError, ReplicaLagError, RolekitError, UnreachableError
-from rolekit.runtime.config import REPLICAS_UNCHECKED, Settings
+from rolekit.runtime.config import REPLICAS_SOURCE, REPLICAS_UNCHECKED, Settings, parse_url
 from rolekit.runtime.control import ControlConnection
 
 Progress = Callable[[str], None]
@@ -69,14 +68,7 @@ def describe_url(url: URL) -> str:
 def replica_url(primary: str, replica: str) -> URL:
     """The replica's URL, with the primary's user, password and database where it has none."""
     base = make_url(primary)
-    try:
-        url = make_url(replica)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        # the value may be a mistyped URL holding a password: do not echo it
-        raise RolekitError(
-            "[rolekit] replicas / ROLEKIT_REPLICAS holds an entry that is not a "
-            "postgresql://host:port/db URL (entries are separated by spaces or commas)"
-        ) from None
+    url = parse_url(replica, REPLICAS_SOURCE)
     if url.get_backend_name() not in ("postgresql", "postgres"):
         raise RolekitError(f"replica {describe_url(url)}: not a postgresql:// URL")
     if url.host is None:
