@@ -9,11 +9,13 @@ superuser and as the least-privileged migrator.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg2
 import pytest
 
-from rolekit.testing import Project
+from rolekit.testing import Cluster, Project
 from tests.catalog_snapshot import role_snapshot
 from tests.deployment.helpers import (
     Client,
@@ -24,6 +26,7 @@ from tests.deployment.helpers import (
 )
 from tests.guards.helpers import can_login, is_migrator, password, rotate
 from tests.plugins.deployment import Replicated
+from tests.plugins.postgres import example_project
 
 
 def _login_fails(project: Project, server: object, role: str) -> str:
@@ -196,24 +199,46 @@ def _refused(project: Project, *expected: str) -> None:
     assert project.state() == state
 
 
+@pytest.fixture
+def siblings(pg_major: int) -> Iterator[Replicated]:
+    """A primary with two standbys streaming from it (``cascade`` is the second
+    direct one here)."""
+    with Cluster(pg_major) as primary:
+        first = primary.standby()
+        try:
+            second = primary.standby()
+            try:
+                yield Replicated(primary, first, second)
+            finally:
+                second.cleanup()
+        finally:
+            first.cleanup()
+
+
+@pytest.mark.parametrize("user", ["superuser", "createrole"])
 def test_a_standby_listed_twice_does_not_hide_another(
-    deployed_project: Project, replicated: Replicated
+    siblings: Replicated, tmp_path: Path, user: str
 ) -> None:
-    """Finding 4 of issue 23: with the direct standby listed twice (another database
-    on the same server), 2 WAL senders <= 2 entries passed and the cascade went
-    unwatched."""
-    project = deployed_project
-    direct = f"postgresql://{replicated.direct.host}:{replicated.direct.port}"
-    twice = f"{direct}/postgres, {direct}/template1"
+    """Finding 4 of issue 23: two standbys stream from the primary and the first is
+    listed twice (another database on the same server): 2 WAL senders <= 2
+    entries passed and the second standby went unwatched."""
+    credentials = {}
+    if user == "createrole":
+        migrator, secret = siblings.primary.create_migrator()
+        credentials = {"user": migrator, "password": secret}
+        siblings.sync()
+    project = example_project(tmp_path, siblings.primary, **credentials)
+    first = f"postgresql://{siblings.direct.host}:{siblings.direct.port}"
+    twice = f"{first}/postgres, {first}/template1"
     project.extra_env["ROLEKIT_REPLICAS"] = twice
     project.upgrade("dev")
     rotate(project, "begin")
-    cascade = f"(standby_{replicated.cascade.port}) via replica "
-    _refused(project, "2 streaming standby(s) replicate this database", cascade)
-    may_identify_standbys(project, replicated)
-    _refused(project, "but 1 replica(s) are configured", cascade)
-    # listing the cascade too is a correct configuration, the duplicate watched once
-    project.extra_env["ROLEKIT_REPLICAS"] = f"{twice}, {replica_urls(replicated.cascade)}"
+    second = f"(standby_{siblings.cascade.port}) via primary "
+    _refused(project, "2 streaming standby(s) replicate this database", second)
+    may_identify_standbys(project, siblings)
+    _refused(project, "but 1 replica(s) are configured", second)
+    # listing the second standby too is correct; the duplicate is watched once
+    project.extra_env["ROLEKIT_REPLICAS"] = f"{twice}, {replica_urls(siblings.cascade)}"
     finish = rotate(project, "finish", "--drain-timeout", "30")
     assert "(also listed as replica " in finish.stderr, finish.stderr
     assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
