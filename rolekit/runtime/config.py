@@ -19,6 +19,7 @@ from rolekit.secrets import DEFAULT_MIN_LENGTH as DEFAULT_MIN_PASSWORD_LENGTH
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.runtime.environment import EnvironmentContext
+    from sqlalchemy.engine import URL
 
 #: seconds ``finish`` waits for the old member to drain, quiet period included
 DEFAULT_DRAIN_TIMEOUT = 300.0
@@ -35,6 +36,10 @@ DEFAULT_REPLICA_WAIT = 30.0
 MIGRATION_DRIVER = "postgresql+psycopg2"
 #: the word in ``replicas`` that turns the check for unknown standbys off
 REPLICAS_UNCHECKED = "unchecked"
+#: where each kind of URL is set, as a refusal names it (never quoting the URL)
+DATABASE_URL_SOURCE = "DATABASE_URL or sqlalchemy.url"
+REPLICAS_SOURCE = "[rolekit] replicas (ROLEKIT_REPLICAS)"
+POOLERS_SOURCE = "[rolekit] poolers (ROLEKIT_POOLERS)"
 
 
 @dataclass(frozen=True)
@@ -160,17 +165,7 @@ class Settings:
         """
         if not self.database_url:
             raise RolekitError("no database URL: set DATABASE_URL or sqlalchemy.url in alembic.ini")
-        from sqlalchemy.engine import make_url  # not at import: rolekit.client needs no SQLAlchemy
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            url = make_url(self.database_url)
-            url.port  # noqa: B018  (a non-numeric port raises here, not at connect)
-        except (ArgumentError, ValueError):
-            raise RolekitError(
-                "the database URL (DATABASE_URL or sqlalchemy.url) cannot be parsed: expected "
-                "postgresql://user@host:port/database"
-            ) from None
+        url = parse_url(self.database_url, DATABASE_URL_SOURCE)
         if url.get_backend_name() not in ("postgresql", "postgres"):
             raise RolekitError(
                 f"the database URL names {url.drivername!r}: rolekit needs PostgreSQL "
@@ -235,6 +230,37 @@ def boolean(where: str, value: str | None, default: bool) -> bool:
     if lowered in _FALSE:
         return False
     raise RolekitError(f"{where} = {value!r} is not true or false")
+
+
+def parse_url(value: str, where: str) -> URL:
+    """*value* as SQLAlchemy parses it, refused when that parse can be wrong.
+
+    SQLAlchemy ends the password at its first ``@``: ``user:pa@ss@db`` parses
+    as host ``ss@db``, and every message naming the host (``status``, an
+    upgrade's ``FAILED:`` line, "cannot reach replica ...") would show part of
+    the password.  So a URL with a second ``@`` before its options, or a port
+    that is not a number, is refused, and no refusal quotes any part of it:
+    the whole URL may be a secret.  *where* names the setting.
+    """
+    from sqlalchemy.engine import make_url  # not at import: rolekit.client needs no SQLAlchemy
+    from sqlalchemy.exc import ArgumentError
+
+    encode = "percent-encode '@' as %40, ':' as %3A and '/' as %2F in its user name and password"
+    if value.split("?", 1)[0].count("@") > 1:
+        raise RolekitError(f"a URL in {where} holds more than one '@': {encode}")
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise RolekitError(
+            f"a URL in {where} is not a postgresql://host:port/db URL "
+            f"(postgresql://user:password@host:port/database; {encode})"
+        ) from None
+    except ValueError:  # SQLAlchemy reads the port as a number while parsing
+        raise RolekitError(
+            f"a URL in {where} is not a postgresql://host:port/db URL: its port is not a "
+            f"number (a password holding ':' or '@' can end up there; {encode})"
+        ) from None
+    return url
 
 
 def url_list(value: str) -> tuple[str, ...]:

@@ -33,13 +33,14 @@ from rolekit.rotation.usage import (
 )
 from rolekit.runtime.config import Settings
 from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.poolers import IdleServer, Pooler, open_poolers
+from rolekit.runtime.poolers import IdleServer, Pooler, connect_params, open_poolers
 from rolekit.runtime.replicas import (
     Host,
     WalSender,
     check_standbys,
     describe_url,
     open_replicas,
+    replica_url,
     wait_for_replay,
 )
 
@@ -48,6 +49,16 @@ from rolekit.runtime.replicas import (
 _END_POOLED = sql.SQL(
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND usename = %s"
 )
+
+
+def check_urls(settings: Settings) -> None:
+    """Parse every replica and pooler URL now: a bad one is refused before any
+    change, not after a commit that then cannot wait for its replay."""
+    primary = settings.require_url()
+    for entry in settings.replicas:
+        replica_url(primary, entry)
+    for entry in settings.poolers:
+        connect_params(entry)
 
 
 def primary_name(settings: Settings) -> str:

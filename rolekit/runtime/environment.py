@@ -50,7 +50,7 @@ from rolekit.rotation.state import RotationState
 from rolekit.rotation.usage import describe_uses
 from rolekit.runtime.config import Settings, seconds, x_argument, x_flag
 from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.deployment import Deployment
+from rolekit.runtime.deployment import Deployment, check_urls
 from rolekit.runtime.logins import password_drift, verify_logins
 from rolekit.runtime.replicas import Host
 from rolekit.runtime.session import Session, session_for
@@ -275,6 +275,7 @@ class RolekitRun:
             return self
         if self.connection is None:
             raise RolekitError("RolekitRun needs the migration's connection online")
+        check_urls(self.settings)
         with ControlConnection.borrow(self.connection) as control:
             wait = seconds("lock_wait", x_argument(self.env, "lock_wait"), self.settings.lock_wait)
             progress = self.run.progress if self.run else drain.stderr_progress
@@ -356,6 +357,14 @@ def _from_alembic_cli(env: EnvironmentContext) -> bool:
     )
 
 
+def _database_url(settings: Settings) -> str:
+    """The database URL; a bad one is a ``FAILED:`` line, not a traceback."""
+    try:
+        return settings.require_url()
+    except RolekitError as exc:
+        raise MigrationFailed(exc) from None
+
+
 def run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
     """Run Alembic's migrations and rolekit's repeatables in one transaction.
 
@@ -378,7 +387,7 @@ def _run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
     settings = settings_for(env)
     if env.is_offline_mode():
         env.configure(
-            url=settings.require_url(),
+            url=_database_url(settings),
             literal_binds=True,
             dialect_opts={"paramstyle": "named"},
             transaction_per_migration=False,
@@ -388,7 +397,7 @@ def _run_migrations(env: EnvironmentContext, **configure_kw: Any) -> None:
             env.run_migrations()
             rolekit.apply_repeatables()
         return
-    engine = create_engine(settings.require_url(), poolclass=pool.NullPool)
+    engine = create_engine(_database_url(settings), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection, RolekitRun(env, connection) as rolekit:
             env.configure(connection=connection, transaction_per_migration=False, **configure_kw)

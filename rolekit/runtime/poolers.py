@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import psycopg2
-from sqlalchemy.engine import make_url
 
 from rolekit.errors import RolekitError, UnreachableError, first_line
+from rolekit.runtime.config import POOLERS_SOURCE, parse_url
 
 
 class PoolerClient(NamedTuple):
@@ -43,7 +43,7 @@ class IdleServer(NamedTuple):
 
 def connect_params(url: str) -> dict[str, Any]:
     """libpq keywords of a ``postgresql://`` URL (SQLAlchemy's form accepted too)."""
-    parsed = make_url(url)
+    parsed = parse_url(url, POOLERS_SOURCE)
     params: dict[str, Any] = parsed.translate_connect_args(database="dbname", username="user")
     params.update({k: v for k, v in parsed.query.items() if isinstance(v, str)})
     return params

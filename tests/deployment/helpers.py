@@ -8,13 +8,22 @@ from typing import Any
 
 from rolekit.testing import AppClient as Client
 from rolekit.testing import Cluster, Project
-from tests.guards.helpers import password
+from tests.guards.helpers import is_migrator, password
+from tests.plugins.deployment import Replicated
 
 
 def replica_urls(*replicas: Cluster) -> str:
     """``ROLEKIT_REPLICAS``: host, port and database only, so the primary URL's
     user and password apply (what the README documents)."""
     return ", ".join(f"postgresql://{r.host}:{r.port}/postgres" for r in replicas)
+
+
+def may_identify_standbys(project: Project, replicated: Replicated) -> None:
+    """Grant the migrator pg_read_all_stats, which rolekit needs to tell which
+    streaming standby each configured replica is (a superuser has it)."""
+    if is_migrator(project):
+        project.query(f'GRANT pg_read_all_stats TO "{project.user}"')
+        replicated.sync()
 
 
 def connect_as(project: Project, role: str, server: Cluster | None = None) -> Callable[[], Any]:
@@ -40,4 +49,4 @@ def wait_for_no_sessions(server: Cluster, role: str, timeout: float = 10) -> Non
         time.sleep(0.05)
 
 
-__all__ = ["Client", "connect_as", "replica_urls", "wait_for_no_sessions"]
+__all__ = ["Client", "connect_as", "may_identify_standbys", "replica_urls", "wait_for_no_sessions"]

@@ -9,15 +9,24 @@ superuser and as the least-privileged migrator.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg2
 import pytest
 
-from rolekit.testing import Project
+from rolekit.testing import Cluster, Project
 from tests.catalog_snapshot import role_snapshot
-from tests.deployment.helpers import Client, connect_as, replica_urls, wait_for_no_sessions
+from tests.deployment.helpers import (
+    Client,
+    connect_as,
+    may_identify_standbys,
+    replica_urls,
+    wait_for_no_sessions,
+)
 from tests.guards.helpers import can_login, is_migrator, password, rotate
 from tests.plugins.deployment import Replicated
+from tests.plugins.postgres import example_project
 
 
 def _login_fails(project: Project, server: object, role: str) -> str:
@@ -31,6 +40,7 @@ def test_finish_waits_for_a_reader_on_a_cascaded_standby(
 ) -> None:
     """Finding 2: finish succeeded while an app read from a standby as the old member."""
     project = deployed_project
+    may_identify_standbys(project, replicated)
     replicas = replica_urls(replicated.direct, replicated.cascade)
     project.extra_env["ROLEKIT_REPLICAS"] = replicas
     project.upgrade("dev")
@@ -130,6 +140,7 @@ def test_status_reports_each_member_on_each_host(
     deployed_project: Project, replicated: Replicated
 ) -> None:
     project = deployed_project
+    may_identify_standbys(project, replicated)
     project.extra_env["ROLEKIT_REPLICAS"] = replica_urls(replicated.direct, replicated.cascade)
     project.upgrade("dev")
     for server in (project.cluster, replicated.direct):
@@ -165,6 +176,7 @@ def test_an_unreachable_pooler_does_not_fail_a_begin_that_only_waits_for_replay(
     poolers are watched by a drain, and an unreachable one must not fail (exit 5)
     a migration that committed.  The finish, which drains, still refuses it."""
     project = deployed_project
+    may_identify_standbys(project, replicated)
     project.extra_env["ROLEKIT_REPLICAS"] = replica_urls(replicated.direct, replicated.cascade)
     project.upgrade("dev")
     project.extra_env["ROLEKIT_POOLERS"] = "postgresql://admin:wrong@127.0.0.1:1/pgbouncer"
@@ -174,3 +186,84 @@ def test_an_unreachable_pooler_does_not_fail_a_begin_that_only_waits_for_replay(
     assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}
     proc = rotate(project, "finish", "--drain-timeout", "3", check=False)
     assert proc.returncode == 5 and "cannot reach pooler 127.0.0.1:1" in proc.stderr
+
+
+def _refused(project: Project, *expected: str) -> None:
+    """finish is refused with *expected* in its message, and changes nothing."""
+    before, state = role_snapshot(project.cluster), project.state()
+    proc = rotate(project, "finish", "--drain-timeout", "5", check=False)
+    assert proc.returncode == 3, proc.stderr
+    for text in (*expected, "nothing was changed"):
+        assert text in proc.stderr, proc.stderr
+    assert role_snapshot(project.cluster) == before
+    assert project.state() == state
+
+
+@pytest.fixture
+def siblings(pg_major: int) -> Iterator[Replicated]:
+    """A primary with two standbys streaming from it (``cascade`` is the second
+    direct one here)."""
+    with Cluster(pg_major) as primary:
+        first = primary.standby()
+        try:
+            second = primary.standby()
+            try:
+                yield Replicated(primary, first, second)
+            finally:
+                second.cleanup()
+        finally:
+            first.cleanup()
+
+
+@pytest.mark.parametrize("user", ["superuser", "createrole"])
+def test_a_standby_listed_twice_does_not_hide_another(
+    siblings: Replicated, tmp_path: Path, user: str
+) -> None:
+    """Finding 4 of issue 23: two standbys stream from the primary and the first is
+    listed twice (another database on the same server): 2 WAL senders <= 2
+    entries passed and the second standby went unwatched."""
+    credentials = {}
+    if user == "createrole":
+        migrator, secret = siblings.primary.create_migrator()
+        credentials = {"user": migrator, "password": secret}
+        siblings.sync()
+    project = example_project(tmp_path, siblings.primary, **credentials)
+    first = f"postgresql://{siblings.direct.host}:{siblings.direct.port}"
+    twice = f"{first}/postgres, {first}/template1"
+    project.extra_env["ROLEKIT_REPLICAS"] = twice
+    project.upgrade("dev")
+    rotate(project, "begin")
+    second = f"(standby_{siblings.cascade.port}) via primary "
+    _refused(project, "2 streaming standby(s) replicate this database", second)
+    may_identify_standbys(project, siblings)
+    _refused(project, "but 1 replica(s) are configured", second)
+    # listing the second standby too is correct; the duplicate is watched once
+    project.extra_env["ROLEKIT_REPLICAS"] = f"{twice}, {replica_urls(siblings.cascade)}"
+    finish = rotate(project, "finish", "--drain-timeout", "30")
+    assert "(also listed as replica " in finish.stderr, finish.stderr
+    assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
+
+
+def test_a_cascaded_standby_alone_does_not_stand_for_its_upstream(
+    deployed_project: Project, replicated: Replicated
+) -> None:
+    """Finding 4 of issue 23: primary -> direct -> cascade with only the cascade
+    configured counted one sender for one replica, and the direct standby's
+    readers were locked out unseen."""
+    project = deployed_project
+    project.extra_env["ROLEKIT_REPLICAS"] = replica_urls(replicated.cascade)
+    project.upgrade("dev")
+    rotate(project, "begin")
+    if is_migrator(project):  # without the details no sender can be matched: fail closed
+        _refused(
+            project, f"{project.user} may not read ", f"GRANT pg_read_all_stats TO {project.user}"
+        )
+        may_identify_standbys(project, replicated)
+    primary = f"via primary {project.cluster.host}:{project.cluster.port}/postgres"
+    _refused(
+        project,
+        f"127.0.0.1 (standby_{replicated.direct.port}) {primary}), which no configured replica is",
+    )
+    project.extra_env["ROLEKIT_REPLICAS"] = replica_urls(replicated.direct, replicated.cascade)
+    rotate(project, "finish", "--drain-timeout", "30")
+    assert can_login(project) == {"my_app_tom": False, "my_app_jerry": True}
