@@ -14,8 +14,11 @@ any point is completed by the next one:
   killed after its commit is recorded by the next finish.
 
 Publishing runs a command with the credentials on its **stdin** only, never
-in its arguments or environment.  A failing publish stops the run in the
-overlap, where both members may log in: no outage.  With ``--git-push``
+in its arguments or environment, in a process group of its own that is ended
+whole (:mod:`rolekit.rotation.publish`).  A failing publish stops the run in
+the overlap, where both members may log in: no outage; its message shows the
+end of the command's stderr with every rendering of a secret masked.  A
+``--publish-format`` the run could not render is refused before ``begin``.  With ``--git-push``
 each phase reaches the repository before anything is published
 (:mod:`rolekit.rotation.gitstate`).
 """
