@@ -158,6 +158,7 @@ def _rotate_auto(args: argparse.Namespace, context: str) -> int:
         max_age=args.max_age,
         publish=args.publish,
         publish_format=args.publish_format,
+        publish_timeout=args.publish_timeout,
         move_timeout=args.move_timeout,
         quiet_period=args.quiet_period,
         git_commit=args.git_commit,

@@ -217,6 +217,7 @@ def rotate_auto(
     max_age: str | None = None,
     publish: str | None = None,
     publish_format: str = "json",
+    publish_timeout: float | None = None,
     move_timeout: float | None = None,
     quiet_period: float | None = None,
     git_commit: bool = False,
@@ -228,6 +229,7 @@ def rotate_auto(
     Returns ``not due``, ``rotated`` or ``resumed`` (a run interrupted before
     was completed); without *apply*, what it would do.  *emit* receives one
     event per step (due check, phase changes, publish, wait, git commit).
+    *publish_timeout* defaults to ``[rolekit] publish_timeout`` (300 s).
 
     :raises PublishError: the publish command failed (the overlap stays).
     :raises DrainTimeoutError: the apps did not move by *move_timeout*.
@@ -239,10 +241,15 @@ def rotate_auto(
         raise RolekitError("rotate auto needs --max-age (e.g. 90d) or [rolekit] max_age")
     if publish_format not in FORMATS:
         raise RolekitError(f"--publish-format {publish_format!r}: one of {', '.join(FORMATS)}")
+    if publish_timeout is None:
+        publish_timeout = settings.publish_timeout
+    if not 0 < publish_timeout < float("inf"):
+        raise RolekitError(f"--publish-timeout {publish_timeout:g}: a number of seconds above 0")
     plan = auto.Plan(
         parse_duration(policy),
         publish=publish,
         publish_format=publish_format,
+        publish_timeout=publish_timeout,
         move_timeout=move_timeout,
         quiet_period=quiet_period,
         git_commit=git_commit,

@@ -31,6 +31,7 @@ to stdout or (``--output``) to a 0600 file, atomically.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
@@ -42,6 +43,7 @@ from urllib.parse import quote
 from rolekit.client._credentials import Credentials
 from rolekit.client._document import to_document
 from rolekit.errors import RolekitError
+from rolekit.secrets import Secret
 
 #: ``rolekit creds --help``: the formats, and what consumes each
 HELP: Final = (
@@ -159,12 +161,18 @@ def _pgbouncer(creds: Credentials, family: str, context: str, target: Target) ->
     if target.verifiers is None:
         raise RolekitError("--format pgbouncer needs the verifiers the server stores")
 
-    def quoted(value: str) -> str:
-        return '"' + value.replace('"', '""') + '"'
-
     return "".join(
-        f"{quoted(user)} {quoted(target.verifiers[user])}\n" for user, _secret in creds.pairs()
+        f"{_auth_file_field(user)} {_auth_file_field(target.verifiers[user])}\n"
+        for user, _secret in creds.pairs()
     )
+
+
+def _auth_file_field(value: str) -> str:
+    return f'"{_auth_file_escaped(value)}"'
+
+
+def _auth_file_escaped(value: str) -> str:
+    return value.replace('"', '""')
 
 
 def _url(creds: Credentials, family: str, context: str, target: Target) -> str:
@@ -194,3 +202,72 @@ _RENDERERS: Final[dict[str, Callable[[Credentials, str, str, Target], str]]] = {
 }
 #: the formats, in the order ``--help`` lists them
 FORMATS: Final = tuple(_RENDERERS)
+
+
+# -- redaction: every way a rendering writes a secret --------------------------------
+
+#: what a publish command's output shows instead of a secret
+REDACTED: Final = "<redacted>"
+#: stands for each secret in the control rendering of :func:`secret_renderings`:
+#: every encoder above writes it unchanged
+_PLACEHOLDER: Final = "rolekit-placeholder"
+#: how the renderers write a value (JSON, nested JSON in ``k8s-secret``, sh,
+#: percent-encoding, pgpass, auth_file), and how the tools that read them write it
+#: back (JSON without ASCII escapes, a Secret's base64 ``data``).  None adds
+#: quotes around every value (those stay outside, as in the placeholder's rendering)
+_ENCODERS: Final[tuple[Callable[[str], str], ...]] = (
+    lambda v: json.dumps(v)[1:-1],
+    lambda v: json.dumps(v, ensure_ascii=False)[1:-1],
+    shlex.quote,
+    lambda v: quote(v, safe=""),
+    _pgpass_field,
+    _auth_file_escaped,
+    lambda v: base64.b64encode(v.encode()).decode(),
+)
+
+
+def _encodings(value: str) -> set[str]:
+    """*value* as written by one encoder, or by one inside another (a document in a document)."""
+    once = {value} | {encode(value) for encode in _ENCODERS}
+    return once | {encode(v) for v in once for encode in _ENCODERS}
+
+
+def redact(text: str, renderings: frozenset[str]) -> str:
+    """*text* with each of *renderings* replaced by :data:`REDACTED`, longest first
+    (a quoted rendering holds the bare one)."""
+    for rendering in sorted(renderings, key=len, reverse=True):
+        text = text.replace(rendering, REDACTED)
+    return text
+
+
+def secret_renderings(
+    fmt: str, creds: Credentials, family: str, context: str, target: Target = Target()
+) -> frozenset[str] | None:
+    """Every way :func:`render` writes a secret of *creds* in *fmt* (the passwords,
+    and for ``pgbouncer`` the verifiers), to redact in what a reader of it echoes.
+
+    ``None`` when that cannot be shown complete: a secret holding a line break
+    (a tail of output may start inside it), or a rendering redacted with these
+    that still differs from the same rendering of placeholders.  The check is
+    derived from the renderers themselves, so a new format or encoding cannot
+    slip past unnoticed: the caller then shows no output at all.
+    """
+    secrets = [secret.reveal() for _user, secret in creds.pairs()]
+    secrets += list((target.verifiers or {}).values())
+    if any(len(secret.splitlines()) != 1 for secret in secrets):
+        return None
+    renderings = frozenset(e for secret in secrets for e in _encodings(secret) if e)
+    stand_in = Secret(_PLACEHOLDER)
+    control = Credentials(
+        (creds.preferred[0], stand_in),
+        (creds.alternate[0], stand_in) if creds.alternate is not None else None,
+    )
+    control_target = target
+    if target.verifiers is not None:
+        stand_ins = {user: _PLACEHOLDER for user in target.verifiers}
+        control_target = Target(target.host, target.port, target.dbname, stand_ins)
+    real = redact(render(fmt, creds, family, context, target), renderings)
+    # the same encoders on both sides: a quoted rendering is redacted with its quotes in each
+    stand_in_renderings = frozenset(_encodings(_PLACEHOLDER))
+    expected = redact(render(fmt, control, family, context, control_target), stand_in_renderings)
+    return renderings if real == expected else None

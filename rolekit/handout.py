@@ -7,7 +7,8 @@ and secrets files; :mod:`rolekit.creds_formats` renders them.  Only the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.engine import make_url
 
@@ -15,6 +16,7 @@ from rolekit import catalog, creds_formats
 from rolekit.client._credentials import Credentials
 from rolekit.creds_formats import Target
 from rolekit.errors import GuardError, PrivilegeError, RolekitError
+from rolekit.family import RoleFamily
 from rolekit.rotation.state import RotationState
 from rolekit.runtime.config import ConfigLike, Settings, load_settings
 from rolekit.runtime.control import ControlConnection
@@ -43,6 +45,13 @@ class Creds:
     def render(self, fmt: str) -> str:
         """The credentials in one of :data:`rolekit.creds_formats.FORMATS`."""
         return creds_formats.render(fmt, self.credentials, self.family, self.context, self.target)
+
+    def renderings(self, fmt: str) -> frozenset[str] | None:
+        """Every way :meth:`render` writes a secret in *fmt* (see
+        :func:`rolekit.creds_formats.secret_renderings`)."""
+        return creds_formats.secret_renderings(
+            fmt, self.credentials, self.family, self.context, self.target
+        )
 
 
 def creds(
@@ -75,14 +84,55 @@ def creds(
         (preferred, secrets.get(preferred, context)),
         (alternate, secrets.get(alternate, context)) if alternate is not None else None,
     )
+    target = _target(settings, host, port, dbname)
+    if verifiers:
+        target = replace(target, verifiers=_server_verifiers(settings, found))
+    return Creds(family, context.lower(), found, target)
+
+
+def _target(
+    settings: Settings, host: str | None = None, port: int | None = None, dbname: str | None = None
+) -> Target:
+    """Where applications connect: *host*, *port*, *dbname*, else the project's URL."""
     url = make_url(settings.require_url()) if settings.database_url else None
-    target = Target(
+    return Target(
         host or (url.host if url else None),
         port or (url.port if url else None),
         dbname or (url.database if url else None),
-        _server_verifiers(settings, found) if verifiers else None,
     )
-    return Creds(family, context.lower(), found, target)
+
+
+def require_renderable(
+    settings: Settings, control: ControlConnection, fmt: str, family: RoleFamily, context: str
+) -> None:
+    """Refuse, before anything changes, a *fmt* that :func:`creds` could not render
+    for *family* once the rotation has begun: ``pgbouncer`` without a superuser,
+    ``url`` without a host.  The renderer itself decides, on placeholder passwords.
+
+    :raises PrivilegeError: ``pgbouncer``, and the migration user is no superuser.
+    :raises RolekitError: what the renderer refuses.
+    """
+    members = family.members
+    stand_ins = None
+    if fmt == "pgbouncer":
+        _require_verifier_reader(control, members, "Nothing was changed")
+        stand_ins = {member: "" for member in members}
+    placeholder = Secret("placeholder")
+    stand_in = Credentials((members[0], placeholder), (members[1], placeholder))
+    target = replace(_target(settings), verifiers=stand_ins)
+    creds_formats.render(fmt, stand_in, family.group, context, target)
+
+
+def _require_verifier_reader(
+    control: ControlConnection, members: Sequence[str], nothing_done: str
+) -> None:
+    if not catalog.privileges(control, members).superuser:
+        raise PrivilegeError(
+            "--format pgbouncer prints the SCRAM verifiers the server stores (PgBouncer "
+            "can log in to the server with them only if they are the server's own); "
+            "reading them needs a superuser (pg_authid), and the migration user is not "
+            f"one. {nothing_done}"
+        )
 
 
 def _server_verifiers(settings: Settings, found: Credentials) -> dict[str, str]:
@@ -100,13 +150,7 @@ def _server_verifiers(settings: Settings, found: Credentials) -> dict[str, str]:
     """
     members = [user for user, _secret in found.pairs()]
     with ControlConnection.open(settings.require_url(), application_name="rolekit") as control:
-        if not catalog.privileges(control, members).superuser:
-            raise PrivilegeError(
-                "--format pgbouncer prints the SCRAM verifiers the server stores (PgBouncer "
-                "can log in to the server with them only if they are the server's own); "
-                "reading them needs a superuser (pg_authid), and the migration user is not "
-                "one. Nothing was printed"
-            )
+        _require_verifier_reader(control, members, "Nothing was printed")
         stored = catalog.password_verifiers(control, members)
         for user, secret in found.pairs():
             if not (stored.get(user) or "").startswith("SCRAM-SHA-256$"):

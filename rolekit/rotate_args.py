@@ -41,6 +41,13 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: the format of what --publish gets (those of 'rolekit creds --format')",
     )
     parser.add_argument(
+        "--publish-timeout",
+        type=float,
+        metavar="S",
+        help="auto: seconds --publish may run (default [rolekit] publish_timeout, else 300); "
+        "past it, it is ended with every process it started, exit 1, still in the overlap",
+    )
+    parser.add_argument(
         "--move-timeout",
         type=float,
         metavar="S",

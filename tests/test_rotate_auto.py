@@ -6,15 +6,18 @@ small shell commands that read the credentials from their stdin.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from pyrage import x25519
@@ -371,3 +374,223 @@ def test_a_failing_publish_shows_its_stderr_without_secrets(project: Project) ->
     for role in ("my_app_tom", "my_app_jerry"):
         assert password(project, role) not in proc.stdout + proc.stderr
     assert "<redacted>" in proc.stderr
+
+
+# -- issue 23: what the publish command writes, and what it leaves behind ---------------
+
+#: a password every format escapes: non-ASCII, both quotes, a backslash, ':', '@', '%'
+AWKWARD = "Zürich\"'\\:@% x-" + "k7Qm2vR9pL4sT8wN"
+
+
+def _encodings_of(value: str) -> set[str]:
+    """The ways a reader of any --publish-format could echo *value* (the test's own list)."""
+    as_json = json.dumps(value)[1:-1]
+    return {
+        value,
+        as_json,
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        json.dumps(as_json)[1:-1],  # the document inside the k8s Secret
+        shlex.quote(value),
+        quote(value, safe=""),
+        value.replace("\\", "\\\\").replace(":", "\\:"),
+        base64.b64encode(value.encode()).decode(),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["json", "k8s-secret", "env", "pgpass", "url"])
+@pytest.mark.parametrize("as_json", [True, False], ids=["json-output", "text-output"])
+def test_a_failed_publish_that_echoes_its_input_shows_no_encoding_of_a_password(
+    project: Project, fmt: str, as_json: bool
+) -> None:
+    """Finding 3: the command read the rendered document, where the password is
+    escaped; echoed back, no rendering of it reaches rolekit's message or event."""
+    project.set_password("my_app_tom", "dev", AWKWARD)
+    project.upgrade("dev")
+    assert _auto(project, "--max-age", "0", "--publish", "cat > /dev/null; exit 7")[0] == 1
+    # begun: the incoming member (the one url carries) gets an awkward password too
+    project.cluster.set_password("my_app_jerry", AWKWARD[::-1])
+    project.set_password("my_app_jerry", "dev", AWKWARD[::-1])
+    # every line of the document on one line of stderr, long lines cut to the part with the password
+    # (and a URL without its scheme, as a tool naming where it connected would)
+    echo = (
+        "cat | grep -i -e password -e my_app_ | sed 's,postgresql://,,' | cut -c1-250 >&2; exit 3"
+    )
+    args = [a for a in AUTO if a != "--json" or as_json]
+    proc = project.rolekit(*args, "--max-age", "0", "--publish-format", fmt, "--publish", echo,
+                           check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    (error_line,) = [line for line in proc.stderr.splitlines() if line.startswith("rolekit: error")]
+    assert "<redacted>" in error_line  # the lines that held it were shown, masked
+    shown = proc.stdout + proc.stderr
+    for role in ("my_app_tom", "my_app_jerry"):
+        for encoding in _encodings_of(password(project, role)):
+            assert encoding not in shown, (fmt, encoding)
+    for fragment in ("Z\\u00fcrich", "Zürich", "Z%C3%BCrich"):
+        assert fragment not in shown
+    if as_json:
+        error = json.loads(proc.stdout.splitlines()[-1])
+        assert error["event"] == "error" and error["error"] in error_line
+
+
+def test_a_publish_killed_by_a_signal_is_reported_as_such(project: Project) -> None:
+    """Finding 15."""
+    project.upgrade("dev")
+    code, events = _auto(project, "--max-age", "0", "--publish", "cat > /dev/null; kill -9 $$")
+    assert code == 1
+    assert "--publish killed by signal 9 (SIGKILL)" in events[-1]["error"]
+    assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    """*pid* has ended (a zombie waiting for init to reap it counts as ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@contextlib.contextmanager
+def _grandchild(project: Project) -> Any:
+    """A publish command that leaves a process of its own running (``sleep 300 &``);
+    yields the command and a reader of that process's pid, and kills it if a test failed."""
+    pid_file = project.root / "grandchild.pid"
+    started: list[int] = []
+
+    def pid() -> int:
+        _wait_for(pid_file)
+        started.append(int(pid_file.read_text()))
+        return started[-1]
+
+    try:
+        yield f"sleep 300 >/dev/null 2>&1 & echo $! > {pid_file}; ", pid
+    finally:
+        for leftover in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("where", ["option", "setting"])
+def test_a_publish_past_its_timeout_is_ended_with_every_process_it_started(
+    project: Project, where: str
+) -> None:
+    """Finding 9: the timeout ends the command's whole process group; it is
+    --publish-timeout or [rolekit] publish_timeout."""
+    project.upgrade("dev")
+    if where == "setting":
+        ini = project.root / "alembic.ini"
+        ini.write_text(ini.read_text().replace("[rolekit]\n", "[rolekit]\npublish_timeout = 2\n"))
+    timeout = ("--publish-timeout", "2") if where == "option" else ()
+    with _grandchild(project) as (spawn, pid):
+        began = time.monotonic()
+        code, events = _auto(
+            project, "--max-age", "0", *timeout, "--publish", spawn + "cat >/dev/null; sleep 300"
+        )
+        assert code == 1
+        assert "did not finish within 2s" in events[-1]["error"]
+        assert time.monotonic() - began < 60
+        assert _gone(pid())
+    assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}  # the overlap stays
+
+
+def test_sigterm_to_rolekit_ends_every_process_of_the_publish_command(project: Project) -> None:
+    """Finding 9: a cancelled CI job leaves nothing behind that holds the credentials."""
+    project.upgrade("dev")
+    shell_pid = project.root / "publish.pid"
+    with _grandchild(project) as (spawn, pid):
+        run = _spawn_auto(project, f"{spawn}echo $$ > {shell_pid}; cat >/dev/null; sleep 300")
+        grandchild = pid()
+        _wait_for(shell_pid)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 143, err
+        assert _gone(grandchild) and _gone(int(shell_pid.read_text()))
+
+
+def test_a_process_left_running_by_a_successful_publish_is_ended(project: Project) -> None:
+    """Finding 9: no child of a publish can publish after a newer run."""
+    project.upgrade("dev")
+    with _grandchild(project) as (spawn, pid):
+        code, events = _auto(project, "--max-age", "0", "--publish", spawn + PUBLISH)
+        assert code == 0, events
+        assert _gone(pid())
+
+
+#: runs the command in its argv and prints the largest resident set (KiB) of its process tree
+_MAX_RSS = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
+
+
+def test_a_publish_command_printing_hundreds_of_megabytes_costs_no_memory(
+    project: Project,
+) -> None:
+    """Finding 14: its stdout is discarded unread, and only a tail of its stderr is kept."""
+    project.upgrade("dev")
+    megabytes = 200
+    noisy = (f"cat >/dev/null; yes stdout | head -c {megabytes}M; "
+             f"yes 'stderr line' | head -c {megabytes}M >&2; echo 'the real error' >&2; exit 1")  # fmt: skip
+    proc = project.run(sys.executable, "-c", _MAX_RSS, sys.executable, "-m", "rolekit.cli", *AUTO,
+                       "--max-age", "0", "--publish", noisy)  # fmt: skip
+    *_, error, max_rss_kib = proc.stdout.splitlines()
+    assert "the real error" in json.loads(error)["error"]
+    assert int(max_rss_kib) < megabytes * 1024 / 2, f"{int(max_rss_kib) // 1024} MiB"
+
+
+def test_pgbouncer_format_without_a_superuser_is_refused_before_begin(
+    managed_project: Project,
+) -> None:
+    """Finding 18: its needs are checked before anything changes; every re-run
+    refuses the same way, and nothing was begun."""
+    project = managed_project
+    project.upgrade("dev")
+    before, state = role_snapshot(project.cluster), project.state()
+    for _ in range(2):
+        code, events = _auto(project, "--max-age", "0", "--publish-format", "pgbouncer",
+                             "--publish", PUBLISH)  # fmt: skip
+        assert code == 3, events
+        assert "needs a superuser" in events[-1]["error"]
+        assert "Nothing was changed" in events[-1]["error"]
+        assert role_snapshot(project.cluster) == before and project.state() == state
+    assert not (project.root / "published.json").exists()
+
+
+def test_url_format_without_a_host_is_refused_before_begin(any_project: Project) -> None:
+    """Finding 18: a database URL whose host is only in its query string gives
+    the url format no host: refused before begin, nothing changed."""
+    project = any_project
+    project.upgrade("dev")
+    cluster = project.cluster
+    hostless = project.url.replace(f"@{cluster.host}:{cluster.port}/", "@/")
+    hostless += f"?host={cluster.host}&port={cluster.port}"
+    before, state = role_snapshot(cluster), project.state()
+    proc = project.rolekit(*AUTO, "--max-age", "0", "--publish-format", "url",
+                           "--publish", PUBLISH, check=False, DATABASE_URL=hostless)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--format url needs the database host" in proc.stderr
+    assert role_snapshot(cluster) == before and project.state() == state
+
+
+def test_a_format_that_fails_to_render_after_begin_is_a_failed_publish(project: Project) -> None:
+    """Finding 18: once begun, a rendering that fails is a failed publish: exit 1,
+    still in the overlap (no outage), and the next run publishes again."""
+    project.upgrade("dev")
+    code, _ = _auto(project, "--max-age", "0", "--publish", "cat > /dev/null; exit 7")
+    assert code == 1  # begun, in the overlap
+    on_file = password(project, "my_app_jerry")
+    project.set_password("my_app_jerry", "dev", "not-the-one-the-server-has-4711")
+    code, events = _auto(project, "--max-age", "90d", "--publish-format", "pgbouncer",
+                         "--publish", PUBLISH)  # fmt: skip
+    assert code == 1, events
+    assert "--publish-format pgbouncer" in events[-1]["error"]
+    assert "stays in the overlap" in events[-1]["error"]
+    project.set_password("my_app_jerry", "dev", on_file)
+    code, events = _auto(project, "--max-age", "90d", "--publish-format", "pgbouncer",
+                         "--publish", PUBLISH)  # fmt: skip
+    assert code == 0 and events[-1]["result"] == "resumed"

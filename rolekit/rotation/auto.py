@@ -14,8 +14,11 @@ any point is completed by the next one:
   killed after its commit is recorded by the next finish.
 
 Publishing runs a command with the credentials on its **stdin** only, never
-in its arguments or environment.  A failing publish stops the run in the
-overlap, where both members may log in: no outage.  With ``--git-push``
+in its arguments or environment, in a process group of its own that is ended
+whole (:mod:`rolekit.rotation.publish`).  A failing publish stops the run in
+the overlap, where both members may log in: no outage; its message shows the
+end of the command's stderr with every rendering of a secret masked.  A
+``--publish-format`` the run could not render is refused before ``begin``.  With ``--git-push``
 each phase reaches the repository before anything is published
 (:mod:`rolekit.rotation.gitstate`).
 """
@@ -23,18 +26,15 @@ each phase reaches the repository before anything is published
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from rolekit import inspection
-from rolekit.client._credentials import Credentials
+from rolekit import creds_formats, handout, inspection
 from rolekit.errors import RolekitError, mask_url_passwords
 from rolekit.family import RoleFamily
 from rolekit.family_catalog import FamilyCatalog
-from rolekit.handout import creds as handout_creds
-from rolekit.rotation import gitstate
+from rolekit.rotation import gitstate, publish
 from rolekit.rotation.state import FamilyState, Phase, RotationState
 from rolekit.rotation.workflow import Step, Transition, finish_x, rotate_lock, rotate_locked
 from rolekit.runtime.config import Settings
@@ -119,6 +119,8 @@ def run(settings: Settings, family: RoleFamily, context: str, plan: Plan, emit: 
         decision = _decide(control, family, state, plan, emit)
         if decision == NOT_DUE:
             return NOT_DUE
+        if plan.publish is not None:  # a format that cannot be published refuses before begin
+            handout.require_renderable(settings, control, plan.publish_format, family, context)
         if state.phase == Phase.STEADY:  # due, or a begin killed before its state file
             _step(settings, family, context, Step.BEGIN, control, plan, emit)
         _publish(settings, family, context, plan, emit)
@@ -174,40 +176,43 @@ def _publish(settings: Settings, family: RoleFamily, context: str, plan: Plan, e
     if plan.publish is None:
         emit({"event": "publish", "skipped": "no --publish command"})
         return
-    verifiers = plan.publish_format == "pgbouncer"
-    found = handout_creds(settings, family.group, context, verifiers=verifiers)
-    text = found.render(plan.publish_format)
-    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    stays = f"{family.group} stays in the overlap (both members may log in)"
     try:
-        proc = subprocess.run(
-            plan.publish,
-            shell=True,
-            input=text,
-            text=True,
-            env=env,
-            cwd=settings.root,
-            capture_output=True,
-            timeout=plan.publish_timeout,
+        found = handout.creds(
+            settings, family.group, context, verifiers=plan.publish_format == "pgbouncer"
         )
-    except subprocess.TimeoutExpired:
+        text = found.render(plan.publish_format)
+    except RolekitError as exc:  # after begin: a failed publish, not a refusal
         raise PublishError(
-            f"--publish did not finish within {plan.publish_timeout:.0f}s; {family.group} stays "
-            "in the overlap (both members may log in). Fix it and re-run"
+            f"--publish-format {plan.publish_format}: {exc}; {stays}. Fix it and re-run"
         ) from None
-    if proc.returncode != 0:
-        said = _redacted(proc.stderr, found.credentials)
+    env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+    done = publish.run(
+        plan.publish, text.encode(), env=env, cwd=settings.root, timeout=plan.publish_timeout
+    )
+    if done.timed_out:
         raise PublishError(
-            f"--publish exited {proc.returncode}{': ' + said if said else ''}; {family.group} "
-            "stays in the overlap (both members may log in). Fix it and re-run: the next run "
-            "publishes again"
+            f"--publish did not finish within {plan.publish_timeout:g}s (--publish-timeout, "
+            f"[rolekit] publish_timeout) and was ended; {stays}. Fix it and re-run"
+        )
+    if done.returncode != 0:
+        said = _redacted(done, found.renderings(plan.publish_format))
+        raise PublishError(
+            f"--publish {done.how()}{': ' + said if said else ''}; {stays}. Fix it and re-run: "
+            "the next run publishes again"
         )
     emit({"event": "publish", "ok": True, "format": plan.publish_format})
 
 
-def _redacted(stderr: str, credentials: Credentials) -> str:
+def _redacted(done: publish.Finished, renderings: frozenset[str] | None) -> str:
     """The last lines the publish command wrote to stderr (its stdout is never
-    shown: a command may echo what it read), with any password in them masked."""
-    for _, secret in (credentials.preferred, *filter(None, [credentials.alternate])):
-        stderr = stderr.replace(secret.reveal(), "<redacted>")
-    lines = [line[:300] for line in mask_url_passwords(stderr).strip().splitlines()[-5:]]
-    return " | ".join(lines)
+    read: a command may echo what it read), with every rendering of a secret in
+    them masked; none when the renderings are not known complete."""
+    if renderings is None:
+        return "(its stderr is not shown: it could hold a password rolekit cannot mask)"
+    text = done.stderr_tail.decode(errors="replace")
+    lines = creds_formats.redact(text, renderings).splitlines()
+    if done.truncated:  # the first line may start inside a rendering
+        lines = lines[1:]
+    lines = [line[:300] for line in mask_url_passwords("\n".join(lines)).strip().splitlines()]
+    return " | ".join(lines[-5:])

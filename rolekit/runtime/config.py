@@ -32,6 +32,8 @@ DEFAULT_LOCK_WAIT = 300.0
 DEFAULT_DRAIN_QUIET_PERIOD = 90.0
 #: seconds to wait after the commit for every replica to replay it
 DEFAULT_REPLICA_WAIT = 30.0
+#: seconds ``rotate auto``'s ``--publish`` command may run before it is ended
+DEFAULT_PUBLISH_TIMEOUT = 300.0
 #: the SQLAlchemy driver of rolekit's migrations and connections
 MIGRATION_DRIVER = "postgresql+psycopg2"
 #: the word in ``replicas`` that turns the check for unknown standbys off
@@ -73,6 +75,8 @@ class Settings:
     #: the rotation policy (``[rolekit] max_age = 90d``) ``status`` and ``check``
     #: apply when no ``--max-age`` is given; ``None``: none
     max_age: str | None = None
+    #: ``[rolekit] publish_timeout``: the default of ``rotate auto --publish-timeout``
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
 
     @classmethod
     def from_alembic_config(cls, config: Config) -> Settings:
@@ -134,6 +138,11 @@ class Settings:
             ),
             poolers=url_list(os.environ.get("ROLEKIT_POOLERS") or section.get("poolers", "")),
             max_age=_max_age(section.get("max_age")),
+            publish_timeout=seconds(
+                "[rolekit] publish_timeout",
+                section.get("publish_timeout"),
+                DEFAULT_PUBLISH_TIMEOUT,
+            ),
         )
 
     @classmethod
