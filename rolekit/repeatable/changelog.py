@@ -33,6 +33,7 @@ SCHEMA_VERSION = 4
 _GUARD_TABLES = [
     """CREATE TABLE rolekit_rotation (
         family text NOT NULL,
+        group_oid bigint NOT NULL,
         context text NOT NULL,
         serial bigint NOT NULL,
         digest text NOT NULL,
@@ -44,6 +45,7 @@ _GUARD_TABLES = [
     """CREATE TABLE rolekit_rotation_history (
         seq bigserial PRIMARY KEY,
         family text NOT NULL,
+        group_oid bigint NOT NULL,
         context text NOT NULL,
         serial bigint NOT NULL,
         digest text NOT NULL,
@@ -54,6 +56,7 @@ _GUARD_TABLES = [
     """CREATE TABLE rolekit_password_history (
         seq bigserial PRIMARY KEY,
         role text NOT NULL,
+        role_oid bigint NOT NULL,
         fingerprint text NOT NULL,
         set_at timestamptz NOT NULL DEFAULT now(),
         set_by text NOT NULL DEFAULT session_user)""",

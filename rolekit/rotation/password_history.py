@@ -1,5 +1,8 @@
 """A password rolekit replaced is never set again.
 
+Entries belong to the role as it exists now (its OID): a member dropped by
+``alembic downgrade`` and created again is a new role with no history.
+
 A restored backup of ``passwords.env``, or an old checkout of the committed
 age file, holds passwords the members had before.  Setting one again would
 lock out every application holding the current one -- and a retired password
@@ -71,7 +74,8 @@ def read(reader: Reader, roles: Iterable[str]) -> PasswordHistory:
     rows = reader.fetchall(
         sql.SQL(
             "SELECT (SELECT value FROM rolekit_meta WHERE key = %s), h.role, h.fingerprint,"
-            " h.set_at, h.set_by FROM {} h WHERE h.role = ANY(%s) ORDER BY h.seq"
+            " h.set_at, h.set_by FROM {} h JOIN pg_roles r ON r.rolname = h.role"
+            " AND r.oid = h.role_oid WHERE h.role = ANY(%s) ORDER BY h.seq"
         ).format(sql.Identifier(HISTORY_TABLE)),
         (_KEY_ROW, names),
     )
@@ -116,7 +120,9 @@ def record(session: Any, secrets: Sequence[tuple[str, Secret]]) -> None:
     prints = [print_of(key, role, secret) for role, secret in secrets]
     session.execute(
         sql.SQL(
-            "INSERT INTO {} (role, fingerprint) SELECT * FROM unnest(%s::text[], %s::text[])"
+            "INSERT INTO {} (role, role_oid, fingerprint) SELECT s.role, r.oid, s.print"
+            " FROM unnest(%s::text[], %s::text[]) AS s(role, print)"
+            " JOIN pg_roles r ON r.rolname = s.role"
         ).format(sql.Identifier(HISTORY_TABLE)),
         (roles, prints),
         echo=False,

@@ -17,7 +17,9 @@ digest of what it says, the file's lineage, when and by whom) in
 * **ahead** or **new**: applied and recorded.
 
 A database restored from a backup is simply behind the files, which then
-win and converge it forward.
+win and converge it forward.  Positions belong to the family's group role as
+it exists now (its OID): a family dropped by ``alembic downgrade`` and
+created again starts from the file, like its changelog entries.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def read(reader: Reader, families: Iterable[str]) -> Positions:
         return {}
     rows = reader.fetchall(
         sql.SQL(
-            "SELECT family, context, serial, digest, lineage, state, applied_at, applied_by"
-            " FROM {} WHERE family = ANY(%s)"
+            "SELECT p.family, p.context, p.serial, p.digest, p.lineage, p.state, p.applied_at,"
+            " p.applied_by FROM {} p JOIN pg_roles g ON g.rolname = p.family"
+            " AND g.oid = p.group_oid WHERE p.family = ANY(%s)"
         ).format(sql.Identifier(POSITIONS_TABLE)),
         (names,),
     )
@@ -223,21 +226,21 @@ def record(
         )
         session.execute(
             sql.SQL(
-                "INSERT INTO {} (family, context, serial, digest, lineage, state)"
-                " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
-                " ON CONFLICT (family, context) DO UPDATE SET serial = EXCLUDED.serial,"
-                " digest = EXCLUDED.digest, lineage = EXCLUDED.lineage, state = EXCLUDED.state,"
-                " applied_at = now(), applied_by = session_user"
+                "INSERT INTO {} (family, group_oid, context, serial, digest, lineage, state)"
+                " SELECT %s, oid, %s, %s, %s, %s, %s::jsonb FROM pg_roles WHERE rolname = %s"
+                " ON CONFLICT (family, context) DO UPDATE SET group_oid = EXCLUDED.group_oid,"
+                " serial = EXCLUDED.serial, digest = EXCLUDED.digest, lineage = EXCLUDED.lineage,"
+                " state = EXCLUDED.state, applied_at = now(), applied_by = session_user"
             ).format(sql.Identifier(POSITIONS_TABLE)),
-            values,
+            (*values, finding.family),
             echo=False,
         )
         session.execute(
             sql.SQL(
-                "INSERT INTO {} (family, context, serial, digest, lineage, state)"
-                " VALUES (%s, %s, %s, %s, %s, %s::jsonb)"
+                "INSERT INTO {} (family, group_oid, context, serial, digest, lineage, state)"
+                " SELECT %s, oid, %s, %s, %s, %s, %s::jsonb FROM pg_roles WHERE rolname = %s"
             ).format(sql.Identifier(_HISTORY_TABLE)),
-            values,
+            (*values, finding.family),
             echo=False,
         )
     return [(f.family, f.context, f.state.serial) for f in moved]
