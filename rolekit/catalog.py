@@ -99,6 +99,12 @@ def setting_value(settings: Iterable[str], name: str) -> str | None:
     return None
 
 
+def table_exists(reader: Reader, name: str) -> bool:
+    """Whether *name* resolves to a table on the search path (rolekit's tables
+    appear at their first write, so a read-only run asks first)."""
+    return bool(reader.fetchall(sql.SQL("SELECT 1 WHERE to_regclass(%s) IS NOT NULL"), (name,)))
+
+
 def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
     """Return the roles among *names* that exist, keyed by name, with the groups
     each is a member of (one round trip)."""

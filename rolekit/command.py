@@ -21,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg2 import sql
 from sqlalchemy import create_engine, pool
 
-from rolekit import inspection, scaffold
+from rolekit import catalog, inspection, scaffold
 from rolekit._names import check_role_name
 from rolekit.contexts import parse_contexts, primary_context
 from rolekit.creds_formats import FORMATS
@@ -411,7 +411,7 @@ def clear_checksums(config: ConfigLike, ids: Sequence[str]) -> list[str]:
     """
     settings = load_settings(config)
     with _control(settings) as control:
-        if not control.scalar(sql.SQL("SELECT to_regclass('rolekit_changelog') IS NOT NULL")):
+        if not catalog.table_exists(control, "rolekit_changelog"):
             raise ChangelogError("this database has no rolekit changelog yet: nothing to clear")
         known = {r[0] for r in control.fetchall(sql.SQL("SELECT id FROM rolekit_changelog"))}
         require_known_ids(

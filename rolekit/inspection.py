@@ -241,8 +241,7 @@ def _member(
 
 
 def _history_exists(reader: Reader) -> bool:
-    rows = reader.fetchall(sql.SQL("SELECT to_regclass('rolekit_changelog_history') IS NOT NULL"))
-    return bool(rows and rows[0][0])
+    return catalog.table_exists(reader, "rolekit_changelog_history")
 
 
 def last_runs(reader: Reader, limit: int = 5) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from psycopg2 import sql
 
-from rolekit.catalog import Reader
+from rolekit.catalog import Reader, table_exists
 from rolekit.secrets import Secret, fingerprint
 
 HISTORY_TABLE = "rolekit_password_history"
@@ -67,9 +67,7 @@ def print_of(key: bytes, role: str, secret: Secret) -> str:
 def read(reader: Reader, roles: Iterable[str]) -> PasswordHistory:
     """The history of *roles*: one round trip, two when the table exists."""
     names = sorted(set(roles))
-    if not names or not reader.fetchall(
-        sql.SQL("SELECT 1 WHERE to_regclass(%s) IS NOT NULL"), (HISTORY_TABLE,)
-    ):
+    if not names or not table_exists(reader, HISTORY_TABLE):
         return PasswordHistory(None, {})
     rows = reader.fetchall(
         sql.SQL(

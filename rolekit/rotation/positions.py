@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from psycopg2 import sql
 
-from rolekit.catalog import Reader
+from rolekit.catalog import Reader, table_exists
 from rolekit.errors import StaleFileError
 from rolekit.rotation.state import FamilyState, RotationState
 
@@ -87,9 +87,7 @@ def read(reader: Reader, families: Iterable[str]) -> Positions:
     """The recorded positions of *families* (every context): one round trip,
     two when the table exists."""
     names = sorted(set(families))
-    if not names or not reader.fetchall(
-        sql.SQL("SELECT 1 WHERE to_regclass(%s) IS NOT NULL"), (POSITIONS_TABLE,)
-    ):
+    if not names or not table_exists(reader, POSITIONS_TABLE):
         return {}
     rows = reader.fetchall(
         sql.SQL(

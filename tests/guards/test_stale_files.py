@@ -33,7 +33,12 @@ def verifiers(project: Project) -> dict[str, str]:
 
 def snapshot(project: Project) -> tuple[Any, ...]:
     """The catalog, passwords included, and what the database recorded."""
-    positions = project.query("SELECT family, context, serial, digest FROM rolekit_rotation")
+    (recorded,) = project.query("SELECT to_regclass('rolekit_rotation') IS NOT NULL")[0]
+    positions = (
+        project.query("SELECT family, context, serial, digest FROM rolekit_rotation")
+        if recorded
+        else []
+    )
     return role_snapshot(project.cluster), verifiers(project), sorted(positions)
 
 

@@ -590,3 +590,19 @@ def family_verifiers(project: Project, pattern: str = "my_app%") -> dict[str, st
         (pattern,),
     )
     return {f"verifier of {r[0]} ({_digest(r[1])})": r[1] for r in rows}
+
+
+def machine_settings(examples: int, steps: int) -> Any:
+    """hypothesis settings of a state machine whose steps run real processes:
+    no deadline, no example database, no shrinking."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )

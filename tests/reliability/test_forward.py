@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -37,7 +36,7 @@ from hypothesis.stateful import (
 
 from rolekit.testing import Project
 from tests.plugins.reliability import Counts
-from tests.reliability.helpers import TRACEBACK, login_works
+from tests.reliability.helpers import TRACEBACK, login_works, machine_settings
 
 MEMBERS = ("my_app_tom", "my_app_jerry")
 FILES = {"state": "migrations/rotation.json", "secrets": "passwords.env"}
@@ -170,13 +169,5 @@ def test_files_never_move_the_database_backwards(
     shared: dict[str, Any] = {}
     run_state_machine_as_test(
         lambda: ForwardMachine(project, counts, backup, shared),
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=STEPS,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-            print_blob=True,
-        ),
+        settings=machine_settings(EXAMPLES, STEPS),
     )

@@ -30,7 +30,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -43,7 +42,7 @@ from psycopg2.extensions import connection
 
 from rolekit.testing import Project
 from tests.plugins.reliability import Counts
-from tests.reliability.helpers import TRACEBACK, cli, login_works
+from tests.reliability.helpers import TRACEBACK, cli, login_works, machine_settings
 
 MEMBERS = ("my_app_tom", "my_app_jerry")
 CONTEXTS = ("dev", "local")
@@ -254,15 +253,7 @@ def test_rotation_state_machine(project: Project, counts: Counts, tmp_path: Path
     shared: dict[str, Any] = {}
     run_state_machine_as_test(
         lambda: RotationMachine(project, counts, backup, shared),
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=STEPS,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],  # no shrinking: each step runs processes
-            suppress_health_check=list(HealthCheck),
-            print_blob=True,
-        ),
+        settings=machine_settings(EXAMPLES, STEPS),
     )
 
 
