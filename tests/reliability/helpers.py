@@ -201,7 +201,9 @@ def reset_to_base(project: Project) -> None:
     project.downgrade("base", x={"terminate": "true"})
     project.query(
         "DROP TABLE IF EXISTS rolekit_changelog, rolekit_changelog_history, rolekit_meta,"
-        " alembic_version; DROP FUNCTION IF EXISTS rolekit_history_append_only()"
+        " rolekit_rotation, rolekit_rotation_history, rolekit_password_history,"
+        " alembic_version; DROP FUNCTION IF EXISTS rolekit_history_append_only(),"
+        " rolekit_append_only()"
     )
 
 
@@ -577,7 +579,14 @@ def project_files(project: Project) -> dict[str, str]:
 
 def changelog_text(project: Project) -> str:
     parts = []
-    for table in ("rolekit_changelog", "rolekit_changelog_history", "rolekit_meta"):
+    for table in (
+        "rolekit_changelog",
+        "rolekit_changelog_history",
+        "rolekit_meta",
+        "rolekit_rotation",
+        "rolekit_rotation_history",
+        "rolekit_password_history",
+    ):
         if project.query("SELECT to_regclass(%s) IS NOT NULL", (table,))[0][0]:
             parts.append(repr(project.query(f"SELECT * FROM {table}")))
     return "\n".join(parts)

@@ -242,6 +242,9 @@ def hostile(baseline: Baseline, counts: Counts) -> Iterator[Hostile]:
             child.unlink()
     shutil.copytree(baseline.backup, root, dirs_exist_ok=True)
     if baseline.dirty:
+        # The baseline's files are now stale for the database (its passwords were
+        # replaced): rolekit rightly refuses them. Start the family afresh.
+        project.downgrade("base", x={"terminate": "true"})
         project.upgrade("dev")
         baseline.dirty = False
     project.outputs.clear()
