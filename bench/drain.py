@@ -39,10 +39,11 @@ import psycopg2
 from psycopg2 import sql
 
 from bench.common import MEMBERS, example, log, machine, median, percentile, rounded, write_json
-from rolekit import catalog, command
+from rolekit import command
 from rolekit.errors import RolekitError
-from rolekit.runtime.config import Settings
-from rolekit.runtime.control import ControlConnection
+from rolekit.pg import catalog
+from rolekit.pg.control import ControlConnection
+from rolekit.project.config import Settings
 from rolekit.testing import AppClient, Cluster, PgBouncer, Project
 
 TOM, JERRY = MEMBERS

@@ -46,7 +46,7 @@ from bench.load import MP, Target, WorkerPool, wait_ready, write_creds
 from bench.stats import Record, SessionSampler, Window, per_second, summarize
 from rolekit import command
 from rolekit.errors import RolekitError
-from rolekit.runtime.config import Settings
+from rolekit.project.config import Settings
 from rolekit.secrets import generate_password
 from rolekit.testing import Cluster, Project
 from rolekit.testing.pgbouncer import PgBouncer

@@ -32,7 +32,7 @@ from bench.common import example, log, machine, median, rounded, write_json
 from bench.load import MP, Target, WorkerPool, wait_ready
 from bench.stats import summarize
 from rolekit import command
-from rolekit.runtime.config import Settings
+from rolekit.project.config import Settings
 from rolekit.testing import Cluster
 
 

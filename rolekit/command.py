@@ -21,11 +21,8 @@ from alembic.runtime.migration import MigrationContext
 from psycopg2 import sql
 from sqlalchemy import create_engine, pool
 
-from rolekit import catalog, inspection, scaffold
-from rolekit._names import check_role_name
-from rolekit.contexts import parse_contexts, primary_context
-from rolekit.creds_formats import FORMATS
-from rolekit.durations import parse_duration
+from rolekit import scaffold
+from rolekit.deployment.deployment import Deployment
 from rolekit.errors import (
     ChangelogError,
     GuardError,
@@ -34,11 +31,16 @@ from rolekit.errors import (
     UnreachableError,
     first_line,
 )
-from rolekit.family import RoleFamily
-
-# re-exported: ``rolekit.command.creds`` is the API behind ``rolekit creds``
-from rolekit.handout import Creds as Creds
-from rolekit.handout import creds as creds
+from rolekit.model.contexts import parse_contexts, primary_context
+from rolekit.model.durations import parse_duration
+from rolekit.model.family import RoleFamily
+from rolekit.model.names import check_role_name
+from rolekit.pg import catalog
+from rolekit.pg.control import ControlConnection
+from rolekit.pg.logins import login_problem
+from rolekit.pg.session import Session
+from rolekit.project.config import ConfigLike, Settings, load_settings
+from rolekit.project.state import RotationState
 from rolekit.repeatable import changelog, forward
 from rolekit.repeatable.engine import plan as plan_repeatables
 from rolekit.repeatable.loader import (
@@ -48,14 +50,13 @@ from rolekit.repeatable.loader import (
     require_known_ids,
 )
 from rolekit.repeatable.run import RunContext
-from rolekit.rotation import auto, workflow
-from rolekit.rotation.state import RotationState
+from rolekit.rotation import auto, inspection, workflow
+from rolekit.rotation.creds_formats import FORMATS
+
+# re-exported: ``rolekit.command.creds`` is the API behind ``rolekit creds``
+from rolekit.rotation.handout import Creds as Creds
+from rolekit.rotation.handout import creds as creds
 from rolekit.rotation.workflow import Step, Transition
-from rolekit.runtime.config import ConfigLike, Settings, load_settings
-from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.deployment import Deployment
-from rolekit.runtime.logins import login_problem
-from rolekit.runtime.session import Session
 from rolekit.secrets import (
     DEFAULT_PASSWORD_LENGTH,
     Secret,

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from rolekit import client
 from rolekit.client import BothMembersFailedError, Credentials, CredentialsProvider
 from rolekit.errors import RolekitError
-from rolekit.rotation.state import FamilyState, RotationState
+from rolekit.project.state import FamilyState, RotationState
 from rolekit.secrets import Secret, SecretsFile
 from rolekit.testing import Cluster, Project
 from tests.clients.helpers import JERRY, TOM, Workload, session_users, set_state, wait_for

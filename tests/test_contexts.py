@@ -1,4 +1,4 @@
-"""Tests for :mod:`rolekit.contexts`: parsing, evaluation, errors and limits."""
+"""Tests for :mod:`rolekit.model.contexts`: parsing, evaluation, errors and limits."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from rolekit.contexts import (
+from rolekit.errors import ContextExpressionError, RolekitError
+from rolekit.model.contexts import (
     MAX_EXPRESSION_LENGTH,
     ContextExpression,
     parse_contexts,
 )
-from rolekit.errors import ContextExpressionError, RolekitError
 
 # --- parse_contexts ---------------------------------------------------------
 

@@ -665,7 +665,7 @@ def test_a_symlinked_alembic_ini_keeps_the_project_in_its_own_folder(tmp_path: P
         "my_app"
         in json.loads((project.root / "migrations" / "rotation.json").read_text())["families"]
     )
-    from rolekit.runtime.config import Settings
+    from rolekit.project.config import Settings
 
     settings = Settings.load(ini)
     assert settings.root == project.root

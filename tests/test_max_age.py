@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from rolekit.durations import describe, parse_duration
 from rolekit.errors import RolekitError
+from rolekit.model.durations import describe, parse_duration
 from rolekit.testing import Project
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rolekit._names import check_role_name
 from rolekit.errors import RoleNameError
-from rolekit.family import RoleFamily
+from rolekit.model.family import RoleFamily
+from rolekit.model.names import check_role_name
 
 
 @pytest.mark.parametrize("name", ["my_app", "_x", "a" * 63, "app2_blue"])

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from rolekit import ddl
 from rolekit.errors import RepeatableError, RoleNameError
+from rolekit.pg import ddl
+from rolekit.pg.session import render_offline, session_for
+from rolekit.project.config import Settings
+from rolekit.project.state import FamilyState, Retire, RotationState
 from rolekit.repeatable import FamilyLogin, SetLogin, Sql
 from rolekit.repeatable.changelog import Changelog
 from rolekit.repeatable.engine import Status, apply, plan
 from rolekit.repeatable.run import RunContext
-from rolekit.rotation.state import FamilyState, Retire, RotationState
-from rolekit.runtime.config import Settings
-from rolekit.runtime.session import render_offline, session_for
 from rolekit.testing import op_fixture
 
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 from pyrage import x25519
 
-from rolekit.client._document import from_document
+from rolekit.project.document import from_document
 from rolekit.secrets import AGE_IDENTITY_FILE_ENV, SecretsFile
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot

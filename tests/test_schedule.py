@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 
 from rolekit.cli import _parser
 from rolekit.client import CredentialsProvider
-from rolekit.creds_formats import k8s_name
+from rolekit.rotation.creds_formats import k8s_name
 from rolekit.secrets import AGE_IDENTITY_FILE_ENV, SecretsFile, generate_password
 from rolekit.testing import Project
 from tests.guards.helpers import can_login

@@ -30,7 +30,7 @@ def _runtime_imports(path: Path) -> set[str]:
                 isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("rolekit")
             ):
                 found.add(sub.module)
-                # ``from rolekit import catalog`` imports the module rolekit.catalog
+                # ``from rolekit import catalog`` imports the module rolekit.pg.catalog
                 for alias in sub.names:
                     candidate = f"{sub.module}.{alias.name}"
                     if (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists():
@@ -60,13 +60,70 @@ def test_no_import_cycle_in_the_package() -> None:
     assert real == [], "\n".join(" -> ".join(c) for c in real)
 
 
-def test_no_module_is_over_450_lines() -> None:
-    long = {
-        str(p.relative_to(PACKAGE.parent)): n
-        for p in PACKAGE.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 450
-    }
-    assert long == {}
+#: rolekit's packages (and top-level modules), lowest first: each may import
+#: only those before it.  Units on one line are peers that import neither.
+LAYERS = [
+    ["__init__", "errors"],
+    ["_fileio"],
+    ["model"],
+    ["secrets"],
+    ["project"],
+    ["client", "pg"],
+    ["deployment"],
+    ["operations", "repeatable"],
+    ["runtime"],
+    ["rotation", "scaffold"],
+    ["command"],
+    ["cli"],
+    ["testing"],
+]
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every rolekit module *path* imports anywhere: in functions and under
+    ``TYPE_CHECKING`` too, since each is a dependency all the same."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("rolekit")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "rolekit":
+                found |= {f"rolekit.{a.name}" for a in node.names}
+            elif node.module.startswith("rolekit."):
+                found.add(node.module)
+        elif (  # importlib.import_module("rolekit.x.y") and lazy attribute maps
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.startswith("rolekit.")
+            and _is_module(node.value)
+        ):
+            found.add(node.value)
+    return found
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_packages_import_in_one_direction() -> None:
+    """No package-level cycle: a package imports only the layers below it."""
+    rank = {unit: n for n, layer in enumerate(LAYERS) for unit in layer}
+    units = {_unit(_module_name(p)) for p in PACKAGE.rglob("*.py")}
+    assert units <= set(rank), f"place new units in LAYERS: {sorted(units - set(rank))}"
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        here = _unit(_module_name(path))
+        for module in _all_imports(path):
+            there = _unit(module)
+            if there != here and rank[there] >= rank[here]:
+                upward.append(f"{path.relative_to(PACKAGE.parent)} imports {module}")
+    assert upward == [], "\n".join(sorted(upward))
 
 
 def test_importing_the_client_imports_no_alembic_no_repeatables_no_driver() -> None:

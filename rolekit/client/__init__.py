@@ -86,9 +86,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rolekit.client._credentials import Credentials
 from rolekit.client._provider import CredentialsProvider
 from rolekit.errors import BothMembersFailedError
+from rolekit.project.credentials import Credentials
 
 if TYPE_CHECKING:  # imported on first use: each pulls in its driver
     from rolekit.client._fallback import auth_failure_reason

@@ -19,9 +19,9 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, TypeVar
 
-from rolekit.client._credentials import Credentials, shown
 from rolekit.client._provider import CredentialsProvider
 from rolekit.errors import BothMembersFailedError
+from rolekit.project.credentials import Credentials, shown
 from rolekit.secrets import Secret
 
 logger = logging.getLogger(__name__)

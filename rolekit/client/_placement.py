@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from rolekit.client._credentials import shown
 from rolekit.client._provider import CredentialsProvider
+from rolekit.project.credentials import shown
 
 #: seconds after which a connection opened by a fallback retries the preferred member
 DEFAULT_FALLBACK_RECYCLE: Final = 10.0

@@ -10,10 +10,10 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from rolekit.client._credentials import Credentials, shown
 from rolekit.client._sources import FileSource, ProjectSource, env_source
 from rolekit.errors import RolekitError
-from rolekit.runtime.config import Settings
+from rolekit.project.config import Settings
+from rolekit.project.credentials import Credentials, shown
 
 logger = logging.getLogger(__name__)
 

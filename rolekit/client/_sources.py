@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Final
 
 from rolekit._fileio import file_stamp, read_regular_file
-from rolekit.client._credentials import Credentials, shown
-from rolekit.client._document import read_document
 from rolekit.errors import RolekitError
-from rolekit.rotation.state import RotationState
+from rolekit.project.credentials import Credentials, shown
+from rolekit.project.document import read_document
+from rolekit.project.state import RotationState
 from rolekit.secrets import SecretsFile, secret_key
 
 logger = logging.getLogger(__name__)

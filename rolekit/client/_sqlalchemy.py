@@ -22,7 +22,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.util import await_only
 
-from rolekit.client._credentials import shown
 from rolekit.client._fallback import open_with_fallback
 from rolekit.client._placement import (
     DEFAULT_FALLBACK_RECYCLE,
@@ -32,6 +31,7 @@ from rolekit.client._placement import (
     move_reason,
 )
 from rolekit.client._provider import CredentialsProvider
+from rolekit.project.credentials import shown
 from rolekit.secrets import Secret
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import Any
 
 from alembic.operations import MigrateOperation, Operations
 
-from rolekit._names import check_role_name
-from rolekit.family import RoleFamily
+from rolekit.model.family import RoleFamily
+from rolekit.model.names import check_role_name
 
 
 @Operations.register_operation("create_role_family")
@@ -102,7 +102,7 @@ class EnableLoginTrackingOp(MigrateOperation):
     def enable_login_tracking(cls, operations: Operations) -> Any:
         """Record the logins of members a rotation is moving away from (PostgreSQL 17+).
 
-        Installs a ``login`` event trigger (see :mod:`rolekit.tracking`) so
+        Installs a ``login`` event trigger (see :mod:`rolekit.pg.tracking`) so
         ``finish`` refuses while the old member logged in within the quiet
         period, even through connections too short to sample.  Where it
         cannot be installed (before 17, or without a superuser) it logs why

@@ -10,8 +10,7 @@ import psycopg2
 from alembic.operations import Operations
 from psycopg2 import sql
 
-from rolekit import catalog, claims, ddl, tracking
-from rolekit.catalog import PG16, Reader
+from rolekit.deployment.drain import TERMINATE_WAIT, describe, require_terminate
 from rolekit.errors import (
     ClaimError,
     FamilyConflictError,
@@ -21,16 +20,17 @@ from rolekit.errors import (
     VerificationError,
     first_line,
 )
-from rolekit.family_catalog import FamilyCatalog
 from rolekit.operations.ops import (
     CreateRoleFamilyOp,
     DisableLoginTrackingOp,
     DropRoleFamilyOp,
     EnableLoginTrackingOp,
 )
-from rolekit.rotation.drain import TERMINATE_WAIT, describe, require_terminate
-from rolekit.runtime.config import x_argument, x_flag
-from rolekit.runtime.session import Session, session_for
+from rolekit.pg import catalog, claims, ddl, tracking
+from rolekit.pg.catalog import PG16, Reader
+from rolekit.pg.family_catalog import FamilyCatalog
+from rolekit.pg.session import Session, session_for
+from rolekit.project.config import x_argument, x_flag
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def enable_login_tracking(operations: Operations, operation: EnableLoginTracking
 
 def _create_login_trigger(reader: Reader, trigger: sql.Composable) -> None:
     """After the commit, on the control connection: one statement, one short lock
-    (see :func:`rolekit.tracking.trigger_statement`)."""
+    (see :func:`rolekit.pg.tracking.trigger_statement`)."""
     log.info("creating the login event trigger (holds new logins for this statement only)")
     try:
         reader.fetchall(trigger)

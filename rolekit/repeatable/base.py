@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, NamedTuple
 from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
-from rolekit.contexts import ContextExpression
 from rolekit.errors import RepeatableError
-from rolekit.runtime.session import render_offline
+from rolekit.model.contexts import ContextExpression
+from rolekit.pg.session import render_offline
 from rolekit.secrets import Secret, fingerprint
 
 if TYPE_CHECKING:
-    from rolekit.catalog import RoleInfo
+    from rolekit.pg.catalog import RoleInfo
+    from rolekit.pg.session import Session
     from rolekit.repeatable.run import Observed, RunContext
-    from rolekit.runtime.session import Session
 
 #: bump when the rendering of steps changes, so checksums stay comparable
 CHECKSUM_VERSION = "1"

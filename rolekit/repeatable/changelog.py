@@ -6,7 +6,7 @@ refuses UPDATE and DELETE); ``rolekit_meta`` holds the schema version, the
 salt of the secret fingerprints and the key of the password history.
 
 Two more tables remember how far the database has gone, so that files that
-are behind it are refused (:mod:`rolekit.rotation.positions`):
+are behind it are refused (:mod:`rolekit.pg.positions`):
 ``rolekit_rotation`` (the position of each family's state applied per
 context, with an append-only history) and the append-only
 ``rolekit_password_history`` (a keyed fingerprint of every password rolekit
@@ -25,7 +25,7 @@ from typing import NamedTuple
 from psycopg2 import sql
 
 from rolekit.errors import ChangelogError
-from rolekit.runtime.session import ROLEKIT_TABLES, Session
+from rolekit.pg.session import ROLEKIT_TABLES, Session
 
 SCHEMA_VERSION = 4
 

@@ -17,16 +17,15 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
-from rolekit import catalog, claims, ddl
 from rolekit.errors import ClaimError, PasswordInUseError, RepeatableError
+from rolekit.pg import catalog, claims, ddl, password_history, positions
+from rolekit.pg.logins import LoginCheck
+from rolekit.pg.session import Session
 from rolekit.repeatable import changelog
 from rolekit.repeatable.base import Repeatable, Step, execute_step
 from rolekit.repeatable.kinds import FamilyLogin, SetPasswords
 from rolekit.repeatable.loader import login_members
 from rolekit.repeatable.run import Observed, RunContext
-from rolekit.rotation import password_history, positions
-from rolekit.runtime.session import Session
-from rolekit.secrets import Secret
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +51,6 @@ class PlanItem:
     @property
     def will_run(self) -> bool:
         return self.status in (Status.PENDING, Status.CHANGED)
-
-
-class LoginCheck(NamedTuple):
-    """A login to try once the transaction committed."""
-
-    role: str
-    secret: Secret
-    #: ``current_user`` the session must run as (the family's group)
-    acts_as: str
 
 
 @dataclass

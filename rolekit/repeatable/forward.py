@@ -3,8 +3,8 @@
 One rule, used by every upgrade (before any drain wait) and reported by
 ``rolekit check``, ``status`` and ``plan``: the state file must not be behind,
 diverged from or foreign to the positions the database applied
-(:mod:`rolekit.rotation.positions`), and the secrets file must hold no
-password rolekit replaced (:mod:`rolekit.rotation.password_history`).
+(:mod:`rolekit.pg.positions`), and the secrets file must hold no
+password rolekit replaced (:mod:`rolekit.pg.password_history`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from rolekit.catalog import Reader
 from rolekit.errors import StaleFileError
+from rolekit.pg import password_history, positions
+from rolekit.pg.catalog import Reader
 from rolekit.repeatable.base import Repeatable
 from rolekit.repeatable.kinds import SetPasswords
 from rolekit.repeatable.loader import login_members
 from rolekit.repeatable.run import RunContext
-from rolekit.rotation import password_history, positions
 
 
 def check(

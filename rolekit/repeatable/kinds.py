@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg2 import sql
 
-from rolekit import ddl, tracking
-from rolekit._names import check_role_name
 from rolekit.errors import (
     GuardError,
     LockoutError,
@@ -24,15 +22,17 @@ from rolekit.errors import (
     RepeatableError,
     StateFileError,
 )
-from rolekit.family import RoleFamily
-from rolekit.family_catalog import FamilyCatalog
+from rolekit.model.family import RoleFamily
+from rolekit.model.names import check_role_name
+from rolekit.pg import ddl, tracking
+from rolekit.pg.family_catalog import FamilyCatalog
+from rolekit.project.state import FamilyState
 from rolekit.repeatable.base import Repeatable, Step
-from rolekit.rotation.state import FamilyState
 
 if TYPE_CHECKING:
-    from rolekit.catalog import RoleInfo
+    from rolekit.pg.catalog import RoleInfo
+    from rolekit.pg.session import Session
     from rolekit.repeatable.run import Observed, RunContext
-    from rolekit.runtime.session import Session
 
 
 class Sql(Repeatable):

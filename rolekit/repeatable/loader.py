@@ -14,12 +14,12 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from rolekit.contexts import parse_contexts
 from rolekit.errors import ContextExpressionError, RepeatableError, SecretsError
+from rolekit.model.contexts import parse_contexts
+from rolekit.project.config import Settings
+from rolekit.project.state import RotationState
 from rolekit.repeatable.base import Repeatable
 from rolekit.repeatable.kinds import FamilyLogin
-from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import Settings
 from rolekit.secrets import SecretsFile, contexts_in
 
 

@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from rolekit.catalog import Reader, RoleInfo
+from rolekit.deployment.drain import Progress, decisive_check, stderr_progress
 from rolekit.errors import SecretsError
-from rolekit.rotation.drain import Progress, decisive_check, stderr_progress
-from rolekit.rotation.positions import Finding
-from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT, Settings
+from rolekit.pg.catalog import Reader, RoleInfo
+from rolekit.pg.positions import Finding
+from rolekit.project.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT, Settings
+from rolekit.project.state import RotationState
 from rolekit.secrets import Secret, SecretsFile, check_strength, secret_key
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class DeploymentCheck(Protocol):
     """The drain's last look at every host and pooler (see
-    :meth:`rolekit.runtime.deployment.Deployment.decisive_check`)."""
+    :meth:`rolekit.deployment.deployment.Deployment.decisive_check`)."""
 
     def __call__(self, primary: Reader, members: Sequence[str], within: float) -> None: ...
 
@@ -42,7 +42,7 @@ class UsesLook(Protocol):
 
 
 class PasswordChecks(Protocol):
-    """Logins as the members that may log in (:class:`rolekit.runtime.logins.PasswordDrift`)."""
+    """Logins as the members that may log in (:class:`rolekit.pg.logins.PasswordDrift`)."""
 
     verified: frozenset[str]
 

@@ -1,1 +1,2 @@
-"""Rotation: the committed login state, its phases and the guards."""
+"""The rotation commands' work: ``begin``/``finish``, ``rotate auto``, what
+``creds`` hands out and in which formats, what ``status``/``check`` report."""

@@ -30,15 +30,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from rolekit import creds_formats, handout, inspection
 from rolekit.errors import RolekitError, mask_url_passwords
-from rolekit.family import RoleFamily
-from rolekit.family_catalog import FamilyCatalog
-from rolekit.rotation import gitstate, publish
-from rolekit.rotation.state import FamilyState, Phase, RotationState
+from rolekit.model.family import RoleFamily
+from rolekit.pg.control import ControlConnection
+from rolekit.pg.family_catalog import FamilyCatalog
+from rolekit.project.config import Settings
+from rolekit.project.state import FamilyState, Phase, RotationState
+from rolekit.rotation import creds_formats, gitstate, handout, inspection, publish
 from rolekit.rotation.workflow import Step, Transition, finish_x, rotate_lock, rotate_locked
-from rolekit.runtime.config import Settings
-from rolekit.runtime.control import ControlConnection
 from rolekit.secrets import AGE_IDENTITY_ENV
 
 #: environment variables that may carry rolekit's own secrets (URLs with a

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rolekit.errors import ExitCode, RolekitError, mask_url_passwords
-from rolekit.runtime.config import Settings
+from rolekit.project.config import Settings
 
 Emit = Callable[[dict[str, Any]], None]
 

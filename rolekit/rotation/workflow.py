@@ -30,14 +30,14 @@ from enum import StrEnum
 from alembic import command as alembic_command
 
 from rolekit.errors import RolekitError, RotationStateError
-from rolekit.family import RoleFamily
-from rolekit.family_catalog import FamilyCatalog
-from rolekit.rotation import positions
-from rolekit.rotation.state import FamilyState, Phase, RotationState, locked
-from rolekit.runtime.config import Settings, alembic_config
-from rolekit.runtime.control import ControlConnection
+from rolekit.model.family import RoleFamily
+from rolekit.pg import positions
+from rolekit.pg.control import ControlConnection
+from rolekit.pg.family_catalog import FamilyCatalog
+from rolekit.pg.logins import login_works
+from rolekit.project.config import Settings, alembic_config
+from rolekit.project.state import FamilyState, Phase, RotationState, locked
 from rolekit.runtime.environment import ROTATION_ATTRIBUTE, SETTINGS_ATTRIBUTE, MigrationFailed
-from rolekit.runtime.logins import login_works
 from rolekit.secrets import DEFAULT_PASSWORD_LENGTH, SecretsFile, generate_password
 
 

@@ -37,23 +37,23 @@ from alembic.util import CommandError, messaging
 from sqlalchemy import Connection, create_engine, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
-from rolekit import catalog, tracking
-from rolekit.contexts import parse_contexts, primary_context
+from rolekit.deployment import drain
+from rolekit.deployment.deployment import Deployment, check_urls
+from rolekit.deployment.replicas import Host
+from rolekit.deployment.usage import describe_uses
 from rolekit.errors import RolekitError, first_line
+from rolekit.model.contexts import parse_contexts, primary_context
+from rolekit.pg import catalog, tracking
+from rolekit.pg.control import ControlConnection
+from rolekit.pg.logins import password_drift, verify_logins
+from rolekit.pg.session import Session, session_for
+from rolekit.project.config import Settings, seconds, x_argument, x_flag
+from rolekit.project.state import RotationState
 from rolekit.repeatable import forward
 from rolekit.repeatable.base import Repeatable
 from rolekit.repeatable.engine import RunReport, apply
 from rolekit.repeatable.loader import load_repeatables, require_known_contexts, require_known_ids
 from rolekit.repeatable.run import RunContext
-from rolekit.rotation import drain
-from rolekit.rotation.state import RotationState
-from rolekit.rotation.usage import describe_uses
-from rolekit.runtime.config import Settings, seconds, x_argument, x_flag
-from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.deployment import Deployment, check_urls
-from rolekit.runtime.logins import password_drift, verify_logins
-from rolekit.runtime.replicas import Host
-from rolekit.runtime.session import Session, session_for
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class MigrationFailed(CommandError):
 
 #: ``config.attributes`` key under which ``rolekit rotate --apply`` passes the
 #: rotation state to apply, before it writes it to the state file
-ROTATION_ATTRIBUTE = "rolekit.rotation"
+ROTATION_ATTRIBUTE = "rolekit.rotation_state"
 #: ``config.attributes`` key of the settings a Python caller already resolved
 #: (``rolekit.command`` with a database URL of its own)
 SETTINGS_ATTRIBUTE = "rolekit.settings"
@@ -188,7 +188,9 @@ def prepare(
             for name, info in sorted(roles.items())
             if info.can_log_in_now and run.must_log_in(name) and name not in retiring
         ]
-        run = replace(run, password_checks=password_drift(control, run, logging_in))
+        on_file = [(role, run.secret(role)[0]) for role in logging_in if run.has_secret(role)]
+        checks = password_drift(control, on_file, run.secrets_file.path.name)
+        run = replace(run, password_checks=checks)
     return run
 
 

@@ -7,7 +7,7 @@ import ast
 import re
 from collections.abc import Sequence
 
-from rolekit.runtime.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT
+from rolekit.project.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT
 from rolekit.secrets import secret_key
 
 #: a logger for rolekit, so an upgrade shows which repeatables ran and why

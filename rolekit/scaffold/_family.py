@@ -13,11 +13,11 @@ from pathlib import Path
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError, rev_id
 
-from rolekit._names import check_role_name
-from rolekit.contexts import check_context_name
 from rolekit.errors import RolekitError, first_line
-from rolekit.rotation.state import FamilyState, RotationState, new_lineage
-from rolekit.runtime.config import Settings
+from rolekit.model.contexts import check_context_name
+from rolekit.model.names import check_role_name
+from rolekit.project.config import Settings
+from rolekit.project.state import FamilyState, RotationState, new_lineage
 from rolekit.scaffold import _content
 from rolekit.scaffold._changes import Action, FileChange, read_text, whole_file
 

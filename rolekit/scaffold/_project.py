@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from rolekit.errors import ExitCode, GuardError, RolekitError, first_line
-from rolekit.runtime.config import Settings, alembic_config, project_ini, read_ini
+from rolekit.project.config import Settings, alembic_config, project_ini, read_ini
 from rolekit.scaffold import _content
 from rolekit.scaffold._changes import (
     Action,
@@ -31,7 +31,7 @@ from rolekit.scaffold._changes import (
 )
 from rolekit.scaffold._envpy import EnvPyCase, plan_env_py
 from rolekit.scaffold._family import FamilySpec, repeatables_change, revision_change, state_change
-from rolekit.secrets._file import git_tracks
+from rolekit.secrets import git_tracks
 
 
 @dataclass

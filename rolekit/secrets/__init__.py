@@ -35,7 +35,7 @@ strength), ``_fingerprint``, ``_dotenv`` (strict reader and editor), ``_age``,
 from typing import TYPE_CHECKING, Any
 
 from rolekit.secrets._dotenv import MAX_FILE_BYTES, MAX_LINE_BYTES
-from rolekit.secrets._file import SecretsFile, contexts_in
+from rolekit.secrets._file import SecretsFile, contexts_in, git_tracks
 from rolekit.secrets._fingerprint import FINGERPRINT_KEY, fingerprint
 from rolekit.secrets._keys import (
     DEFAULT_MIN_LENGTH,
@@ -78,5 +78,6 @@ __all__ = [
     "contexts_in",
     "fingerprint",
     "generate_password",
+    "git_tracks",
     "secret_key",
 ]

@@ -7,8 +7,8 @@ import secrets as _stdlib_secrets
 import string
 from typing import Final
 
-from rolekit.contexts import check_context_name
 from rolekit.errors import RoleNameError, SecretsError
+from rolekit.model.contexts import check_context_name
 from rolekit.secrets._secret import Secret
 
 #: shortest password :func:`check_strength` accepts unless told otherwise
@@ -20,7 +20,7 @@ DEFAULT_PASSWORD_LENGTH: Final = 32
 PASSWORD_ALPHABET: Final = string.ascii_letters + string.digits + "-_"
 
 # Role names may hold almost anything PostgreSQL allows, but not what would
-# break a dotenv key; contexts follow rolekit.contexts' rule (no dot), so the
+# break a dotenv key; contexts follow rolekit.model.contexts' rule (no dot), so the
 # key splits uniquely.
 _ROLE_RE: Final = re.compile(r"[^\s=#'\"\\]+")
 KEY_RE: Final = re.compile(r"(?P<role>.+)\.password\.(?P<context>[^.]+)")

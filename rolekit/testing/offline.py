@@ -8,7 +8,7 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
-from rolekit.runtime.session import PG_VERSION_OPTION
+from rolekit.pg.session import PG_VERSION_OPTION
 
 
 def op_fixture(pg_version: int = 16) -> tuple[Operations, io.StringIO]:

@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from rolekit import creds_formats
 from rolekit.client import Credentials, CredentialsProvider
-from rolekit.client._document import from_document
 from rolekit.errors import RolekitError
+from rolekit.project.document import from_document
+from rolekit.rotation import creds_formats
 from rolekit.testing import PgBouncer, Project
 from tests.clients.helpers import JERRY, TOM, set_state
 from tests.guards.helpers import password

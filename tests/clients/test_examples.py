@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rolekit.creds_formats import k8s_name
+from rolekit.rotation.creds_formats import k8s_name
 from rolekit.testing import Project
 from tests.clients.helpers import JERRY, TOM, set_state, wait_for
 

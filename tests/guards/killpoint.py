@@ -1,6 +1,6 @@
 """Run the rolekit CLI and signal it at one exact point: ``killpoint.py TARGET SIGNAL -- ARGS``.
 
-TARGET is ``module:attribute`` (``rolekit.rotation.state:RotationState.save``);
+TARGET is ``module:attribute`` (``rolekit.project.state:RotationState.save``);
 when the process reaches it, it sends itself SIGNAL (``SIGKILL`` or
 ``SIGTERM``) before the call, so a test can stop a run between two of its
 steps deterministically, without a test hook in rolekit itself.

@@ -25,12 +25,12 @@ BEGIN_POINTS = {
     # committed; logging in as the new member to verify it
     "verifying": "rolekit.runtime.environment:verify_logins",
     # committed and verified; the state file not yet written
-    "before-state-file": "rolekit.rotation.state:RotationState.save",
+    "before-state-file": "rolekit.project.state:RotationState.save",
 }
 FINISH = ("rotate", "my_app", "finish", "--context", "dev", "--apply")
 FINISH_POINTS = {
     "in-transaction": "rolekit.repeatable.run:RunContext.decisive_check",
-    "before-state-file": "rolekit.rotation.state:RotationState.save",
+    "before-state-file": "rolekit.project.state:RotationState.save",
     # with --terminate: NOLOGIN committed, the stragglers not yet ended
     "terminating": "rolekit.runtime.environment:drain.terminate_and_confirm",
 }

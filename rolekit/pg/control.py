@@ -21,8 +21,8 @@ import sqlalchemy.exc
 from psycopg2 import sql
 from sqlalchemy import Connection, create_engine, pool
 
-from rolekit.catalog import PG15
 from rolekit.errors import BusyError, UnreachableError, first_line
+from rolekit.pg.catalog import PG15
 
 log = logging.getLogger(__name__)
 

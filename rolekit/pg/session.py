@@ -9,7 +9,7 @@ Every statement rolekit sends goes through :class:`Session`, which:
 * renders statements as text in Alembic's offline (``--sql``) mode;
 * switches server-side statement logging off around secret-bearing
   statements, and refuses to send them where it may not
-  (:mod:`rolekit.runtime.logsafety`).
+  (:mod:`rolekit.pg.logsafety`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from rolekit.errors import RolekitError
 if TYPE_CHECKING:
     from alembic.runtime.migration import MigrationContext
 
-    from rolekit.catalog import Reader
-    from rolekit.runtime.logsafety import LogSafety
+    from rolekit.pg.catalog import Reader
+    from rolekit.pg.logsafety import LogSafety
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Session:
     def log_safety(self) -> LogSafety:
         """The logging settings around verifiers, read once per run."""
         if self._log_safety is None:
-            from rolekit.runtime.logsafety import assess  # only runs that send a verifier
+            from rolekit.pg.logsafety import assess  # only runs that send a verifier
 
             self._log_safety = assess(self, superuser=self.superuser)
         return self._log_safety

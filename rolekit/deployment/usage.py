@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
-from rolekit import catalog, tracking
-from rolekit.catalog import SessionInfo
-from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.poolers import IdleServer, Pooler
+from rolekit.deployment.poolers import IdleServer, Pooler
+from rolekit.pg import catalog, tracking
+from rolekit.pg.catalog import SessionInfo
+from rolekit.pg.control import ControlConnection
 
 #: seconds between two polls of a source: a connection that lives 20 ms is seen
 POLL_INTERVAL = 0.01
@@ -113,7 +113,7 @@ class Source(Protocol):
 
 
 class HostSessions:
-    """The backends of *members* on one server (a prepared :class:`~rolekit.catalog.SessionPoll`)."""
+    """The backends of *members* on one server (a prepared :class:`~rolekit.pg.catalog.SessionPoll`)."""
 
     interval = POLL_INTERVAL
 
@@ -135,7 +135,7 @@ class HostSessions:
 
 class PoolerClients:
     """The clients of *members* on one PgBouncer; closes their idle server
-    connections through *close_idle* (see :mod:`rolekit.runtime.poolers`)."""
+    connections through *close_idle* (see :mod:`rolekit.deployment.poolers`)."""
 
     interval = POLL_INTERVAL
 

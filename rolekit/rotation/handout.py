@@ -1,7 +1,7 @@
 """What applications are handed: the credentials of a family now, and where to connect.
 
 ``rolekit creds`` (:func:`creds`, also ``rolekit.command.creds``) reads them from the state
-and secrets files; :mod:`rolekit.creds_formats` renders them.  Only the
+and secrets files; :mod:`rolekit.rotation.creds_formats` renders them.  Only the
 ``pgbouncer`` format asks the server, for its stored SCRAM verifiers.
 """
 
@@ -12,15 +12,16 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.engine import make_url
 
-from rolekit import catalog, creds_formats
-from rolekit.client._credentials import Credentials
-from rolekit.creds_formats import Target
 from rolekit.errors import GuardError, PrivilegeError, RolekitError
-from rolekit.family import RoleFamily
-from rolekit.rotation.state import RotationState
-from rolekit.runtime.config import ConfigLike, Settings, load_settings
-from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.logins import login_problem
+from rolekit.model.family import RoleFamily
+from rolekit.pg import catalog
+from rolekit.pg.control import ControlConnection
+from rolekit.pg.logins import login_problem
+from rolekit.project.config import ConfigLike, Settings, load_settings
+from rolekit.project.credentials import Credentials
+from rolekit.project.state import RotationState
+from rolekit.rotation import creds_formats
+from rolekit.rotation.creds_formats import Target
 from rolekit.secrets import Secret, SecretsFile
 
 
@@ -43,12 +44,12 @@ class Creds:
         return self.credentials.preferred[1]
 
     def render(self, fmt: str) -> str:
-        """The credentials in one of :data:`rolekit.creds_formats.FORMATS`."""
+        """The credentials in one of :data:`rolekit.rotation.creds_formats.FORMATS`."""
         return creds_formats.render(fmt, self.credentials, self.family, self.context, self.target)
 
     def renderings(self, fmt: str) -> frozenset[str] | None:
         """Every way :meth:`render` writes a secret in *fmt* (see
-        :func:`rolekit.creds_formats.secret_renderings`)."""
+        :func:`rolekit.rotation.creds_formats.secret_renderings`)."""
         return creds_formats.secret_renderings(
             fmt, self.credentials, self.family, self.context, self.target
         )

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rolekit.durations import parse_duration
 from rolekit.errors import RolekitError, first_line
+from rolekit.model.durations import parse_duration
 from rolekit.secrets import DEFAULT_MIN_LENGTH as DEFAULT_MIN_PASSWORD_LENGTH
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final, NamedTuple
 
-from rolekit.client._credentials import Credentials
 from rolekit.errors import RolekitError
+from rolekit.project.credentials import Credentials
 
 #: keys of the document; ``family`` and ``context`` say whose credentials they are
 #: (``from_file`` refuses a document of another family or context)

@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from rolekit import catalog, ddl
-from rolekit.catalog import Privileges, Reader, SessionInfo
+from rolekit.deployment.replicas import Host
+from rolekit.deployment.usage import Source, Use, Watch, describe_uses, session_uses
 from rolekit.errors import (
     DrainTimeoutError,
     LiveSessionsError,
@@ -37,8 +37,8 @@ from rolekit.errors import (
     UnreachableError,
     first_line,
 )
-from rolekit.rotation.usage import Source, Use, Watch, describe_uses, session_uses
-from rolekit.runtime.replicas import Host
+from rolekit.pg import catalog, ddl
+from rolekit.pg.catalog import Privileges, Reader, SessionInfo
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def wait_until_drained(
 
     Call it before the migration transaction: it holds no lock while it
     waits.  Every source is polled in its own thread (see
-    :class:`~rolekit.rotation.usage.Watch`); this thread decides and reports.
+    :class:`~rolekit.deployment.usage.Watch`); this thread decides and reports.
 
     :raises UnreachableError: a source stopped answering (rolekit cannot see
         there any more, so it does not pass).

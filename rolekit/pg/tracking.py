@@ -48,8 +48,8 @@ from typing import NamedTuple
 
 from psycopg2 import sql
 
-from rolekit.catalog import Reader
 from rolekit.errors import TrackingError
+from rolekit.pg.catalog import Reader
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from psycopg2 import sql
 
-from rolekit.catalog import PG16
+from rolekit.pg.catalog import PG16
 
 
 def _id(name: str) -> sql.Identifier:

@@ -1,6 +1,6 @@
 """What ``rolekit status`` and ``rolekit check`` report, per family.
 
-Everything comes from :class:`~rolekit.family_catalog.FamilyCatalog`, the
+Everything comes from :class:`~rolekit.pg.family_catalog.FamilyCatalog`, the
 same comparison the upgrade repairs from, so ``check`` reports exactly what
 the next ``alembic upgrade`` would repair or refuse.
 """
@@ -14,12 +14,13 @@ from typing import Any
 
 from psycopg2 import sql
 
-from rolekit import catalog, claims, durations, tracking
-from rolekit.catalog import Reader, SessionInfo
-from rolekit.family import RoleFamily
-from rolekit.family_catalog import FamilyCatalog
-from rolekit.rotation.state import FamilyState, Phase
-from rolekit.runtime.deployment import Deployment
+from rolekit.deployment.deployment import Deployment
+from rolekit.model import durations
+from rolekit.model.family import RoleFamily
+from rolekit.pg import catalog, claims, tracking
+from rolekit.pg.catalog import Reader, SessionInfo
+from rolekit.pg.family_catalog import FamilyCatalog
+from rolekit.project.state import FamilyState, Phase
 
 #: checks a member's password by logging in: None if it works, else why not
 PasswordCheck = Callable[[str], "str | None"]
@@ -68,7 +69,7 @@ class FamilyReport:
     members: list[MemberReport]
     claimed_by: str | None = None
     problems: list[str] = field(default_factory=list)
-    #: "on", or why the drain samples instead (see rolekit.tracking)
+    #: "on", or why the drain samples instead (see rolekit.pg.tracking)
     login_tracking: str = "off"
     #: seconds since rolekit last set the password of the member apps use
     #: (``preferred``); ``None`` when it has no record of setting it

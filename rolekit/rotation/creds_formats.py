@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote
 
-from rolekit.client._credentials import Credentials
-from rolekit.client._document import to_document
 from rolekit.errors import RolekitError
+from rolekit.project.credentials import Credentials
+from rolekit.project.document import to_document
 from rolekit.secrets import Secret
 
 #: ``rolekit creds --help``: the formats, and what consumes each

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Final
 
-from rolekit.creds_formats import FORMATS
+from rolekit.rotation.creds_formats import FORMATS
 
 AUTO_HELP: Final = (
     "auto: one command for cron, a CI schedule or a Kubernetes CronJob, as often as you\n"

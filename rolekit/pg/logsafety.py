@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
-from rolekit.catalog import PG15, Reader
 from rolekit.errors import LogExposureError
+from rolekit.pg.catalog import PG15, Reader
 
 log = logging.getLogger(__name__)
 

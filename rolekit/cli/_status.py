@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rolekit import durations
-from rolekit.inspection import FamilyReport, PlaceReport
+from rolekit.model import durations
+from rolekit.rotation.inspection import FamilyReport, PlaceReport
 
 if TYPE_CHECKING:
     from rolekit.command import Status

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import psycopg2
 
 from rolekit.errors import RolekitError, UnreachableError, first_line
-from rolekit.runtime.config import POOLERS_SOURCE, parse_url
+from rolekit.project.config import POOLERS_SOURCE, parse_url
 
 
 class PoolerClient(NamedTuple):

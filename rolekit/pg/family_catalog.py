@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 from psycopg2 import sql
 
-from rolekit import catalog, ddl
-from rolekit.catalog import Membership, Reader, RoleInfo
-from rolekit.family import RoleFamily
-from rolekit.rotation.state import FamilyState, Phase, Retire
+from rolekit.model.family import RoleFamily
+from rolekit.pg import catalog, ddl
+from rolekit.pg.catalog import Membership, Reader, RoleInfo
+from rolekit.project.state import FamilyState, Phase, Retire
 
 
 class Drift(NamedTuple):

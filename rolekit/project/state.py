@@ -17,7 +17,7 @@ passed the lockout guard.  Every error names the path inside the file.
 **Positions.**  Each state carries a ``serial``: its position in the
 family's history in that context.  Every ``rotate`` phase advances it by
 one, and so must a hand edit.  The database records the position each
-upgrade applied (:mod:`rolekit.rotation.positions`), so a file that is
+upgrade applied (:mod:`rolekit.pg.positions`), so a file that is
 behind it -- an old checkout, a rolled-back release, a revert -- is refused
 instead of moving the database backwards.  The file's ``lineage`` (a random
 id written once) tells one project's file from another's, like Terraform's.
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rolekit._fileio import atomic_write, flocked, read_regular_file
-from rolekit._names import check_role_name
-from rolekit.contexts import check_context_name
 from rolekit.errors import BusyError, RolekitError, RoleNameError, StateFileError
+from rolekit.model.contexts import check_context_name
+from rolekit.model.names import check_role_name
 
 #: the version rolekit writes; version 1 (no positions, no lineage) is still read
 STATE_VERSION = 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from rolekit._names import check_role_name
 from rolekit.errors import RoleNameError
+from rolekit.model.names import check_role_name
 
 
 class RoleFamily(NamedTuple):

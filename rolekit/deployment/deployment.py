@@ -15,12 +15,19 @@ from dataclasses import dataclass, replace
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
-from rolekit import catalog, tracking
-from rolekit.catalog import Privileges, Reader
-from rolekit.errors import LiveSessionsError
-from rolekit.rotation import drain
-from rolekit.rotation.drain import Progress
-from rolekit.rotation.usage import (
+from rolekit.deployment import drain
+from rolekit.deployment.drain import Progress
+from rolekit.deployment.poolers import IdleServer, Pooler, connect_params, open_poolers
+from rolekit.deployment.replicas import (
+    Host,
+    WalSender,
+    check_standbys,
+    describe_url,
+    open_replicas,
+    replica_url,
+    wait_for_replay,
+)
+from rolekit.deployment.usage import (
     HostSessions,
     PoolerClients,
     Source,
@@ -31,18 +38,11 @@ from rolekit.rotation.usage import (
     pooler_uses,
     session_uses,
 )
-from rolekit.runtime.config import Settings
-from rolekit.runtime.control import ControlConnection
-from rolekit.runtime.poolers import IdleServer, Pooler, connect_params, open_poolers
-from rolekit.runtime.replicas import (
-    Host,
-    WalSender,
-    check_standbys,
-    describe_url,
-    open_replicas,
-    replica_url,
-    wait_for_replay,
-)
+from rolekit.errors import LiveSessionsError
+from rolekit.pg import catalog, tracking
+from rolekit.pg.catalog import Privileges, Reader
+from rolekit.pg.control import ControlConnection
+from rolekit.project.config import Settings
 
 #: a backend of *user* with this pid, ended if it exists (the pid alone could
 #: have been reused by another backend since PgBouncer reported it)
@@ -182,7 +182,7 @@ class Deployment:
 
     def decisive_check(self, primary: Reader, members: Sequence[str], within: float) -> None:
         """The drain's last look, inside the transaction after ``NOLOGIN`` (see
-        :func:`rolekit.rotation.drain.decisive_check`), on every place."""
+        :func:`rolekit.deployment.drain.decisive_check`), on every place."""
         live = self.look_once(members, primary, within)
         if live:
             raise LiveSessionsError(

@@ -13,17 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import psycopg2
 from psycopg2 import sql
 
-from rolekit import tracking
 from rolekit.errors import RolekitError, VerificationError, first_line
-from rolekit.repeatable.engine import LoginCheck
-from rolekit.repeatable.run import RunContext
-from rolekit.runtime.control import ControlConnection
+from rolekit.pg import tracking
+from rolekit.pg.control import ControlConnection
 from rolekit.secrets import Secret
 
 log = logging.getLogger(__name__)
@@ -37,6 +35,15 @@ def connect_params(control: ControlConnection) -> dict[str, str]:
     """Where the control connection went, so member logins go to the same server."""
     params = control.dbapi_connection.get_dsn_parameters()
     return {k: v for k, v in params.items() if k in _KEPT and v}
+
+
+class LoginCheck(NamedTuple):
+    """A login to try once the transaction committed."""
+
+    role: str
+    secret: Secret
+    #: ``current_user`` the session must run as (the family's group)
+    acts_as: str
 
 
 def _connect(where: ControlConnection | dict[str, str], role: str, password: str) -> Any:
@@ -114,11 +121,11 @@ class PasswordDrift:
 
 
 def password_drift(
-    control: ControlConnection, run: RunContext, roles: Iterable[str]
+    control: ControlConnection, secrets: Sequence[tuple[str, Secret]], source: str
 ) -> PasswordDrift:
-    """Start checking the passwords of *roles* (they may log in); see :class:`PasswordDrift`."""
-    secrets = [(role, run.secret(role)[0]) for role in roles if run.has_secret(role)]
-    return PasswordDrift(connect_params(control), secrets, run.secrets_file.path.name)
+    """Start checking the passwords on file (*source*) of members that may log in;
+    see :class:`PasswordDrift`."""
+    return PasswordDrift(connect_params(control), secrets, source)
 
 
 def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> None:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from psycopg2 import sql
 
-from rolekit.catalog import Reader, table_exists
+from rolekit.pg.catalog import Reader, table_exists
 from rolekit.secrets import Secret, fingerprint
 
 HISTORY_TABLE = "rolekit_password_history"

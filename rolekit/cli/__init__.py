@@ -25,12 +25,16 @@ from typing import Any
 import psycopg2
 import sqlalchemy
 
-from rolekit import command, creds_formats, init_args, rotate_args, status_text
+from rolekit import command
 from rolekit._fileio import atomic_write, require_replaceable
-from rolekit.contexts import primary_context
+from rolekit.cli import _init as init_args
+from rolekit.cli import _rotate as rotate_args
+from rolekit.cli import _status as status_text
 from rolekit.errors import ExitCode, RolekitError, first_line
+from rolekit.model.contexts import primary_context
+from rolekit.project.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT
+from rolekit.rotation import creds_formats
 from rolekit.rotation.workflow import Transition
-from rolekit.runtime.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT
 from rolekit.secrets import DEFAULT_PASSWORD_LENGTH
 
 Command = Callable[[argparse.Namespace, "_Output"], int]

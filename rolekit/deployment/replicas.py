@@ -33,8 +33,8 @@ from psycopg2 import sql
 from sqlalchemy.engine import URL, make_url
 
 from rolekit.errors import GuardError, ReplicaLagError, RolekitError, UnreachableError
-from rolekit.runtime.config import REPLICAS_SOURCE, REPLICAS_UNCHECKED, Settings, parse_url
-from rolekit.runtime.control import ControlConnection
+from rolekit.pg.control import ControlConnection
+from rolekit.project.config import REPLICAS_SOURCE, REPLICAS_UNCHECKED, Settings, parse_url
 
 Progress = Callable[[str], None]
 

@@ -32,9 +32,9 @@ from typing import Any, NamedTuple
 
 from psycopg2 import sql
 
-from rolekit.catalog import Reader, table_exists
 from rolekit.errors import StaleFileError
-from rolekit.rotation.state import FamilyState, RotationState
+from rolekit.pg.catalog import Reader, table_exists
+from rolekit.project.state import FamilyState, RotationState
 
 #: the tables of positions; absent until the first upgrade that records one
 POSITIONS_TABLE = "rolekit_rotation"

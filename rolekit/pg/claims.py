@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 
-from rolekit.catalog import RoleInfo
+from rolekit.pg.catalog import RoleInfo
 
 _CLAIM = re.compile(r'^rolekit: managed from database (".*")$', re.M)
 
