@@ -14,8 +14,8 @@ DEB_PACKAGES    ?= age pgbouncer
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,age,bench]'
+	$(PY) -m pip install --quiet --upgrade pip  # >= 25.1 reads dependency groups
+	$(PY) -m pip install --quiet -e '.[age]' --group test --group lint --group bench
 	touch $@
 
 venv: $(VENV)/.installed

@@ -11,4 +11,10 @@ The public surface is small:
   (``rolekit init`` adds rolekit to an Alembic project: :mod:`rolekit.scaffold`).
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    #: the installed distribution's version: pyproject.toml is its one source
+    __version__ = version("rolekit")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"

@@ -76,6 +76,7 @@ LAYERS = [
     ["command"],
     ["cli"],
     ["testing"],
+    ["__main__"],  # python -m rolekit
 ]
 
 

@@ -25,8 +25,10 @@ from typing import Any
 import psycopg2
 import sqlalchemy
 
+import rolekit
 from rolekit import command
 from rolekit._fileio import atomic_write, require_replaceable
+from rolekit.cli import _completion
 from rolekit.cli import _init as init_args
 from rolekit.cli import _rotate as rotate_args
 from rolekit.cli import _status as status_text
@@ -316,6 +318,7 @@ def _parser() -> argparse.ArgumentParser:
         "4 wrong rotation phase or another run holds the lock, 5 database unreachable, "
         "143 interrupted\n\nexample:\n  " + _EXAMPLES["rotate"],
     )
+    parser.add_argument("--version", action="version", version=f"rolekit {rolekit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -434,6 +437,7 @@ def _parser() -> argparse.ArgumentParser:
         contexts=False,
     )
     init_args.add_init_arguments(p)
+    _completion.add_command(sub, parser)
     return parser
 
 
