@@ -12,9 +12,11 @@ DEB_PACKAGES    ?= age pgbouncer
 
 .PHONY: venv test test-fast demo bench lint debs clean bytecode
 
+# The extras users install, and the dependency groups (PEP 735) that develop
+# rolekit: pip reads --group from 25.1 on, hence the upgrade first.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip  # >= 25.1 reads dependency groups
+	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[age]' --group test --group lint --group bench
 	touch $@
 

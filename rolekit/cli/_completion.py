@@ -96,7 +96,9 @@ def _positional_rows(name: str, parser: argparse.ArgumentParser) -> Iterable[tup
 
 def _bash(root: argparse.ArgumentParser) -> str:
     commands = _commands(root)
-    options: list[tuple[str, str]] = [("", _words(o for a in root._actions for o in a.option_strings))]
+    options: list[tuple[str, str]] = [
+        ("", _words(o for a in root._actions for o in a.option_strings))
+    ]
     values: list[tuple[str, str]] = []
     positionals: list[tuple[str, str]] = []
     for name, parser in commands.items():
