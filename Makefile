@@ -34,6 +34,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check rolekit tests bench scripts examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict --ignore-missing-imports examples
+	$(VENV)/bin/mypy --strict migrations/versions
 
 # Bytecode up front, as an installed package has it: every alembic/rolekit
 # subprocess would otherwise compile rolekit again (PYTHONDONTWRITEBYTECODE).

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 from alembic.runtime.migration import MigrationContext
@@ -64,6 +64,37 @@ from rolekit.secrets import (
     contexts_in,
     generate_password,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+#: the results of the commands, public types all imported from here
+InitReport = scaffold.InitReport
+FamilyReport = inspection.FamilyReport
+
+__all__ = [
+    "ConfigLike",
+    "Creds",
+    "FamilyReport",
+    "GeneratedPassword",
+    "InitReport",
+    "PlanRow",
+    "Status",
+    "Step",
+    "Transition",
+    "check",
+    "clear_checksums",
+    "creds",
+    "family_of",
+    "gen_password",
+    "init",
+    "plan",
+    "require_context",
+    "rotate_auto",
+    "rotate_begin",
+    "rotate_finish",
+    "status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +466,7 @@ def clear_checksums(config: ConfigLike, ids: Sequence[str]) -> list[str]:
 
 
 def init(
-    config: str | os.PathLike[str] = "alembic.ini",
+    config: str | os.PathLike[str] | AlembicConfig = "alembic.ini",
     *,
     family: str | None = None,
     members: Sequence[str] = (),
@@ -456,4 +487,7 @@ def init(
     spec = None
     if family:
         spec = scaffold.FamilySpec.parse(family, members, contexts or scaffold.DEFAULT_CONTEXTS)
-    return scaffold.init_project(config, family=spec, force=force, dry_run=dry_run)
+    ini = config if isinstance(config, str | os.PathLike) else config.config_file_name
+    if ini is None:
+        raise RolekitError("the Alembic Config has no config_file_name: pass alembic.ini's path")
+    return scaffold.init_project(ini, family=spec, force=force, dry_run=dry_run)

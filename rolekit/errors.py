@@ -201,3 +201,35 @@ class StateFileError(RolekitError):
 
 class BusyError(RotationStateError):
     """Another rolekit run holds the lock this one needs; nothing was changed."""
+
+
+__all__ = [
+    "BothMembersFailedError",
+    "BusyError",
+    "ChangelogError",
+    "ClaimError",
+    "ContextExpressionError",
+    "DrainTimeoutError",
+    "ExitCode",
+    "FamilyConflictError",
+    "GuardError",
+    "LiveSessionsError",
+    "LockoutError",
+    "LogExposureError",
+    "PasswordInUseError",
+    "PasswordMissingError",
+    "PrivilegeError",
+    "RepeatableError",
+    "ReplicaLagError",
+    "RoleNameError",
+    "RolekitError",
+    "RotationStateError",
+    "SecretsError",
+    "StaleFileError",
+    "StateFileError",
+    "TrackingError",
+    "UnreachableError",
+    "VerificationError",
+    "first_line",
+    "mask_url_passwords",
+]

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 """
 
-from alembic import op
+from rolekit.operations import op
 
 revision = "0001"
 down_revision = None

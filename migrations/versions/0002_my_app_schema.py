@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 """
 
-from alembic import op
+from rolekit.operations import op
 
 revision = "0002"
 down_revision = "0001"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from rolekit.cli import _init as init_args
 from rolekit.cli import _rotate as rotate_args
 from rolekit.cli import _status as status_text
 from rolekit.errors import ExitCode, RolekitError, first_line
+from rolekit.model import variables
 from rolekit.model.contexts import primary_context
 from rolekit.project.config import DEFAULT_DRAIN_QUIET_PERIOD, DEFAULT_DRAIN_TIMEOUT
 from rolekit.rotation import creds_formats
@@ -76,7 +76,7 @@ class _Output:
 
 
 def _raw_context(args: argparse.Namespace) -> str:
-    return str(args.context or os.environ.get("ROLEKIT_CONTEXT") or "")
+    return str(args.context or variables.CONTEXT.get() or "")
 
 
 def _context(args: argparse.Namespace) -> str:
@@ -127,6 +127,7 @@ def _render_transition(step: Transition, out: _Output) -> None:
 
 
 def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
+    rotate_args.check_phase_options(args)
     context = _context(args)
     if args.phase == "auto":
         return _rotate_auto(args, context)
@@ -163,7 +164,7 @@ def _rotate_auto(args: argparse.Namespace, context: str) -> int:
         apply=args.apply,
         max_age=args.max_age,
         publish=args.publish,
-        publish_format=args.publish_format,
+        publish_format=args.publish_format or "json",
         publish_timeout=args.publish_timeout,
         move_timeout=args.move_timeout,
         quiet_period=args.quiet_period,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Final
 
+from rolekit.errors import RolekitError
 from rolekit.rotation.creds_formats import FORMATS
 
 AUTO_HELP: Final = (
@@ -18,6 +19,49 @@ AUTO_HELP: Final = (
     "    --publish 'kubectl apply --server-side --field-manager=rolekit -f -' \\\n"
     "    --publish-format k8s-secret --git-commit --git-push"
 )
+
+
+#: the options each phase takes (besides the family, --context, --apply and the
+#: common ones); an option of another phase is refused, not silently dropped
+PHASE_OPTIONS: Final = {
+    "begin": (),
+    "finish": ("drain_timeout", "quiet_period", "terminate"),
+    "auto": (
+        "max_age",
+        "publish",
+        "publish_format",
+        "publish_timeout",
+        "move_timeout",
+        "quiet_period",
+        "git_commit",
+        "git_push",
+    ),
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_phase_options(args: argparse.Namespace) -> None:
+    """Refuse (exit 2) options given for a phase that does not take them."""
+    mine = set(PHASE_OPTIONS[args.phase])
+    given = sorted(
+        dest
+        for options in PHASE_OPTIONS.values()
+        for dest in options
+        if dest not in mine and getattr(args, dest, None) not in (None, False)
+    )
+    if given:
+        takes = ", ".join(_flag(d) for d in PHASE_OPTIONS[args.phase]) or "only --apply"
+        others = ", ".join(
+            f"{_flag(d)} ({'/'.join(p for p, o in PHASE_OPTIONS.items() if d in o)})"
+            for d in dict.fromkeys(given)
+        )
+        raise RolekitError(
+            f"rotate {args.phase} does not take {others}; {args.phase} takes {takes}. "
+            "Nothing was done"
+        )
 
 
 def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +81,8 @@ def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--publish-format",
         choices=FORMATS,
-        default="json",
-        help="auto: the format of what --publish gets (those of 'rolekit creds --format')",
+        help="auto: the format of what --publish gets (those of 'rolekit creds --format'; "
+        "default json)",
     )
     parser.add_argument(
         "--publish-timeout",

@@ -41,9 +41,14 @@ class CreateRoleFamilyOp(MigrateOperation):
             longer gives a role's creator either), so later revisions can
             create objects owned by the group and grant on them.
         """
-        return operations.invoke(
-            cls(RoleFamily.of(group, members), grant_to_migrator=grant_to_migrator)
-        )
+        return operations.invoke(cls.of(group, members, grant_to_migrator=grant_to_migrator))
+
+    @classmethod
+    def of(
+        cls, group: str, members: Sequence[str] | None = None, *, grant_to_migrator: bool = True
+    ) -> CreateRoleFamilyOp:
+        """The operation for *group* and its *members*, checked."""
+        return cls(RoleFamily.of(group, members), grant_to_migrator=grant_to_migrator)
 
     def reverse(self) -> DropRoleFamilyOp:
         return DropRoleFamilyOp(self.family)
@@ -84,11 +89,23 @@ class DropRoleFamilyOp(MigrateOperation):
             user when omitted.  ``REASSIGN OWNED`` acts on the current
             database only: objects in other databases make ``DROP ROLE`` fail.
         """
+        return operations.invoke(
+            cls.of(group, members, reassign_to=reassign_to, terminate=terminate)
+        )
+
+    @classmethod
+    def of(
+        cls,
+        group: str,
+        members: Sequence[str] | None = None,
+        *,
+        reassign_to: str | None = None,
+        terminate: bool | None = None,
+    ) -> DropRoleFamilyOp:
+        """The operation for *group* and its *members*, checked."""
         if reassign_to is not None:
             check_role_name(reassign_to, what="reassign_to role name")
-        return operations.invoke(
-            cls(RoleFamily.of(group, members), reassign_to=reassign_to, terminate=terminate)
-        )
+        return cls(RoleFamily.of(group, members), reassign_to=reassign_to, terminate=terminate)
 
     def reverse(self) -> CreateRoleFamilyOp:
         return CreateRoleFamilyOp(self.family)

@@ -1,6 +1,10 @@
-"""Statements rolekit emits, composed with :mod:`psycopg2.sql`.
+"""The role statements rolekit emits (CREATE/ALTER/DROP ROLE, GRANT, COMMENT),
+composed with :mod:`psycopg2.sql`.
 
-PostgreSQL version differences live here, next to the SQL they change.
+PostgreSQL version differences of these statements live here, next to the
+SQL they change.  Queries and rolekit's own tables live with their readers
+(:mod:`~rolekit.pg.catalog`, :mod:`~rolekit.repeatable.changelog`,
+:mod:`~rolekit.pg.positions`...).
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ import configparser
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rolekit.errors import RolekitError, first_line
+from rolekit.model import variables
 from rolekit.model.durations import parse_duration
 from rolekit.secrets import DEFAULT_MIN_LENGTH as DEFAULT_MIN_PASSWORD_LENGTH
 
@@ -40,8 +41,8 @@ MIGRATION_DRIVER = "postgresql+psycopg2"
 REPLICAS_UNCHECKED = "unchecked"
 #: where each kind of URL is set, as a refusal names it (never quoting the URL)
 DATABASE_URL_SOURCE = "DATABASE_URL or sqlalchemy.url"
-REPLICAS_SOURCE = "[rolekit] replicas (ROLEKIT_REPLICAS)"
-POOLERS_SOURCE = "[rolekit] poolers (ROLEKIT_POOLERS)"
+REPLICAS_SOURCE = f"[rolekit] replicas ({variables.REPLICAS.name})"
+POOLERS_SOURCE = f"[rolekit] poolers ({variables.POOLERS.name})"
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Settings:
             p = Path(value).expanduser()
             return p if p.is_absolute() else root / p
 
-        words = url_list(os.environ.get("ROLEKIT_REPLICAS") or section.get("replicas", ""))
+        words = url_list(variables.REPLICAS.get() or section.get("replicas", ""))
         replicas = tuple(w for w in words if w != REPLICAS_UNCHECKED)
         secrets_files: dict[str, Path] = {}
         min_lengths: dict[str, int] = {}
@@ -108,7 +109,7 @@ class Settings:
         return cls(
             root=root,
             ini_path=ini,
-            database_url=os.environ.get("DATABASE_URL") or url,
+            database_url=variables.DATABASE_URL.get() or url,
             repeatables_dir=path(section.get("repeatables", "migrations/repeatable")),
             state_file=path(section.get("state", "migrations/rotation.json")),
             default_secrets_file=path(section.get("secrets", "passwords.env")),
@@ -119,7 +120,9 @@ class Settings:
                 section.get("min_password_length", str(DEFAULT_MIN_PASSWORD_LENGTH)),
             ),
             drain_timeout=seconds(
-                "[rolekit] drain_timeout", section.get("drain_timeout"), DEFAULT_DRAIN_TIMEOUT
+                "drain_timeout",
+                variables.DRAIN_TIMEOUT.get() or section.get("drain_timeout"),
+                DEFAULT_DRAIN_TIMEOUT,
             ),
             lock_wait=seconds("[rolekit] lock_wait", section.get("lock_wait"), DEFAULT_LOCK_WAIT),
             verify_logins=boolean("[rolekit] verify_logins", section.get("verify_logins"), True),
@@ -128,7 +131,7 @@ class Settings:
             ),
             drain_quiet_period=seconds(
                 "drain_quiet_period",
-                os.environ.get("ROLEKIT_DRAIN_QUIET_PERIOD") or section.get("drain_quiet_period"),
+                variables.DRAIN_QUIET_PERIOD.get() or section.get("drain_quiet_period"),
                 DEFAULT_DRAIN_QUIET_PERIOD,
             ),
             replicas=replicas,
@@ -136,7 +139,7 @@ class Settings:
             replica_wait=seconds(
                 "[rolekit] replica_wait", section.get("replica_wait"), DEFAULT_REPLICA_WAIT
             ),
-            poolers=url_list(os.environ.get("ROLEKIT_POOLERS") or section.get("poolers", "")),
+            poolers=url_list(variables.POOLERS.get() or section.get("poolers", "")),
             max_age=_max_age(section.get("max_age")),
             publish_timeout=seconds(
                 "[rolekit] publish_timeout",
@@ -297,8 +300,9 @@ def _int(key: str, value: str) -> int:
         raise RolekitError(f"[rolekit] {key} = {value!r} is not a whole number") from None
 
 
-#: what the Python API takes as configuration: an alembic.ini path, or settings
-ConfigLike = str | os.PathLike[str] | Settings
+#: what the Python API takes as configuration, like Alembic's ``command.*``: an
+#: Alembic ``Config``, an alembic.ini path, or settings already resolved
+ConfigLike: TypeAlias = "str | os.PathLike[str] | Settings | Config"
 
 
 def project_ini(ini: str | os.PathLike[str]) -> Path:
@@ -326,8 +330,13 @@ def read_ini(ini: Path, text: str | None = None) -> configparser.ConfigParser:
 
 
 def load_settings(config: ConfigLike = "alembic.ini") -> Settings:
-    """*config* as :class:`Settings` (read from the ini file if it is a path)."""
-    return config if isinstance(config, Settings) else Settings.load(config)
+    """*config* as :class:`Settings`: read from the ini file of a path or of an
+    Alembic ``Config`` (its ``config_file_name``, main section and ``%(here)s``)."""
+    if isinstance(config, Settings):
+        return config
+    if isinstance(config, str | os.PathLike):
+        return Settings.load(config)
+    return Settings.from_alembic_config(config)
 
 
 def _max_age(value: str | None) -> str | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from rolekit.errors import RolekitError, mask_url_passwords
+from rolekit.model import variables
 from rolekit.model.family import RoleFamily
 from rolekit.pg.control import ControlConnection
 from rolekit.pg.family_catalog import FamilyCatalog
@@ -38,17 +39,22 @@ from rolekit.project.config import Settings
 from rolekit.project.state import FamilyState, Phase, RotationState
 from rolekit.rotation import creds_formats, gitstate, handout, inspection, publish
 from rolekit.rotation.workflow import Step, Transition, finish_x, rotate_lock, rotate_locked
-from rolekit.secrets import AGE_IDENTITY_ENV
 
 #: environment variables that may carry rolekit's own secrets (URLs with a
 #: password, libpq's password, the age identity that decrypts every password):
 #: never passed on to the publish command
 _PRIVATE_ENV: Final = (
-    "DATABASE_URL",
-    "ROLEKIT_REPLICAS",
-    "ROLEKIT_POOLERS",
+    *(
+        v.name
+        for v in (
+            variables.DATABASE_URL,
+            variables.REPLICAS,
+            variables.POOLERS,
+            variables.AGE_IDENTITY,
+            variables.AGE_IDENTITY_FILE,
+        )
+    ),
     "PGPASSWORD",
-    AGE_IDENTITY_ENV,
 )
 
 Emit = Callable[[dict[str, Any]], None]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -42,6 +41,7 @@ from rolekit.deployment.deployment import Deployment, check_urls
 from rolekit.deployment.replicas import Host
 from rolekit.deployment.usage import describe_uses
 from rolekit.errors import RolekitError, first_line
+from rolekit.model import variables
 from rolekit.model.contexts import parse_contexts, primary_context
 from rolekit.pg import catalog, tracking
 from rolekit.pg.control import ControlConnection
@@ -86,7 +86,7 @@ def settings_for(env: EnvironmentContext) -> Settings:
 
 def active_contexts(env: EnvironmentContext) -> tuple[frozenset[str], str | None, str]:
     """Contexts from ``-x context=...`` or ``ROLEKIT_CONTEXT``, the first one, and the text."""
-    raw = x_argument(env, "context") or os.environ.get("ROLEKIT_CONTEXT") or ""
+    raw = x_argument(env, "context") or variables.CONTEXT.get() or ""
     return parse_contexts(raw), primary_context(raw), raw
 
 
@@ -120,7 +120,7 @@ def run_context(
     require_known_contexts(raw, settings, repeatables, rotation)
     timeout = seconds(
         "drain_timeout",
-        x_argument(env, "drain_timeout") or os.environ.get("ROLEKIT_DRAIN_TIMEOUT"),
+        x_argument(env, "drain_timeout"),
         settings.drain_timeout,
     )
     rerun = _names(env, "rerun")

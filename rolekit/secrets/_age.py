@@ -19,15 +19,16 @@ from types import ModuleType
 from typing import Final, Protocol
 
 from rolekit._fileio import read_regular_file
+from rolekit.model import variables
 from rolekit.secrets._dotenv import MAX_FILE_BYTES, Errors
 from rolekit.secrets._warnings import warn
 
 #: path of an age identity file (comments and several keys allowed)
-AGE_IDENTITY_FILE_ENV: Final = "ROLEKIT_AGE_IDENTITY_FILE"
+AGE_IDENTITY_FILE_ENV: Final = variables.AGE_IDENTITY_FILE.name
 #: an age identity itself, ``AGE-SECRET-KEY-1...``
-AGE_IDENTITY_ENV: Final = "ROLEKIT_AGE_IDENTITY"
+AGE_IDENTITY_ENV: Final = variables.AGE_IDENTITY.name
 #: extra recipients (``age1...``, comma-separated) to encrypt to when writing
-AGE_RECIPIENTS_ENV: Final = "ROLEKIT_AGE_RECIPIENTS"
+AGE_RECIPIENTS_ENV: Final = variables.AGE_RECIPIENTS.name
 #: identity files hold a handful of keys and comments
 _MAX_IDENTITY_FILE_BYTES: Final = 64 * 1024
 
