@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from rolekit.cli import _completion, _parser, main
+from rolekit.cli._rotate import PHASE_OPTIONS
 from rolekit.rotation.creds_formats import FORMATS
 
 _BASH_CALL = """
@@ -70,6 +71,11 @@ def _bash(script: Path, *words: str, cwd: Path | None = None) -> list[str]:
         # the value of --context is not the family: the phase is still next
         (["rolekit", "rotate", "--context", "prod", "my_app", "f"], ["finish"]),
         (["rolekit", "rotate", "my_app", "finish", "--dr"], ["--drain-timeout"]),
+        # once the phase is typed, only its options: another phase's are refused
+        (["rolekit", "rotate", "my_app", "begin", "--dr"], []),
+        (["rolekit", "rotate", "my_app", "auto", "--publish-f"], ["--publish-format"]),
+        (["rolekit", "rotate", "my_app", "finish", "--publish"], []),
+        (["rolekit", "rotate", "--context", "prod", "my_app", "finish", "--q"], ["--quiet-period"]),
         (["rolekit", "creds", "my_app", "--format", ""], list(FORMATS)),
         (["rolekit", "creds", "my_app", "--format", "=", "k"], ["k8s-secret"]),
         (["rolekit", "rotate", "my_app", "auto", "--publish-format", "p"], ["pgpass", "pgbouncer"]),
@@ -108,6 +114,19 @@ def test_every_command_and_option_of_the_parser_is_in_the_script(
     for name, parser in sub.choices.items():
         options = [o for a in parser._actions for o in a.option_strings]
         assert _bash(scripts["bash"], "rolekit", name, "-") == options, name
+
+
+def test_rotate_completes_each_phase_with_the_options_it_accepts(
+    scripts: dict[str, Path],
+) -> None:
+    """What completes after ``rotate my_app PHASE`` is what that phase parses without
+    refusing (exit 2 for another phase's options)."""
+    for phase, dests in PHASE_OPTIONS.items():
+        offered = _bash(scripts["bash"], "rolekit", "rotate", "my_app", phase, "--")
+        own = {"--" + d.replace("_", "-") for d in dests}
+        others = {"--" + d.replace("_", "-") for ds in PHASE_OPTIONS.values() for d in ds} - own
+        assert own <= set(offered) and not others & set(offered), phase
+        assert {"--apply", "--context", "--config", "--json"} <= set(offered)
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
