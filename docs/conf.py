@@ -40,7 +40,7 @@ nitpick_ignore_regex = [
     # their own projects (no intersphinx: the build needs no network)
     (r"py:.*", r"(alembic|sqlalchemy|psycopg|psycopg2|psycopg_pool|asyncpg)(\..*)?"),
     (r"py:.*", r"(enum|subprocess|configparser|collections|typing|os|pathlib|io)(\..*)?"),
-    (r"py:.*", r"(_?[A-Z]\w*|'.*|Operations\..*)"),  # a bare type name or a string annotation
+    (r"py:.*", r"(_?[A-Z]\w*|_\w+|'.*|Operations\..*)"),  # a bare type name or a string annotation
     # rolekit's internal modules (their layout is not API): a public object's
     # docstring or signature may name them; anything in a public module must resolve
     (r"py:.*", rf"rolekit\.(?!({_PUBLIC})\.[A-Za-z]\w*$).*"),
