@@ -10,7 +10,7 @@ TEST_WORKERS    ?= 4
 # age and pgbouncer come from Debian packages; tests that need them install them.
 DEB_PACKAGES    ?= age pgbouncer
 
-.PHONY: venv test test-fast demo bench lint debs clean bytecode
+.PHONY: venv test test-fast demo bench lint debs clean bytecode docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $@
+
+# The documentation site, warnings and broken references (-n) as errors.
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/sphinx-build -W -n --keep-going -q -b html docs docs/_build/html
 
 debs:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -38,7 +46,7 @@ lint: venv
 bytecode: venv
 	$(PY) -m compileall -q rolekit tests bench
 
-test: venv debs bytecode
+test: venv debs bytecode docs
 	$(PY) scripts/fetch_pg.py $(filter-out 15,$(PG_VERSIONS) $(COMPAT_VERSIONS))
 	$(MAKE) lint
 	ROLEKIT_PG_VERSIONS="$(PG_VERSIONS)" ROLEKIT_COMPAT_VERSIONS="$(COMPAT_VERSIONS)" \
@@ -57,4 +65,4 @@ bench: venv debs bytecode
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build
