@@ -7,20 +7,24 @@ PG_VERSIONS     ?= 15 17
 COMPAT_VERSIONS ?= 14 16 18
 # Tests mostly wait on servers and subprocesses: more workers than cores pays off.
 TEST_WORKERS    ?= 4
-# age and pgbouncer come from Debian packages; tests that need them install them.
-DEB_PACKAGES    ?= age pgbouncer
+# age, pgbouncer and zsh (its completion test) come from Debian packages.
+DEB_PACKAGES    ?= age pgbouncer zsh
 
-.PHONY: venv test test-fast demo bench lint debs clean bytecode
+.PHONY: venv test test-fast demo bench lint debs clean bytecode docs
 
 # The extras users install, and the dependency groups (PEP 735) that develop
 # rolekit: pip reads --group from 25.1 on, hence the upgrade first.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[age]' --group test --group lint --group bench
+	$(PY) -m pip install --quiet -e '.[age]' --group test --group lint --group bench --group docs
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The documentation site, warnings and broken references (-n) as errors.
+docs: venv
+	$(VENV)/bin/sphinx-build -W -n --keep-going -q -b html docs docs/_build/html
 
 debs:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,7 +45,7 @@ lint: venv
 bytecode: venv
 	$(PY) -m compileall -q rolekit tests bench
 
-test: venv debs bytecode
+test: venv debs bytecode docs
 	$(PY) scripts/fetch_pg.py $(filter-out 15,$(PG_VERSIONS) $(COMPAT_VERSIONS))
 	$(MAKE) lint
 	ROLEKIT_PG_VERSIONS="$(PG_VERSIONS)" ROLEKIT_COMPAT_VERSIONS="$(COMPAT_VERSIONS)" \
@@ -60,4 +64,4 @@ bench: venv debs bytecode
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build

@@ -9,7 +9,6 @@ so its lists are not narrowed by the word being completed).  No server.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -129,7 +128,6 @@ def test_rotate_completes_each_phase_with_the_options_it_accepts(
         assert {"--apply", "--context", "--config", "--json"} <= set(offered)
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
 def test_zsh_runs_the_bash_completion_through_bashcompinit(scripts: dict[str, Path]) -> None:
     def run(*words: str) -> list[str]:
         out = subprocess.run(
