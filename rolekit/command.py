@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -254,7 +254,7 @@ def rotate_auto(
     quiet_period: float | None = None,
     git_commit: bool = False,
     git_push: bool = False,
-    emit: auto.Emit = lambda event: None,
+    emit: Callable[[dict[str, Any]], None] = lambda event: None,
 ) -> str:
     """A whole rotation when the password apps use is due (see :mod:`rolekit.rotation.auto`).
 
@@ -473,7 +473,7 @@ def init(
     contexts: Sequence[str] | None = None,
     force: bool = False,
     dry_run: bool = False,
-) -> scaffold.InitReport:
+) -> InitReport:
     """Add rolekit to the Alembic project of *config* (``rolekit init``).
 
     With *family* it also declares that role family: a first revision, its

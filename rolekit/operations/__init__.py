@@ -2,9 +2,9 @@
 
 ``op.create_role_family`` / ``op.drop_role_family`` and
 ``op.enable_login_tracking`` / ``op.disable_login_tracking``, declared in
-:mod:`.ops` and implemented in :mod:`.toimpl`; importing this package
+``ops`` and implemented in ``toimpl``; importing this package
 registers them.  Revisions that want them type-checked import
-``from rolekit.operations import op`` (:mod:`.op`).
+``from rolekit.operations import op``.
 """
 
 from rolekit.operations import toimpl as _toimpl  # noqa: F401  (registers implementations)
