@@ -121,7 +121,14 @@ def require_replaceable(path: Path, *, fail: Fail) -> None:
         raise fail(f"{path} is {_kind(info.st_mode)}, not a regular file; refusing to replace it")
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, fail: Fail) -> None:
+def atomic_write(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    fail: Fail,
+    keep_suffix: bool = True,
+) -> None:
     """Replace *path* with *data* so readers see the old or the new file, whole.
 
     Only a regular file (or nothing) is replaced: see :func:`require_replaceable`.
@@ -131,12 +138,15 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, fail: Fail) -> N
     fsynced after, so the rename survives a crash.  Its name
     (``.passwords.env.XXXX.tmp.env``) keeps the file's suffix, so an ignore
     rule like ``*.env`` also covers a temporary file a crash left behind.
+
+    :param keep_suffix: ``False`` ends the temporary name in ``.tmp`` instead,
+        for a folder whose reader takes every file with the suffix (a
+        textfile collector reads every ``*.prom``, a half-written one too).
     """
     require_replaceable(path, fail=fail)
+    suffix = f".tmp{path.suffix}" if keep_suffix else ".tmp"
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
         raise fail(f"cannot write {path}: {exc.strerror}") from None
     try:

@@ -49,7 +49,8 @@ _EXAMPLES = {
         "  rolekit rotate my_app finish --context prod --apply --drain-timeout 300"
     ),
     "creds": "rolekit creds my_app --context prod --format k8s-secret | kubectl apply --server-side --field-manager=rolekit -f -",
-    "status": "rolekit status --context prod --json",
+    "status": "rolekit status --context prod --json\n"
+    "  rolekit status --context prod --format openmetrics --output /var/lib/node_exporter/textfile/rolekit.prom",
     "check": "rolekit check --context prod || echo drift",
     "gen-password": "rolekit gen-password my_app_tom --context dev --write",
     "clear-checksums": "rolekit clear-checksums allow_login_for_my_app   # next upgrade re-runs it",
@@ -176,7 +177,7 @@ def _rotate_auto(args: argparse.Namespace, context: str) -> int:
     return ExitCode.OK
 
 
-def _creds_output(output: str | None) -> Path | None:
+def _output_file(output: str | None) -> Path | None:
     """The file ``--output`` names, refused before any secret is read.
 
     An empty value (an unset shell variable) would otherwise mean "no
@@ -195,7 +196,7 @@ def _creds_output(output: str | None) -> Path | None:
 
 
 def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
-    output = _creds_output(args.output)
+    output = _output_file(args.output)
     found = command.creds(
         args.config,
         args.family,
@@ -227,16 +228,15 @@ def cmd_creds(args: argparse.Namespace, out: _Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: _Output) -> int:
+    fmt = status_text.output_format(args.json, args.format)
+    args.json = fmt == "json"  # an error is a JSON document too
+    output = _output_file(args.output)
     result = command.status(args.config, _raw_context(args) or None, max_age=args.max_age)
-    out.emit(
-        {
-            "families": [r.to_json() for r in result.families],
-            "last_runs": result.last_runs,
-            "deployment_problems": result.deployment_problems,
-            "stale_files": result.stale_files,
-        },
-        status_text.render(result),
-    )
+    text = status_text.document(result, fmt)
+    if output is None:
+        sys.stdout.write(text)
+    else:  # no secret in it; a collector running as another user reads it
+        atomic_write(output, text.encode(), mode=0o644, fail=RolekitError, keep_suffix=False)
     return ExitCode.PROBLEM if result.problems else ExitCode.OK
 
 
@@ -397,11 +397,19 @@ def _parser() -> argparse.ArgumentParser:
         "the rotation policy (90d, 12h, 30m; default [rolekit] max_age): the password apps "
         "use is due once rolekit set it longer ago, or when it has no record of setting it"
     )
-    add(
+    p = add(
         "status",
         "members, logins, sessions, password age and expiry, membership options, last runs",
         cmd_status,
-    ).add_argument("--max-age", metavar="AGE", help=max_age_help + "; status shows 'due in'")
+        status_text.FORMAT_HELP,
+    )
+    p.add_argument("--max-age", metavar="AGE", help=max_age_help + "; status shows 'due in'")
+    p.add_argument(
+        "--format", choices=status_text.FORMATS, help="output format (default: text; see above)"
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="write to FILE instead of stdout (atomic, mode 0644)"
+    )
     add(
         "check",
         "compare the catalog with what the migrations declare; exit 1 on drift",

@@ -1,17 +1,65 @@
-"""``rolekit status`` for a person: one block per family, then the last runs.
+"""``rolekit status`` in its three forms: text for a person, JSON, OpenMetrics.
 
-The JSON form (``--json``) is the reports themselves; this is only their text.
+The JSON form (``--json``) is the reports themselves, the OpenMetrics form
+(:mod:`rolekit.rotation.metrics`) their numbers for a monitor; :func:`render`
+is their text.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
+from rolekit.errors import RolekitError
 from rolekit.model import durations
+from rolekit.rotation import metrics
 from rolekit.rotation.inspection import FamilyReport, PlaceReport
 
 if TYPE_CHECKING:
     from rolekit.command import Status
+
+FORMATS = ("text", "json", "openmetrics")
+
+FORMAT_HELP = """\
+--format openmetrics prints one OpenMetrics document for every family of the
+context, for a Prometheus node_exporter textfile collector: rolekit_check_ok,
+rolekit_problems{kind=...} and rolekit_problem_info (the messages),
+rolekit_phase (a state set), sessions per member and per host or pooler, and
+the password's age, maximum age and due time (Unix seconds). Every sample has
+the labels family and context. With --output FILE it replaces FILE atomically
+(mode 0644; the temporary file does not end in .prom, so the collector never
+reads half of it):
+  */5 * * * *  rolekit status --context prod --max-age 90d --format openmetrics \\
+                 --output /var/lib/node_exporter/textfile/rolekit_prod.prom
+--json is --format json; giving --json with another --format is an error (exit 2).
+The exit code is the same in every format: 1 when there is a problem."""
+
+
+def output_format(as_json: bool, fmt: str | None) -> str:
+    """The one format --json and --format ask for; a contradiction is bad input."""
+    if as_json and fmt not in (None, "json"):
+        raise RolekitError(f"--json asks for JSON, --format for {fmt}: give one of them")
+    return "json" if as_json else fmt or "text"
+
+
+def to_json(result: Status) -> dict[str, Any]:
+    return {
+        "families": [r.to_json() for r in result.families],
+        "last_runs": result.last_runs,
+        "deployment_problems": result.deployment_problems,
+        "stale_files": result.stale_files,
+    }
+
+
+def document(result: Status, fmt: str) -> str:
+    """The whole output in *fmt*, ending in a newline."""
+    if fmt == "openmetrics":
+        shared = [("deployment", p) for p in result.deployment_problems]
+        shared += [("stale_files", p) for p in result.stale_files]
+        return metrics.render(result.families, shared_problems=shared)
+    if fmt == "json":
+        return json.dumps(to_json(result), indent=2, default=str) + "\n"
+    return render(result) + "\n"
 
 
 def render(result: Status) -> str:

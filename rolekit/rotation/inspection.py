@@ -25,6 +25,25 @@ from rolekit.project.state import FamilyState, Phase
 #: checks a member's password by logging in: None if it works, else why not
 PasswordCheck = Callable[[str], "str | None"]
 
+#: every kind of problem status reports, and what it means (the OpenMetrics
+#: ``kind`` label; stable: alerts select on it)
+PROBLEM_KINDS = {
+    "missing_role": "the group or a member role does not exist",
+    "conflict": "the existing roles cannot be this family (rolekit cannot repair it)",
+    "foreign_claim": "another database manages the family",
+    "state_missing": "the rotation state has no entry for the context",
+    "membership": "a member's sessions would not run as the group",
+    "nologin_sessions": "a NOLOGIN member still has sessions (a drain left them)",
+    "login_drift": "LOGIN or VALID UNTIL differs from the rotation state",
+    "password_drift": "a member cannot log in with its password from the secrets file",
+    "lockout_risk": "no member can log in",
+    "age_unknown": "rolekit has no record of setting the password apps use",
+    "password_due": "the password apps use is older than the maximum age",
+    "deployment": "a replica or pooler is unreachable or untrusted: drains cannot be proven",
+    "stale_files": "the checkout is behind the database: the upgrade refuses it",
+    "other": "not classified",
+}
+
 
 @dataclass
 class PlaceReport:
@@ -69,6 +88,8 @@ class FamilyReport:
     members: list[MemberReport]
     claimed_by: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: the kind of each problem, in the same order (:data:`PROBLEM_KINDS`)
+    problem_kinds: list[str] = field(default_factory=list)
     #: "on", or why the drain samples instead (see rolekit.pg.tracking)
     login_tracking: str = "off"
     #: seconds since rolekit last set the password of the member apps use
@@ -81,6 +102,22 @@ class FamilyReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def flag(self, kind: str, *problems: str) -> None:
+        """Record *problems* of one *kind* (a key of :data:`PROBLEM_KINDS`).
+
+        The kind travels with the message so a monitor can count and alert
+        per kind without parsing English; every problem goes through here.
+        """
+        if kind not in PROBLEM_KINDS:
+            raise ValueError(f"unknown problem kind {kind!r}")
+        self.problems.extend(problems)
+        self.problem_kinds.extend([kind] * len(problems))
+
+    def kinded_problems(self) -> list[tuple[str, str]]:
+        """``(kind, problem)`` pairs; a problem added without :meth:`flag` is ``other``."""
+        kinds = self.problem_kinds + ["other"] * (len(self.problems) - len(self.problem_kinds))
+        return list(zip(kinds, self.problems, strict=False))
 
 
 def _resume_hint(family: RoleFamily, state: FamilyState, found: FamilyCatalog, context: str) -> str:
@@ -122,19 +159,18 @@ def inspect_family(
         state.preferred if state else None,
         [],
     )
-    problems = report.problems
     if family.group not in found.roles:
-        problems.append(f"group role {family.group!r} does not exist")
-    problems += found.conflicts()
-    problems += _claim_problems(report, found, database)
+        report.flag("missing_role", f"group role {family.group!r} does not exist")
+    report.flag("conflict", *found.conflicts())
+    report.flag("foreign_claim", *_claim_problems(report, found, database))
     if state_missing and context:
-        problems.append(
-            f"the rotation state has no entry for context {context!r}; the upgrade refuses"
+        report.flag(
+            "state_missing",
+            f"the rotation state has no entry for context {context!r}; the upgrade refuses",
         )
     for name in family.members:
-        member, member_problems = _member(found, name, live, state, password_set_at or {})
+        member = _member(report, found, name, live, state, password_set_at or {})
         report.members.append(member)
-        problems += member_problems
     # who uses each member is read before the password checks below log in
     # as the members: a backend lingers a moment after its client closes, and
     # status would count its own check as a session
@@ -142,11 +178,11 @@ def inspect_family(
         report.login_tracking = _add_places(report.members, deployment)
     if state is not None and context:
         hint = _resume_hint(family, state, found, context)
-        problems += [f"drift: {d.problem}{hint}" for d in found.login_drift(state)]
+        report.flag("login_drift", *[f"drift: {d.problem}{hint}" for d in found.login_drift(state)])
         if check_password is not None:
-            problems += _password_problems(found, state, check_password)
+            report.flag("password_drift", *_password_problems(found, state, check_password))
     if found.roles and not found.can_log_in() and not (state and state.decommissioned):
-        problems.append(f"lockout risk: no member of {family.group!r} can log in")
+        report.flag("lockout_risk", f"lockout risk: no member of {family.group!r} can log in")
     return report
 
 
@@ -210,17 +246,18 @@ def _claim_problems(report: FamilyReport, found: FamilyCatalog, database: str) -
 
 
 def _member(
+    report: FamilyReport,
     found: FamilyCatalog,
     name: str,
     live: list[SessionInfo],
     state: FamilyState | None,
     password_set_at: dict[str, str],
-) -> tuple[MemberReport, list[str]]:
+) -> MemberReport:
     info = found.roles.get(name)
     member = MemberReport(name, info is not None)
     if info is None:
-        return member, [f"member role {name!r} does not exist"]
-    problems = []
+        report.flag("missing_role", f"member role {name!r} does not exist")
+        return member
     mine = [s for s in live if s.user == name]
     member.can_login = info.can_log_in_now
     member.sessions = len(mine)
@@ -230,15 +267,16 @@ def _member(
     drift = found.acts_as_group(name)
     member.membership_ok = drift is None
     if drift is not None:
-        problems.append(drift.problem)
+        report.flag("membership", drift.problem)
     if mine and not info.can_login:
-        problems.append(
+        report.flag(
+            "nologin_sessions",
             f"{name!r} is NOLOGIN but has {len(mine)} session(s): they keep running, and "
-            "fail when they reconnect"
+            "fail when they reconnect",
         )
     if state is not None:
         member.declared_login = name in state.login
-    return member, problems
+    return member
 
 
 def _history_exists(reader: Reader) -> bool:
@@ -315,16 +353,18 @@ def check_password_age(
         return
     report.max_age = max_age
     if report.password_age_s is None:
-        report.problems.append(
+        report.flag(
+            "age_unknown",
             f"the password of {active!r} (the member apps use) has no recorded age: rolekit "
-            f"never set it; rotate the family to start the clock (maximum age {max_age})"
+            f"never set it; rotate the family to start the clock (maximum age {max_age})",
         )
         return
     report.due_in_s = round(max_age_s - report.password_age_s, 1)
     if is_due(report.password_age_s, max_age_s):
-        report.problems.append(
+        report.flag(
+            "password_due",
             f"the password of {active!r} (the member apps use) is "
             f"{durations.describe(report.password_age_s)} old, older than the maximum age "
             f"{max_age}: "
-            f"rotate it (rolekit rotate {report.group} begin ...)"
+            f"rotate it (rolekit rotate {report.group} begin ...)",
         )
