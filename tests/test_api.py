@@ -52,3 +52,10 @@ def test_every_environment_variable_is_declared_in_one_place() -> None:
         unknown |= set(re.findall(r"\bROLEKIT_[A-Z_]+\b", text)) - declared
     assert read_directly == []
     assert unknown - {"ROLEKIT_TABLES"} == set()  # a constant's name, not a variable
+
+
+def test_every_environment_variable_is_documented() -> None:
+    from rolekit.model.variables import VARIABLES
+
+    page = (REPO / "docs" / "reference" / "configuration.md").read_text()
+    assert [v.name for v in VARIABLES if f"`{v.name}`" not in page] == []
