@@ -146,6 +146,13 @@ class LogExposureError(GuardError):
     """A password verifier would reach the server log and rolekit cannot prevent it."""
 
 
+class DatabaseError(RolekitError):
+    """The server failed a statement, restarted or dropped the connection mid-run;
+    the migration transaction did not commit, so nothing changed."""
+
+    exit_code = ExitCode.PROBLEM
+
+
 class VerificationError(RolekitError):
     """A check after the commit failed: the change is in, but something is wrong."""
 
@@ -209,6 +216,7 @@ __all__ = [
     "ChangelogError",
     "ClaimError",
     "ContextExpressionError",
+    "DatabaseError",
     "DrainTimeoutError",
     "ExitCode",
     "FamilyConflictError",

@@ -40,7 +40,7 @@ from rolekit.deployment import drain
 from rolekit.deployment.deployment import Deployment, check_urls
 from rolekit.deployment.replicas import Host
 from rolekit.deployment.usage import describe_uses
-from rolekit.errors import RolekitError, first_line
+from rolekit.errors import DatabaseError, RolekitError, first_line
 from rolekit.model import variables
 from rolekit.model.contexts import parse_contexts, primary_context
 from rolekit.pg import catalog, tracking
@@ -329,7 +329,7 @@ class RolekitRun:
             verify_logins(control, self.report.to_verify)
 
 
-def database_error(exc: BaseException) -> RolekitError:
+def database_error(exc: BaseException) -> DatabaseError:
     """A server error (a failed statement, a restart, a dropped connection) as
     one clear line instead of a traceback.
 
@@ -343,7 +343,7 @@ def database_error(exc: BaseException) -> RolekitError:
         if isinstance(cause, sqlalchemy.exc.DBAPIError | psycopg2.Error):
             exc = cause
         cause = cause.__context__
-    return RolekitError(
+    return DatabaseError(
         f"database error: {first_line(exc)}. The migration transaction did not commit, so "
         "nothing changed; fix the cause and re-run"
     )

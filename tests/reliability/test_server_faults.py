@@ -111,7 +111,8 @@ def test_fault_during_upgrade_changes_nothing_and_rerun_converges(
         FAULTS[fault](marker)(cluster)
         counts.faults_injected += 1
         result = proc.finish(timeout=90)
-    assert result.returncode != 0, result.stderr
+    # one FAILED line, and exit 1: a database error, nothing committed
+    assert result.returncode == 1 and "FAILED: database error:" in result.stdout, result.stderr
 
     wait_idle(cluster, since=since)
     after_fault = db_state(cluster)
