@@ -1,7 +1,10 @@
 """A password rolekit replaced is never set again.
 
-Entries belong to the role as it exists now (its OID): a member dropped by
-``alembic downgrade`` and created again is a new role with no history.
+Entries belong to the role as it exists now (its OID), in one context: a
+member dropped by ``alembic downgrade`` and created again is a new role with
+no history, and a database shared by two contexts (``dev`` and ``local`` on
+one laptop) keeps each context's passwords apart, so switching back to the
+other context's file is not mistaken for a stale one.
 
 A restored backup of ``passwords.env``, or an old checkout of the committed
 age file, holds passwords the members had before.  Setting one again would
@@ -64,8 +67,8 @@ def print_of(key: bytes, role: str, secret: Secret) -> str:
     return fingerprint(secret, salt=_SALT, label=role, key=key)
 
 
-def read(reader: Reader, roles: Iterable[str]) -> PasswordHistory:
-    """The history of *roles*: one round trip, two when the table exists."""
+def read(reader: Reader, roles: Iterable[str], context: str) -> PasswordHistory:
+    """The history of *roles* in *context*: one round trip, two when the table exists."""
     names = sorted(set(roles))
     if not names or not table_exists(reader, HISTORY_TABLE):
         return PasswordHistory(None, {})
@@ -73,9 +76,9 @@ def read(reader: Reader, roles: Iterable[str]) -> PasswordHistory:
         sql.SQL(
             "SELECT (SELECT value FROM rolekit_meta WHERE key = %s), h.role, h.fingerprint,"
             " h.set_at, h.set_by FROM {} h JOIN pg_roles r ON r.rolname = h.role"
-            " AND r.oid = h.role_oid WHERE h.role = ANY(%s) ORDER BY h.seq"
+            " AND r.oid = h.role_oid WHERE h.role = ANY(%s) AND h.context = %s ORDER BY h.seq"
         ).format(sql.Identifier(HISTORY_TABLE)),
-        (_KEY_ROW, names),
+        (_KEY_ROW, names, context.lower()),
     )
     by_role: dict[str, list[SetPassword]] = {}
     key: bytes | None = None
@@ -108,8 +111,9 @@ def retired_problem(
     )
 
 
-def record(session: Any, secrets: Sequence[tuple[str, Secret]]) -> None:
-    """Append the fingerprints of the passwords this run set (inside its transaction)."""
+def record(session: Any, secrets: Sequence[tuple[str, Secret]], context: str) -> None:
+    """Append the fingerprints of the passwords this run set from *context*'s
+    secrets file (inside its transaction)."""
     if not secrets:
         return
     key_hex = session.scalar(sql.SQL("SELECT value FROM rolekit_meta WHERE key = %s"), (_KEY_ROW,))
@@ -118,10 +122,11 @@ def record(session: Any, secrets: Sequence[tuple[str, Secret]]) -> None:
     prints = [print_of(key, role, secret) for role, secret in secrets]
     session.execute(
         sql.SQL(
-            "INSERT INTO {} (role, role_oid, fingerprint) SELECT s.role, r.oid, s.print"
+            "INSERT INTO {} (role, role_oid, context, fingerprint)"
+            " SELECT s.role, r.oid, %s, s.print"
             " FROM unnest(%s::text[], %s::text[]) AS s(role, print)"
             " JOIN pg_roles r ON r.rolname = s.role"
         ).format(sql.Identifier(HISTORY_TABLE)),
-        (roles, prints),
+        (context.lower(), roles, prints),
         echo=False,
     )

@@ -57,6 +57,7 @@ _GUARD_TABLES = [
         seq bigserial PRIMARY KEY,
         role text NOT NULL,
         role_oid bigint NOT NULL,
+        context text NOT NULL,
         fingerprint text NOT NULL,
         set_at timestamptz NOT NULL DEFAULT now(),
         set_by text NOT NULL DEFAULT session_user)""",

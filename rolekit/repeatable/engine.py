@@ -313,9 +313,9 @@ def _run(session: Session, run: RunContext, item: PlanItem) -> None:
     rep.apply(session, run, item.steps)
     if session.offline:
         return
-    password_history.record(
-        session, [(s.secret_role, s.secret) for s in item.steps if s.secret_role and s.secret]
-    )
+    set_now = [(s.secret_role, s.secret) for s in item.steps if s.secret_role and s.secret]
+    if set_now and run.primary is not None:  # a password is only ever read with a context
+        password_history.record(session, set_now, run.primary)
     oids = catalog.roles(session, rep.targets()) if rep.targets() else {}
     changelog.record(
         session,

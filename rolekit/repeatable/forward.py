@@ -33,7 +33,7 @@ def check(
     )
     found = positions.problems(findings, run.settings.state_file.name)
     setters = [r for rep in active if isinstance(rep, SetPasswords) for r in rep.roles]
-    history = password_history.read(reader, setters)
+    history = password_history.read(reader, setters, run.primary)
     if history.by_role:
         held = [(role, run.secret(role)[0]) for role in setters if run.has_secret(role)]
         retired = password_history.retired_problem(
