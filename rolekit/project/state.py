@@ -344,6 +344,17 @@ class RotationState:
             named += [member for member in state.login if member not in named]
         return (named[0], named[1]) if len(named) == 2 else None
 
+    def outgoing(self, context: str) -> frozenset[str]:
+        """The members leaving in *context*: in an overlap, those that are not incoming."""
+        states = (by_context.get(context.lower()) for by_context in self.families.values())
+        return frozenset(
+            member
+            for state in states
+            if state is not None and state.phase == Phase.OVERLAP
+            for member in state.login
+            if member != state.incoming
+        )
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"version": STATE_VERSION}
         if self.lineage:

@@ -196,10 +196,17 @@ def prepare(
     if retiring:
         run = _drain(control, run, retiring, open_deployment, vigil)
     if run.settings.verify_logins and run.primary is not None:
+        # Not the members leaving in an overlap either: a login as one of them
+        # is a use to the drain of a finish running beside this run (another
+        # family's), and would restart its quiet period.
+        leaving = run.rotation.outgoing(run.primary)
         logging_in = [
             name
             for name, info in sorted(roles.items())
-            if info.can_log_in_now and run.must_log_in(name) and name not in retiring
+            if info.can_log_in_now
+            and run.must_log_in(name)
+            and name not in retiring
+            and name not in leaving
         ]
         on_file = [(role, run.secret(role)[0]) for role in logging_in if run.has_secret(role)]
         checks = password_drift(control, on_file, run.secrets_file.path.name)

@@ -1,0 +1,216 @@
+"""Many families on one database (issue 21): per-family rotations side by side.
+
+Each test adds N families (``svc1`` .. ``svcN``, members ``svcN_a`` and
+``svcN_b``, context dev) to the example project, runs the real CLI in
+separate processes against a real cluster, and keeps one application per
+family connecting with the credentials rolekit hands out (the state file's
+preferred member, its password from the secrets file, read at every
+connection, as ``rolekit.client`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import psycopg2
+
+from rolekit.secrets import SecretsFile
+from rolekit.testing import Project
+
+#: every family a test adds: svc1 .. svc8
+FAMILIES = [f"svc{n}" for n in range(1, 9)]
+#: options of a quick rotation: a short quiet period, a bounded wait
+QUICK = ("--context", "dev", "--apply", "--json", "--quiet-period", "1", "--move-timeout", "60")
+
+_REPEATABLES = '''"""The fleet's families: one password setter and one login each."""
+
+from rolekit.repeatable import FamilyLogin, SetPasswords
+
+FAMILIES = {families!r}
+
+REPEATABLES = [
+    repeatable
+    for family in FAMILIES
+    for repeatable in (
+        SetPasswords(f"set_passwords_{{family}}", [f"{{family}}_a", f"{{family}}_b"], context="dev"),
+        FamilyLogin(f"allow_login_for_{{family}}", family, [f"{{family}}_a", f"{{family}}_b"]),
+    )
+]
+'''
+
+
+def cli(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "rolekit.cli", *args)
+
+
+def members(family: str) -> tuple[str, str]:
+    return f"{family}_a", f"{family}_b"
+
+
+def add_families(project: Project, families: Sequence[str]) -> None:
+    """Revision 0003 creates *families*; their repeatables, states (member ``_a``
+    logs in, in dev) and passwords; then an upgrade applies them."""
+    creates = "; ".join(f"op.create_role_family({f!r}, {list(members(f))!r})" for f in families)
+    drops = "; ".join(f"op.drop_role_family({f!r}, {list(members(f))!r})" for f in families)
+    project.add_revision("0003", "0002", creates, drops, doc="the fleet's families")
+    project.write_repeatables(_REPEATABLES.format(families=list(families)), name="fleet.py")
+    data = project.state()
+    for family in families:
+        data["families"][family] = {"dev": {"login": [members(family)[0]]}}
+    project.write_state(data)
+    for family in families:
+        for role in members(family):
+            project.set_password(role, "dev")
+    project.upgrade("dev")
+
+
+def handed_out(project: Project, family: str) -> tuple[str, str]:
+    """The credentials an application of *family* is given now (``rolekit creds``)."""
+    state = json.loads(project.state_path.read_text())["families"][family]["dev"]
+    user = state.get("incoming") or state["login"][0]
+    return user, SecretsFile(project.root / "passwords.env").get(user, "dev").reveal()
+
+
+class App:
+    """One application of *family*: connects with the handed-out credentials for every
+    query (a pool recycling connections), recording every failed login."""
+
+    def __init__(self, project: Project, family: str, interval: float = 0.2) -> None:
+        self.project, self.family, self.interval = project, family, interval
+        self.queries = 0
+        self.failures: list[str] = []
+        self.users: set[str] = set()
+        self.stop = threading.Event()
+        #: while set, the application keeps using the member it has (it "does not move")
+        self.stuck = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        held: tuple[str, str] | None = None
+        while not self.stop.is_set():
+            user, secret = (
+                held if self.stuck.is_set() and held else handed_out(self.project, self.family)
+            )
+            held = (user, secret)
+            try:
+                conn = self.project.cluster.connect(user, secret, application_name="fleet-app")
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                    self.queries += 1
+                    self.users.add(user)
+                    if self.stuck.is_set():  # an app that does not move keeps a session
+                        self.stop.wait(self.interval)
+                finally:
+                    conn.close()
+            except psycopg2.Error as exc:
+                self.failures.append(f"{user}: {str(exc).strip().splitlines()[0]}")
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> App:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(30)
+
+
+@contextmanager
+def apps(project: Project, families: Sequence[str]) -> Iterator[dict[str, App]]:
+    with ExitStack() as stack:
+        yield {f: stack.enter_context(App(project, f)) for f in families}
+
+
+def events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def login_of(project: Project, family: str) -> dict[str, bool]:
+    rows = project.query(
+        "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname IN (%s, %s)", members(family)
+    )
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def rotated(project: Project, family: str, before: dict[str, Any]) -> None:
+    """*family* went one whole rotation past *before*: member ``_b`` alone logs in."""
+    state = project.state()["families"][family]["dev"]
+    assert state == {"login": [members(family)[1]], "serial": before.get("serial", 0) + 2}
+    assert login_of(project, family) == {members(family)[0]: False, members(family)[1]: True}
+
+
+def test_concurrent_rotations_of_different_families(any_project: Project) -> None:
+    """Eight ``rotate svcN auto`` processes at once on one checkout: all exit 0, the
+    state file holds all eight results, no application sees a failed login, and the
+    finishes wait out their quiet periods side by side (not eight one after another)."""
+    project = any_project
+    add_families(project, FAMILIES)
+    before = {f: project.state()["families"][f]["dev"] for f in FAMILIES}
+    with apps(project, FAMILIES) as running:
+        time.sleep(1)
+        started = time.monotonic()
+        procs = {
+            f: project.spawn(*cli("rotate", f, "auto", "--max-age", "0", *QUICK)) for f in FAMILIES
+        }
+        outs = {f: p.communicate(timeout=300) for f, p in procs.items()}
+        elapsed = time.monotonic() - started
+        time.sleep(1)
+    for family, proc in procs.items():
+        assert proc.returncode == 0, f"{family}: {outs[family][1]}"
+        assert events(outs[family][0])[-1] == {"event": "done", "result": "rotated"}
+        rotated(project, family, before[family])
+    for family, app in running.items():
+        assert app.failures == [], f"{family}: {app.failures}"
+        assert app.users == set(members(family)), app.users  # it did move
+    drained = [o[1].count("drained (watched since before the run lock") for o in outs.values()]
+    drains = "\n".join(
+        line
+        for o in outs.values()
+        for line in o[1].splitlines()
+        if "drain" in line or "lock" in line
+    )
+    assert sum(drained) == len(FAMILIES), drains  # every finish took its vigil's word
+    assert elapsed < 60, elapsed
+
+
+def test_same_family_still_excludes_across_checkouts_and_files_merge(project: Project) -> None:
+    """Two runs of one family: the second exits 4; a dry run of another family
+    meanwhile writes its own state without losing the first's."""
+    add_families(project, FAMILIES[:2])
+    holder = project.spawn(
+        *cli(
+            "rotate",
+            "svc1",
+            "auto",
+            "--max-age",
+            "0",
+            *QUICK[:-4],
+            "--quiet-period",
+            "30",
+            "--move-timeout",
+            "60",
+        )
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while project.state()["families"]["svc1"]["dev"].get("incoming") is None:
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        second = project.rolekit("rotate", "svc1", "auto", "--max-age", "0", *QUICK, check=False)
+        assert second.returncode == 4, second.stderr
+        assert "running on this checkout for svc1" in second.stderr
+        other = project.rolekit("rotate", "svc2", "begin", "--context", "dev")
+        assert other.returncode == 0
+    finally:
+        holder.terminate()
+        holder.communicate(timeout=60)
+    families = project.state()["families"]
+    assert families["svc2"]["dev"]["incoming"] == "svc2_b"  # the dry run's begin
+    assert families["svc1"]["dev"]["incoming"] == "svc1_b"  # the first run's begin, kept
