@@ -214,3 +214,93 @@ def test_same_family_still_excludes_across_checkouts_and_files_merge(project: Pr
     families = project.state()["families"]
     assert families["svc2"]["dev"]["incoming"] == "svc2_b"  # the dry run's begin
     assert families["svc1"]["dev"]["incoming"] == "svc1_b"  # the first run's begin, kept
+
+
+ALL = ("rotate", "--all", "auto", *QUICK)
+
+
+def test_all_keeps_only_the_family_whose_app_did_not_move_in_the_overlap(
+    any_project: Project,
+) -> None:
+    """``rotate --all auto``: one begin upgrade for every family, each finishing on its
+    own; the family whose app stays on the old member is named (exit 3) and left in the
+    overlap, the others finish; a re-run completes it once the app moved."""
+    project = any_project
+    families = FAMILIES[:3]
+    add_families(project, families)
+    before = {f: project.state()["families"][f]["dev"] for f in families}
+    with apps(project, families) as running:
+        running["svc2"].stuck.set()
+        time.sleep(1)
+        args = (*ALL[:-2], "--move-timeout", "8")
+        proc = project.rolekit(*args, "--max-age", "0", check=False)
+        assert proc.returncode == 3, proc.stderr
+        assert "svc2 (dev) stay in the overlap" in proc.stderr
+        said = events(proc.stdout)
+        unnamed = [e for e in said if "family" not in e and e["event"] not in ("done", "error")]
+        assert unnamed == []  # every event names its family
+        begins = [e for e in said if e["event"] == "phase" and e["step"] == "begin"]
+        assert sorted(e["family"] for e in begins) == ["my_app", *families]  # and the example's
+        # one upgrade began all four; one each finished my_app, svc1 and svc3
+        assert proc.stderr.count("Context impl") == 4, proc.stderr
+        for family in ("svc1", "svc3"):
+            rotated(project, family, before[family])
+        stuck = project.state()["families"]["svc2"]["dev"]
+        assert stuck["login"] == ["svc2_a", "svc2_b"] and stuck["incoming"] == "svc2_b"
+        assert login_of(project, "svc2") == {"svc2_a": True, "svc2_b": True}
+        running["svc2"].stuck.clear()
+        again = project.rolekit(*ALL, "--max-age", "1h", check=False)
+        assert again.returncode == 0, again.stderr
+        assert events(again.stdout)[-1] == {
+            "event": "done",
+            "results": {
+                "my_app": "not due",
+                "svc1": "not due",
+                "svc2": "resumed",
+                "svc3": "not due",
+            },
+        }
+        time.sleep(1)
+    rotated(project, "svc2", before["svc2"])
+    for family, app in running.items():
+        assert app.failures == [], f"{family}: {app.failures}"
+
+
+def test_all_killed_in_the_middle_is_completed_by_the_next_run(any_project: Project) -> None:
+    """SIGKILL during the shared wait of ``--all`` (every family begun, none finished):
+    the next run resumes and finishes every family."""
+    project = any_project
+    families = FAMILIES[:3]
+    add_families(project, families)
+    before = {f: project.state()["families"][f]["dev"] for f in families}
+    with apps(project, families) as running:
+        args = (*ALL[:-4], "--quiet-period", "30", "--move-timeout", "60")
+        proc = project.spawn(*cli(*args, "--max-age", "0"))
+        deadline = time.monotonic() + 120
+        while not all(project.state()["families"][f]["dev"].get("incoming") for f in families):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1)
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert proc.returncode == -9
+        again = project.rolekit(*ALL, "--max-age", "1h", check=False)
+        assert again.returncode == 0, again.stderr
+        assert events(again.stdout)[-1] == {
+            "event": "done",
+            "results": dict.fromkeys(["my_app", *families], "resumed"),
+        }
+        time.sleep(0.5)
+    for family in families:
+        rotated(project, family, before[family])
+    for family, app in running.items():
+        assert app.failures == [], f"{family}: {app.failures}"
+
+
+def test_all_refuses_a_family_name_and_other_phases(project: Project) -> None:
+    for args in (("rotate", "--all", "svc1", "auto"), ("rotate", "--all", "begin")):
+        proc = project.rolekit(*args, "--context", "dev", check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "Nothing was done" in proc.stderr
+    proc = project.rolekit("rotate", "auto", "--context", "dev", check=False)
+    assert proc.returncode == 2 and "needs a family and a phase" in proc.stderr

@@ -308,9 +308,12 @@ def rotate_locked(
     *,
     upgrade_x: Sequence[str] = (),
     length: int = DEFAULT_PASSWORD_LENGTH,
+    watching: drain.Vigil | None = None,
 ) -> Transition:
     """:func:`rotate` for a caller that holds the locks (``rotate auto`` holds
-    them for a whole run); *control* ``None`` is a dry run."""
+    them for a whole run); *control* ``None`` is a dry run.  A finish given
+    *watching* (``rotate --all``, which drains every family at once) takes it
+    as its vigil instead of draining first."""
     state = RotationState.load(settings.state_file)
     current = state.get(family.group, context)
     after = _next(family, context, current, step)
@@ -324,11 +327,45 @@ def rotate_locked(
     change = Change(family, {context: after})
     if control is None:
         update(settings.state_file, family.group, change.states, family.members)
+    elif watching is not None:
+        _upgrade(settings, context, upgrade_x, [change], watching)
     else:
         retiring = [m for m in current.login if m not in after.login and not applied]
-        with vigil(settings, retiring, upgrade_x) as watching:
-            _upgrade(settings, context, upgrade_x, [change], watching)
+        with vigil(settings, retiring, upgrade_x) as own:
+            _upgrade(settings, context, upgrade_x, [change], own)
     return Transition(family.group, context, current, after, control is not None, resumed)
+
+
+def begin_all(
+    settings: Settings,
+    families: Sequence[RoleFamily],
+    context: str,
+    control: ControlConnection,
+    *,
+    length: int = DEFAULT_PASSWORD_LENGTH,
+) -> list[Transition]:
+    """``begin`` for every one of *families* (steady), applied by one upgrade.
+
+    Each family is checked as :func:`rotate_locked` checks one (its phase, its
+    position against the database's) and gets its own fresh password, or
+    keeps the one a begin killed after its commit already set, before the
+    upgrade; the state file records all of them once the catalog holds them.
+    """
+    state = RotationState.load(settings.state_file)
+    moves = []
+    for family in families:
+        current = state.get(family.group, context)
+        after = _next(family, context, current, Step.BEGIN)
+        assert current is not None
+        _require_forward(control, state, family, context, after)
+        resumed = _begin_secrets(settings, family, context, after, control, length)
+        moves.append((family, current, after, resumed))
+    changes = [Change(family, {context: after}) for family, _, after, _ in moves]
+    _upgrade(settings, context, (), changes)
+    return [
+        Transition(family.group, context, current, after, True, resumed)
+        for family, current, after, resumed in moves
+    ]
 
 
 def finish_x(
