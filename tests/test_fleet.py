@@ -304,3 +304,31 @@ def test_all_refuses_a_family_name_and_other_phases(project: Project) -> None:
         assert "Nothing was done" in proc.stderr
     proc = project.rolekit("rotate", "auto", "--context", "dev", check=False)
     assert proc.returncode == 2 and "needs a family and a phase" in proc.stderr
+
+
+def test_a_use_after_the_drain_outside_the_run_lock_is_seen(project: Project) -> None:
+    """The drain outside the run lock keeps watching while the finish waits for the lock:
+    a session of the old member then makes the upgrade wait out the quiet period again
+    (under the lock) instead of taking the earlier drain's word."""
+    add_families(project, ["svc1"])
+    project.rolekit("rotate", "svc1", "begin", "--context", "dev", "--apply")
+    holder = project.cluster.connect(application_name="other-deploy")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (0x726F6C656B6974,))
+        finish = ("rotate", "svc1", "finish", "--context", "dev", "--apply", "--quiet-period", "2")
+        proc = project.spawn(*cli(*finish, "--drain-timeout", "60"))
+        time.sleep(5)  # drained (2 s) and waiting for the run lock
+        assert proc.poll() is None
+        old = members("svc1")[0]
+        secret = SecretsFile(project.root / "passwords.env").get(old, "dev").reveal()
+        late = project.cluster.connect(old, secret, application_name="late-app")
+        time.sleep(1.5)  # seen by the watch's sampling
+        late.close()
+    finally:
+        holder.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stderr.count("drain: watching") == 2, stderr  # before the lock, and again under it
+    assert "watched since before the run lock" not in stderr
+    assert login_of(project, "svc1") == {"svc1_a": False, "svc1_b": True}
