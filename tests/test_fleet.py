@@ -11,6 +11,7 @@ connection, as ``rolekit.client`` does).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg2
 
+from rolekit.project.document import from_document
 from rolekit.secrets import SecretsFile
 from rolekit.testing import Project
 
@@ -332,3 +334,41 @@ def test_a_use_after_the_drain_outside_the_run_lock_is_seen(project: Project) ->
     assert stderr.count("drain: watching") == 2, stderr  # before the lock, and again under it
     assert "watched since before the run lock" not in stderr
     assert login_of(project, "svc1") == {"svc1_a": False, "svc1_b": True}
+
+
+def test_all_publishes_each_family_and_commits_once_per_phase(project: Project) -> None:
+    """One publish per family with its own credentials; ``--git-commit``: one commit for
+    the begin and one for the finishes, naming every family, holding only the state file."""
+    families = FAMILIES[:2]
+    add_families(project, families)
+    root = project.root
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    (root / ".gitignore").write_text("passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
+    git("init", "-q")
+    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "add", "-A")
+    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "start")
+    env = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
+           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
+    publish = 'cat > "pub.$$.json"'
+    proc = project.rolekit(
+        *ALL, "--max-age", "0", "--publish", publish, "--git-commit", check=False, **env
+    )
+    assert proc.returncode == 0, proc.stderr
+    published = sorted(
+        from_document(path.read_text(), path.name).preferred[0] for path in root.glob("pub.*.json")
+    )
+    assert published == ["my_app_jerry", "svc1_b", "svc2_b"]
+    log = git("log", "--format=%s", "-n", "3").splitlines()
+    assert log == [
+        "rolekit: rotate my_app, svc1, svc2 (dev): finish",
+        "rolekit: rotate my_app, svc1, svc2 (dev): begin",
+        "start",
+    ]
+    for rev in ("HEAD", "HEAD~1"):
+        assert git("show", "--name-only", "--format=", rev).split() == ["migrations/rotation.json"]
+    assert git("status", "--porcelain") == ""

@@ -262,7 +262,7 @@ def _commit(
 ) -> None:
     """One commit for the phase, naming every family it moved."""
     if families and (plan.git_commit or plan.git_push):
-        names = ", ".join(f.group for f in families)
+        names = ", ".join(sorted(f.group for f in families))
         gitstate.commit(settings, names, context, step.value, emit, push=plan.git_push)
 
 
