@@ -372,3 +372,19 @@ def test_all_publishes_each_family_and_commits_once_per_phase(project: Project) 
     for rev in ("HEAD", "HEAD~1"):
         assert git("show", "--name-only", "--format=", rev).split() == ["migrations/rotation.json"]
     assert git("status", "--porcelain") == ""
+
+
+def test_all_without_apply_only_reads(project: Project) -> None:
+    add_families(project, ["svc1"])
+    state = project.state()
+    proc = project.rolekit(
+        "rotate", "--all", "auto", "--context", "dev", "--json", "--max-age", "0"
+    )
+    said = events(proc.stdout)
+    assert said[-1] == {
+        "event": "done",
+        "results": {"my_app": "would rotate", "svc1": "would rotate"},
+    }
+    assert {e["family"] for e in said if e["event"] == "dry run"} == {"my_app", "svc1"}
+    assert project.state() == state
+    assert login_of(project, "svc1") == {"svc1_a": True, "svc1_b": False}
