@@ -50,7 +50,7 @@ from rolekit.repeatable.loader import (
     require_known_ids,
 )
 from rolekit.repeatable.run import RunContext
-from rolekit.rotation import auto, inspection, workflow
+from rolekit.rotation import auto, fleet, inspection, workflow
 from rolekit.rotation.creds_formats import FORMATS
 
 # re-exported: ``rolekit.command.creds`` is the API behind ``rolekit creds``
@@ -91,6 +91,7 @@ __all__ = [
     "plan",
     "require_context",
     "rotate_auto",
+    "rotate_auto_all",
     "rotate_begin",
     "rotate_finish",
     "status",
@@ -268,6 +269,84 @@ def rotate_auto(
     :raises GitError: a phase is applied but could not be committed or pushed.
     """
     settings = load_settings(config)
+    plan = _auto_plan(
+        settings,
+        max_age,
+        publish,
+        publish_format,
+        publish_timeout,
+        move_timeout,
+        quiet_period,
+        git_commit,
+        git_push,
+    )
+    fam = _rotation_family(settings, family, context)
+    run = auto.run if apply else auto.dry_run
+    return run(settings, fam, context.lower(), plan, emit)
+
+
+def rotate_auto_all(
+    config: ConfigLike,
+    context: str,
+    *,
+    apply: bool = False,
+    max_age: str | None = None,
+    publish: str | None = None,
+    publish_format: str = "json",
+    publish_timeout: float | None = None,
+    move_timeout: float | None = None,
+    quiet_period: float | None = None,
+    git_commit: bool = False,
+    git_push: bool = False,
+    emit: auto.Emit = lambda event: None,
+) -> dict[str, str]:
+    """``rotate --all auto``: every family with a state in *context*, in one run
+    (see :mod:`rolekit.rotation.fleet`); returns what it did per family (without
+    *apply*, what it would do).
+
+    :raises FleetError: some families stay in the overlap (named); the others finished.
+    """
+    settings = load_settings(config)
+    plan = _auto_plan(
+        settings,
+        max_age,
+        publish,
+        publish_format,
+        publish_timeout,
+        move_timeout,
+        quiet_period,
+        git_commit,
+        git_push,
+    )
+    require_context(context)
+    _run_context(settings, context)  # refuses an unknown context
+    state = RotationState.load(settings.state_file)
+    declared = login_members(load_repeatables(settings.repeatables_dir))
+    families = [
+        declared[name].family for name in sorted(declared) if state.get(name, context) is not None
+    ]
+    if not families:
+        raise RolekitError(
+            f"rotate --all: no family declared in {settings.repeatables_dir} has a state in "
+            f"context {context!r} in {settings.state_file.name}; nothing to rotate"
+        )
+    if not apply:
+        return fleet.dry_run_all(settings, families, context.lower(), plan, emit)
+    return fleet.run_all(settings, families, context.lower(), plan, emit)
+
+
+def _auto_plan(
+    settings: Settings,
+    max_age: str | None,
+    publish: str | None,
+    publish_format: str,
+    publish_timeout: float | None,
+    move_timeout: float | None,
+    quiet_period: float | None,
+    git_commit: bool,
+    git_push: bool,
+) -> auto.Plan:
+    """The plan of an ``auto`` run, its options checked (exit 2) before anything runs."""
     policy = max_age if max_age is not None else settings.max_age
     if policy is None:
         raise RolekitError("rotate auto needs --max-age (e.g. 90d) or [rolekit] max_age")
@@ -277,7 +356,7 @@ def rotate_auto(
         publish_timeout = settings.publish_timeout
     if not 0 < publish_timeout < float("inf"):
         raise RolekitError(f"--publish-timeout {publish_timeout:g}: a number of seconds above 0")
-    plan = auto.Plan(
+    return auto.Plan(
         parse_duration(policy),
         publish=publish,
         publish_format=publish_format,
@@ -287,9 +366,6 @@ def rotate_auto(
         git_commit=git_commit,
         git_push=git_push,
     )
-    fam = _rotation_family(settings, family, context)
-    run = auto.run if apply else auto.dry_run
-    return run(settings, fam, context.lower(), plan, emit)
 
 
 # -- creds ------------------------------------------------------------------------

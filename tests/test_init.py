@@ -279,7 +279,12 @@ def test_init_without_a_family_prepares_the_project(tmp_path: Path) -> None:
     assert re.fullmatch("[0-9a-f]{32}", written.pop("lineage"))  # this project's, from now on
     assert written == {"version": 2, "families": {}}
     assert (root / ".gitignore").read_text().startswith("__pycache__/\n")  # kept, lines added
-    ignored = ["passwords.env", "passwords.env.lock", "migrations/rotation.json.lock"]
+    ignored = [
+        "passwords.env",
+        "passwords.env.lock",
+        "migrations/rotation.json.lock",
+        "migrations/rotation.json.my_app.lock",
+    ]
     assert git(root, "check-ignore", *ignored).split() == ignored
     ini = (root / "alembic.ini").read_text()
     assert "[rolekit]\n" in ini and "repeatables = migrations/repeatable\n" in ini

@@ -128,6 +128,7 @@ def _render_transition(step: Transition, out: _Output) -> None:
 
 
 def cmd_rotate(args: argparse.Namespace, out: _Output) -> int:
+    rotate_args.resolve_target(args)
     rotate_args.check_phase_options(args)
     context = _context(args)
     if args.phase == "auto":
@@ -158,11 +159,7 @@ def _rotate_auto(args: argparse.Namespace, context: str) -> int:
             details = ", ".join(f"{k}={v}" for k, v in event.items() if k != "event")
             print(f"{event['event']}: {details}", flush=True)
 
-    result = command.rotate_auto(
-        args.config,
-        args.family,
-        context,
-        apply=args.apply,
+    options: dict[str, Any] = dict(
         max_age=args.max_age,
         publish=args.publish,
         publish_format=args.publish_format or "json",
@@ -173,6 +170,11 @@ def _rotate_auto(args: argparse.Namespace, context: str) -> int:
         git_push=args.git_push,
         emit=emit,
     )
+    if args.all:
+        results = command.rotate_auto_all(args.config, context, apply=args.apply, **options)
+        emit({"event": "done", "results": results})
+        return ExitCode.OK
+    result = command.rotate_auto(args.config, args.family, context, apply=args.apply, **options)
     emit({"event": "done", "result": result})
     return ExitCode.OK
 
@@ -356,8 +358,8 @@ def _parser() -> argparse.ArgumentParser:
         "only once the database committed; an interrupted run is completed by re-running it.\n"
         + rotate_args.AUTO_HELP,
     )
-    p.add_argument("family", help="the group role, e.g. my_app")
-    p.add_argument("phase", choices=["begin", "finish", "auto"])
+    p.add_argument("family", nargs="?", help="the group role, e.g. my_app (none with --all)")
+    p.add_argument("phase", nargs="?", choices=["begin", "finish", "auto"])
     p.add_argument("--apply", action="store_true", help="also run 'alembic upgrade head' now")
     p.add_argument(
         "--drain-timeout",

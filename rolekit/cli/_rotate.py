@@ -17,7 +17,13 @@ AUTO_HELP: Final = (
     "  the overlap (no outage). A failed publish: exit 1, still in the overlap.\n"
     "  rolekit rotate my_app auto --context prod --apply --max-age 90d --move-timeout 900 \\\n"
     "    --publish 'kubectl apply --server-side --field-manager=rolekit -f -' \\\n"
-    "    --publish-format k8s-secret --git-commit --git-push"
+    "    --publish-format k8s-secret --git-commit --git-push\n"
+    "--all auto: every family with a state in the context, in one run: one begin for all\n"
+    "  due families, one --publish run per family (its own credentials on stdin), one\n"
+    "  shared wait in which each family drains on its own, finish per family as soon as\n"
+    "  it drained; every --json event names its family. A family whose\n"
+    "  apps did not move stays in the overlap (exit 3, named); the others finish.\n"
+    "  rolekit rotate --all auto --context prod --apply --max-age 90d --json"
 )
 
 
@@ -27,6 +33,7 @@ PHASE_OPTIONS: Final = {
     "begin": (),
     "finish": ("drain_timeout", "quiet_period", "terminate"),
     "auto": (
+        "all",
         "max_age",
         "publish",
         "publish_format",
@@ -64,8 +71,32 @@ def check_phase_options(args: argparse.Namespace) -> None:
         )
 
 
+def resolve_target(args: argparse.Namespace) -> None:
+    """``rotate FAMILY PHASE`` or ``rotate --all PHASE``: set ``family`` and ``phase``, or
+    refuse (exit 2) a command line naming neither or both."""
+    if args.all and args.phase is None:
+        args.family, args.phase = None, args.family
+    if args.all and args.family is not None:
+        raise RolekitError(
+            f"rotate --all rotates every family; do not name one ({args.family}): "
+            "rolekit rotate --all auto --context C --apply. Nothing was done"
+        )
+    if args.phase not in PHASE_OPTIONS:
+        shown = "a family and a phase" if not args.all else "a phase (auto)"
+        raise RolekitError(
+            f"rotate needs {shown}: rolekit rotate my_app begin|finish|auto, or rolekit rotate "
+            f"--all auto{f' (not {args.phase!r})' if args.phase else ''}. Nothing was done"
+        )
+
+
 def add_auto_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only ``auto`` takes."""
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="auto: rotate every family that has a state in the context, in one run "
+        "(rolekit rotate --all auto ...); name no family",
+    )
     parser.add_argument(
         "--max-age",
         metavar="AGE",

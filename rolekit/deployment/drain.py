@@ -124,42 +124,77 @@ def wait_until_drained(
         there any more, so it does not pass).
     """
     check_quiet_period(quiet_period, timeout)
-    names = ", ".join(members)
-    places = ", ".join(s.name for s in sources)
+    with Watch(sources, members) as watch:
+        return watch_until_drained(
+            watch, timeout=timeout, quiet_period=quiet_period, progress=progress
+        )
+
+
+def watch_until_drained(
+    watch: Watch, *, timeout: float, quiet_period: float, progress: Progress = stderr_progress
+) -> Outcome:
+    """:func:`wait_until_drained` on a watch already running (a :class:`Vigil`'s)."""
+    names = ", ".join(watch.members)
+    places = ", ".join(s.name for s in watch.sources)
     progress(
         f"drain: watching {places} for {names} (quiet period {quiet_period:g}s, "
         f"timeout {timeout:g}s)"
     )
-    with Watch(sources, members) as watch:
-        reported = -10.0
-        last_key: object = None
-        while True:
-            seen = watch.sighting()
-            if seen.failure is not None:
-                raise _lost_sight(*seen.failure)
-            now = time.monotonic()
-            waited, quiet_for = now - watch.started, now - seen.last_seen
-            if not seen.current and quiet_for >= quiet_period:
-                progress(
-                    f"drain: {names} drained after {waited:.1f}s (no use seen for {quiet_for:.1f}s)"
-                )
-                return Outcome(True, (), seen.last, quiet_for)
-            if waited >= timeout:
-                return Outcome(False, seen.current, seen.last, quiet_for)
-            key: object = seen.current or seen.last_seen
-            if seen.current:
-                line = f"waiting for {describe_uses(seen.current)}"
-            elif seen.last:
-                line = (
-                    f"last use {quiet_for:.0f}s ago ({describe_uses(seen.last)}); "
-                    f"{quiet_period - quiet_for:.0f}s of the quiet period left"
-                )
-            else:
-                line = f"nothing seen; {quiet_period - quiet_for:.0f}s of the quiet period left"
-            if waited - reported >= 5.0 or (key != last_key and waited - reported >= 1.0):
-                progress(f"drain: {line}; {waited:.0f}s of {timeout:.0f}s")
-                reported, last_key = waited, key
-            time.sleep(DECIDE_INTERVAL)
+    reported = -10.0
+    last_key: object = None
+    while True:
+        seen = watch.sighting()
+        if seen.failure is not None:
+            raise _lost_sight(*seen.failure)
+        now = time.monotonic()
+        waited, quiet_for = now - watch.started, now - seen.last_seen
+        if not seen.current and quiet_for >= quiet_period:
+            progress(
+                f"drain: {names} drained after {waited:.1f}s (no use seen for {quiet_for:.1f}s)"
+            )
+            return Outcome(True, (), seen.last, quiet_for)
+        if waited >= timeout:
+            return Outcome(False, seen.current, seen.last, quiet_for)
+        key: object = seen.current or seen.last_seen
+        if seen.current:
+            line = f"waiting for {describe_uses(seen.current)}"
+        elif seen.last:
+            line = (
+                f"last use {quiet_for:.0f}s ago ({describe_uses(seen.last)}); "
+                f"{quiet_period - quiet_for:.0f}s of the quiet period left"
+            )
+        else:
+            line = f"nothing seen; {quiet_period - quiet_for:.0f}s of the quiet period left"
+        if waited - reported >= 5.0 or (key != last_key and waited - reported >= 1.0):
+            progress(f"drain: {line}; {waited:.0f}s of {timeout:.0f}s")
+            reported, last_key = waited, key
+        time.sleep(DECIDE_INTERVAL)
+
+
+class Vigil:
+    """A drain watched before the run lock, and kept watching until the upgrade ends.
+
+    ``rolekit rotate ... finish --apply`` drains its old member *before* its
+    upgrade takes the database's run lock, so finishes of different families
+    wait out their quiet periods side by side instead of one after another.
+    The guard is not weakened: the same places are watched (sessions on
+    every host, pooler clients, tracked logins), without a gap, from before
+    the lock until the decisive check inside the migration transaction; the
+    upgrade's drain takes the vigil's word only when it covers its members
+    and has seen nothing of them for the whole quiet period *up to now*.
+    Otherwise the upgrade drains as it always did.
+    """
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+
+    def covers(self, members: Sequence[str], quiet_period: float) -> float | None:
+        """Seconds nothing of *members* was seen, if that is the whole *quiet_period*."""
+        seen = self.watch.sighting()
+        if seen.failure is not None or seen.current or not set(members) <= set(self.watch.members):
+            return None
+        quiet_for = time.monotonic() - seen.last_seen
+        return quiet_for if quiet_for >= quiet_period else None
 
 
 def _lost_sight(where: str, exc: BaseException) -> BaseException:

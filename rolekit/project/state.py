@@ -344,6 +344,17 @@ class RotationState:
             named += [member for member in state.login if member not in named]
         return (named[0], named[1]) if len(named) == 2 else None
 
+    def outgoing(self, context: str) -> frozenset[str]:
+        """The members leaving in *context*: in an overlap, those that are not incoming."""
+        states = (by_context.get(context.lower()) for by_context in self.families.values())
+        return frozenset(
+            member
+            for state in states
+            if state is not None and state.phase == Phase.OVERLAP
+            for member in state.login
+            if member != state.incoming
+        )
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"version": STATE_VERSION}
         if self.lineage:
@@ -373,19 +384,65 @@ class RotationState:
         atomic_write(self.path, self.render().encode("utf-8"), mode=0o644, fail=RolekitError)
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold the exclusive lock of the state file *path*, or refuse at once.
+def family_lock_path(path: Path, family: str) -> Path:
+    """The lock file of *family*'s rotations beside the state file *path*
+    (``rotation.json.my_app.lock``; a checked role name is a safe file name)."""
+    return path.with_name(f"{path.name}.{check_role_name(family, what='family')}.lock")
 
-    Two ``rolekit rotate`` runs on one checkout then never interleave: the
-    second exits 4 while the first runs, whatever phase it is in.
+
+@contextlib.contextmanager
+def locked(path: Path, family: str) -> Iterator[None]:
+    """Hold the exclusive lock of *family*'s rotations on the state file *path*, or refuse at once.
+
+    One lock per family, not one per file: rotations of different families
+    run at the same time (cron, a CI matrix, ``rotate --all``), while two runs
+    of one family never interleave -- the second exits 4, whatever phase the
+    first is in.  Their writes meet in :func:`update`, which changes only the
+    family's own entries.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock = family_lock_path(path, family)
 
     def busy(problem: str) -> Exception:
         return BusyError(
-            f"cannot rotate: another 'rolekit rotate' is running on this checkout ({problem})"
+            f"cannot rotate {family}: another 'rolekit rotate' is running on this checkout for "
+            f"{family} ({problem}); nothing was changed. Let it finish, then re-run"
         )
 
-    with flocked(path.with_name(path.name + ".lock"), fail=busy, wait=False):
+    with flocked(lock, fail=busy, wait=False):
         yield
+
+
+def update(
+    path: Path, family: str, states: dict[str, FamilyState], members: tuple[str, str]
+) -> RotationState:
+    """Write *family*'s *states* (by context) and *members* into the state file *path*.
+
+    A read-modify-write under the file-wide lock (``rotation.json.lock``),
+    held only for it -- never while waiting on a database: runs of other
+    families that wrote since this one read the file keep their changes,
+    and positions, lineage and every other family stay as the file has them.
+
+    :returns: the state as written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def unavailable(problem: str) -> Exception:
+        return RolekitError(f"cannot write {path.name}: {problem}")
+
+    with flocked(path.with_name(path.name + ".lock"), fail=unavailable):
+        current = merged(RotationState.load(path), family, states, members)
+        current.save()
+        return current
+
+
+def merged(
+    state: RotationState, family: str, states: dict[str, FamilyState], members: tuple[str, str]
+) -> RotationState:
+    """A copy of *state* with *family*'s *states* (by context) and *members*: what an
+    upgrade applies for a rotation of *family*, before :func:`update` records it."""
+    result = state.copy()
+    for context, family_state in states.items():
+        result.set(family, context, family_state)
+    result.members[family] = members
+    return result

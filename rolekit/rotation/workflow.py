@@ -14,9 +14,20 @@ and catalog agreeing, or in a state the next run completes:
   ``rolekit check`` names the step, and re-running it records it (``begin``
   keeps the password the server already has).
 
-Two runs never interleave: a lock file refuses a second run on the same
-checkout, and an advisory lock per family refuses one from another checkout
-against the same database (exit 4, at once).
+Two runs of one family never interleave: a lock file per family refuses a
+second run on the same checkout, and an advisory lock per family refuses one
+from another checkout against the same database (exit 4, at once).  Runs of
+different families go side by side:
+
+* the state file is written per family (:func:`rolekit.project.state.update`:
+  a read-modify-write of that family's entries under a short file-wide lock),
+  while the upgrade still holds the database's run lock, and the state an
+  upgrade applies is read again once it holds that lock -- so no run applies
+  or writes another family's state from before that family's commit;
+* a ``finish`` drains its old member *before* its upgrade takes the run lock,
+  keeping the watch open until the decisive check
+  (:class:`rolekit.deployment.drain.Vigil`), so eight finishes wait out one
+  quiet period, not eight.
 """
 
 from __future__ import annotations
@@ -29,15 +40,24 @@ from enum import StrEnum
 
 from alembic import command as alembic_command
 
+from rolekit.deployment import drain
+from rolekit.deployment.deployment import Deployment
+from rolekit.deployment.usage import Watch
 from rolekit.errors import RolekitError, RotationStateError
 from rolekit.model.family import RoleFamily
-from rolekit.pg import positions
+from rolekit.pg import catalog, positions
 from rolekit.pg.control import ControlConnection
 from rolekit.pg.family_catalog import FamilyCatalog
 from rolekit.pg.logins import login_works
-from rolekit.project.config import Settings, alembic_config
-from rolekit.project.state import FamilyState, Phase, RotationState, locked
-from rolekit.runtime.environment import ROTATION_ATTRIBUTE, SETTINGS_ATTRIBUTE, MigrationFailed
+from rolekit.project.config import Settings, alembic_config, boolean, seconds
+from rolekit.project.state import FamilyState, Phase, RotationState, locked, merged, update
+from rolekit.runtime.environment import (
+    AFTER_COMMIT_ATTRIBUTE,
+    ROTATION_ATTRIBUTE,
+    SETTINGS_ATTRIBUTE,
+    VIGIL_ATTRIBUTE,
+    MigrationFailed,
+)
 from rolekit.secrets import DEFAULT_PASSWORD_LENGTH, SecretsFile, generate_password
 
 
@@ -61,8 +81,8 @@ class Transition:
 def rotate_lock(
     settings: Settings, family: RoleFamily, apply: bool
 ) -> Iterator[ControlConnection | None]:
-    """The checkout's lock, and with ``--apply`` the database's lock of the family."""
-    with locked(settings.state_file):
+    """The checkout's lock of the family, and with ``--apply`` the database's."""
+    with locked(settings.state_file, family.group):
         if not apply:
             yield None
             return
@@ -156,15 +176,98 @@ def _begin_secrets(
     return False
 
 
-def _upgrade(settings: Settings, context: str, extra: Sequence[str], target: RotationState) -> None:
+@dataclass(frozen=True)
+class Change:
+    """What one rotation upgrade applies for a family: its states by context."""
+
+    family: RoleFamily
+    states: dict[str, FamilyState]
+
+
+def _upgrade(
+    settings: Settings,
+    context: str,
+    extra: Sequence[str],
+    changes: Sequence[Change],
+    vigil: drain.Vigil | None = None,
+) -> RotationState:
+    """Upgrade with *changes* applied over the state file, and write them to it once the
+    catalog holds them (still under the run lock).
+
+    :returns: the state file as written.
+    """
     config = alembic_config(settings.ini_path)
     config.cmd_opts = argparse.Namespace(x=[f"context={context}", *extra])
+    written: list[RotationState] = []
+
+    def target() -> RotationState:  # read again under the run lock
+        state = RotationState.load(settings.state_file)
+        for change in changes:
+            state = merged(state, change.family.group, change.states, change.family.members)
+        return state
+
+    def record(control: ControlConnection) -> None:
+        for change in changes:
+            for after in change.states.values():
+                _confirm(control, change.family, after)
+        for change in changes:
+            written.append(
+                update(
+                    settings.state_file, change.family.group, change.states, change.family.members
+                )
+            )
+
     config.attributes[ROTATION_ATTRIBUTE] = target
+    config.attributes[AFTER_COMMIT_ATTRIBUTE] = record
     config.attributes[SETTINGS_ATTRIBUTE] = settings
+    if vigil is not None:
+        config.attributes[VIGIL_ATTRIBUTE] = vigil
     try:
         alembic_command.upgrade(config, "head")
     except MigrationFailed as exc:
         raise exc.error from None
+    if not written:  # an env.py without rolekit's run never called record()
+        with ControlConnection.open(settings.require_url()) as control:
+            record(control)
+    return written[-1]
+
+
+def _x_values(extra: Sequence[str]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in extra if "=" in arg)
+
+
+@contextlib.contextmanager
+def vigil(
+    settings: Settings, retiring: Sequence[str], extra: Sequence[str]
+) -> Iterator[drain.Vigil | None]:
+    """Drain *retiring* now, outside any lock, and keep watching while the caller upgrades.
+
+    The drain's timeout and quiet period are those the upgrade would use
+    (*extra*'s ``-x`` values, else the settings').  With ``terminate`` there
+    is no vigil: the upgrade waits, then ends the sessions, as it always did.
+
+    :raises DrainTimeoutError: still in use at the timeout; nothing was changed.
+    """
+    given = _x_values(extra)
+    if not retiring or boolean("-x terminate", given.get("terminate"), False):
+        yield None
+        return
+    timeout = seconds("drain_timeout", given.get("drain_timeout"), settings.drain_timeout)
+    quiet = seconds(
+        "drain_quiet_period", given.get("drain_quiet_period"), settings.drain_quiet_period
+    )
+    drain.check_quiet_period(quiet, timeout)
+    with (
+        ControlConnection.open(settings.require_url(), application_name="rolekit-drain") as seer,
+        Deployment.open(settings, seer, progress=drain.stderr_progress) as deployment,
+    ):
+        deployment.check_standbys()
+        sources = deployment.sources(catalog.privileges(seer, retiring), quiet)
+        with Watch(sources, retiring) as watch:
+            outcome = drain.watch_until_drained(watch, timeout=timeout, quiet_period=quiet)
+            if not outcome.drained:
+                raise drain.timeout_error(outcome, timeout, quiet)
+            yield drain.Vigil(watch)
 
 
 def _confirm(control: ControlConnection, family: RoleFamily, after: FamilyState) -> None:
@@ -205,9 +308,12 @@ def rotate_locked(
     *,
     upgrade_x: Sequence[str] = (),
     length: int = DEFAULT_PASSWORD_LENGTH,
+    watching: drain.Vigil | None = None,
 ) -> Transition:
     """:func:`rotate` for a caller that holds the locks (``rotate auto`` holds
-    them for a whole run); *control* ``None`` is a dry run."""
+    them for a whole run); *control* ``None`` is a dry run.  A finish given
+    *watching* (``rotate --all``, which drains every family at once) takes it
+    as its vigil instead of draining first."""
     state = RotationState.load(settings.state_file)
     current = state.get(family.group, context)
     after = _next(family, context, current, step)
@@ -218,15 +324,48 @@ def rotate_locked(
         resumed = _begin_secrets(settings, family, context, after, control, length)
     else:
         resumed = applied
-    state.members[family.group] = family.members  # so applications know both
-    if control is not None:
-        target = state.copy()
-        target.set(family.group, context, after)
-        _upgrade(settings, context, upgrade_x, target)
-        _confirm(control, family, after)
-    state.set(family.group, context, after)
-    state.save()
+    change = Change(family, {context: after})
+    if control is None:
+        update(settings.state_file, family.group, change.states, family.members)
+    elif watching is not None:
+        _upgrade(settings, context, upgrade_x, [change], watching)
+    else:
+        retiring = [m for m in current.login if m not in after.login and not applied]
+        with vigil(settings, retiring, upgrade_x) as own:
+            _upgrade(settings, context, upgrade_x, [change], own)
     return Transition(family.group, context, current, after, control is not None, resumed)
+
+
+def begin_all(
+    settings: Settings,
+    families: Sequence[RoleFamily],
+    context: str,
+    control: ControlConnection,
+    *,
+    length: int = DEFAULT_PASSWORD_LENGTH,
+) -> list[Transition]:
+    """``begin`` for every one of *families* (steady), applied by one upgrade.
+
+    Each family is checked as :func:`rotate_locked` checks one (its phase, its
+    position against the database's) and gets its own fresh password, or
+    keeps the one a begin killed after its commit already set, before the
+    upgrade; the state file records all of them once the catalog holds them.
+    """
+    state = RotationState.load(settings.state_file)
+    moves = []
+    for family in families:
+        current = state.get(family.group, context)
+        after = _next(family, context, current, Step.BEGIN)
+        assert current is not None
+        _require_forward(control, state, family, context, after)
+        resumed = _begin_secrets(settings, family, context, after, control, length)
+        moves.append((family, current, after, resumed))
+    changes = [Change(family, {context: after}) for family, _, after, _ in moves]
+    _upgrade(settings, context, (), changes)
+    return [
+        Transition(family.group, context, current, after, True, resumed)
+        for family, current, after, resumed in moves
+    ]
 
 
 def finish_x(

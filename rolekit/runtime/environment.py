@@ -71,8 +71,18 @@ class MigrationFailed(CommandError):
 
 
 #: ``config.attributes`` key under which ``rolekit rotate --apply`` passes the
-#: rotation state to apply, before it writes it to the state file
+#: rotation state to apply, before it writes it to the state file: a
+#: :class:`RotationState`, or a function making it, called again once the run
+#: holds the database's run lock (so a rotation of another family that
+#: committed meanwhile is in it)
 ROTATION_ATTRIBUTE = "rolekit.rotation_state"
+#: ``config.attributes`` key of a function called with the control connection
+#: after the commit and its checks, still holding the run lock: ``rotate``
+#: confirms the catalog and writes its state file there
+AFTER_COMMIT_ATTRIBUTE = "rolekit.after_commit"
+#: ``config.attributes`` key of a :class:`~rolekit.deployment.drain.Vigil`: the
+#: drain a ``rotate finish`` watched before the run lock
+VIGIL_ATTRIBUTE = "rolekit.vigil"
 #: ``config.attributes`` key of the settings a Python caller already resolved
 #: (``rolekit.command`` with a database URL of its own)
 SETTINGS_ATTRIBUTE = "rolekit.settings"
@@ -108,6 +118,8 @@ def _names(env: EnvironmentContext, name: str) -> frozenset[str]:
 def rotation_for(env: EnvironmentContext, settings: Settings) -> RotationState:
     """The state to apply: the one ``rolekit rotate --apply`` passed in, else the file."""
     given = env.config.attributes.get(ROTATION_ATTRIBUTE)
+    if callable(given):
+        given = given()
     return given if isinstance(given, RotationState) else RotationState.load(settings.state_file)
 
 
@@ -154,6 +166,7 @@ def prepare(
     run: RunContext,
     repeatables: list[Repeatable],
     open_deployment: Callable[[], Deployment],
+    vigil: drain.Vigil | None = None,
 ) -> RunContext:
     """Everything that must be seen or waited for before the migration transaction.
 
@@ -181,12 +194,19 @@ def prepare(
     run = replace(run, uses_look=uses_look)
     retiring = sorted({m for rep in active for m in rep.disables(run, roles)})
     if retiring:
-        run = _drain(control, run, retiring, open_deployment)
+        run = _drain(control, run, retiring, open_deployment, vigil)
     if run.settings.verify_logins and run.primary is not None:
+        # Not the members leaving in an overlap either: a login as one of them
+        # is a use to the drain of a finish running beside this run (another
+        # family's), and would restart its quiet period.
+        leaving = run.rotation.outgoing(run.primary)
         logging_in = [
             name
             for name, info in sorted(roles.items())
-            if info.can_log_in_now and run.must_log_in(name) and name not in retiring
+            if info.can_log_in_now
+            and run.must_log_in(name)
+            and name not in retiring
+            and name not in leaving
         ]
         on_file = [(role, run.secret(role)[0]) for role in logging_in if run.has_secret(role)]
         checks = password_drift(control, on_file, run.secrets_file.path.name)
@@ -199,6 +219,7 @@ def _drain(
     run: RunContext,
     retiring: list[str],
     open_deployment: Callable[[], Deployment],
+    vigil: drain.Vigil | None = None,
 ) -> RunContext:
     drain.check_quiet_period(run.drain_quiet_period, run.drain_timeout)
     deployment = open_deployment()
@@ -210,13 +231,21 @@ def _drain(
         drain.require_terminate(privileges, retiring, "terminate")
     if deployment.tracking_schema is None:
         run.progress(f"drain: {tracking.unavailable_note(control)}")
-    outcome = drain.wait_until_drained(
-        deployment.sources(privileges, run.drain_quiet_period),
-        retiring,
-        timeout=run.drain_timeout,
-        quiet_period=run.drain_quiet_period,
-        progress=run.progress,
-    )
+    quiet_for = None if vigil is None else vigil.covers(retiring, run.drain_quiet_period)
+    if quiet_for is not None:
+        run.progress(
+            f"drain: {', '.join(retiring)} drained (watched since before the run lock; "
+            f"no use seen for {quiet_for:.1f}s)"
+        )
+        outcome = drain.Outcome(True, (), (), quiet_for)
+    else:
+        outcome = drain.wait_until_drained(
+            deployment.sources(privileges, run.drain_quiet_period),
+            retiring,
+            timeout=run.drain_timeout,
+            quiet_period=run.drain_quiet_period,
+            progress=run.progress,
+        )
     if not outcome.drained and not run.terminate:
         raise drain.timeout_error(outcome, run.drain_timeout, run.drain_quiet_period)
     run = replace(run, deployment_check=deployment.decisive_check, retiring=frozenset(retiring))
@@ -283,8 +312,16 @@ class RolekitRun:
             progress = self.run.progress if self.run else drain.stderr_progress
             control.acquire_run_lock(timeout=wait, progress=progress)
             if self.run is not None:
+                attributes = self.env.config.attributes
+                if callable(attributes.get(ROTATION_ATTRIBUTE)):  # again, under the run lock
+                    self.run = replace(self.run, rotation=rotation_for(self.env, self.settings))
+                vigil = attributes.get(VIGIL_ATTRIBUTE)
                 self.run = prepare(
-                    control, self.run, self.repeatables, lambda: self._open_deployment(control)
+                    control,
+                    self.run,
+                    self.repeatables,
+                    lambda: self._open_deployment(control),
+                    vigil if isinstance(vigil, drain.Vigil) else None,
                 )
         return self
 
@@ -327,6 +364,9 @@ class RolekitRun:
             check(control)
         if self.report is not None and self.report.to_verify and run is not None:
             verify_logins(control, self.report.to_verify)
+        recorded = self.env.config.attributes.get(AFTER_COMMIT_ATTRIBUTE)
+        if callable(recorded):
+            recorded(control)
 
 
 def database_error(exc: BaseException) -> DatabaseError:

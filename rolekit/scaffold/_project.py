@@ -137,7 +137,9 @@ def _ignore_rules(root: Path, settings: Settings) -> list[str]:
     """The paths git must ignore: plaintext secrets files and rolekit's lock files."""
     secrets = sorted({settings.default_secrets_file, *settings.secrets_files.values()})
     paths = [p for p in secrets if p.suffix != ".age"]
-    paths += [p.with_name(p.name + ".lock") for p in [*secrets, settings.state_file]]
+    paths += [p.with_name(p.name + ".lock") for p in secrets]
+    # the state file's own lock and one per family (rotation.json.my_app.lock)
+    paths.append(settings.state_file.with_name(settings.state_file.name + "*.lock"))
     return [rel for p in paths if (rel := _relative(p, root)) is not None]
 
 

@@ -1,0 +1,390 @@
+"""Many families on one database (issue 21): per-family rotations side by side.
+
+Each test adds N families (``svc1`` .. ``svcN``, members ``svcN_a`` and
+``svcN_b``, context dev) to the example project, runs the real CLI in
+separate processes against a real cluster, and keeps one application per
+family connecting with the credentials rolekit hands out (the state file's
+preferred member, its password from the secrets file, read at every
+connection, as ``rolekit.client`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import psycopg2
+
+from rolekit.project.document import from_document
+from rolekit.secrets import SecretsFile
+from rolekit.testing import Project
+
+#: every family a test adds: svc1 .. svc8
+FAMILIES = [f"svc{n}" for n in range(1, 9)]
+#: options of a quick rotation: a short quiet period, a bounded wait
+QUICK = ("--context", "dev", "--apply", "--json", "--quiet-period", "1", "--move-timeout", "60")
+
+_REPEATABLES = '''"""The fleet's families: one password setter and one login each."""
+
+from rolekit.repeatable import FamilyLogin, SetPasswords
+
+FAMILIES = {families!r}
+
+REPEATABLES = [
+    repeatable
+    for family in FAMILIES
+    for repeatable in (
+        SetPasswords(f"set_passwords_{{family}}", [f"{{family}}_a", f"{{family}}_b"], context="dev"),
+        FamilyLogin(f"allow_login_for_{{family}}", family, [f"{{family}}_a", f"{{family}}_b"]),
+    )
+]
+'''
+
+
+def cli(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "rolekit.cli", *args)
+
+
+def members(family: str) -> tuple[str, str]:
+    return f"{family}_a", f"{family}_b"
+
+
+def add_families(project: Project, families: Sequence[str]) -> None:
+    """Revision 0003 creates *families*; their repeatables, states (member ``_a``
+    logs in, in dev) and passwords; then an upgrade applies them."""
+    creates = "; ".join(f"op.create_role_family({f!r}, {list(members(f))!r})" for f in families)
+    drops = "; ".join(f"op.drop_role_family({f!r}, {list(members(f))!r})" for f in families)
+    project.add_revision("0003", "0002", creates, drops, doc="the fleet's families")
+    project.write_repeatables(_REPEATABLES.format(families=list(families)), name="fleet.py")
+    data = project.state()
+    for family in families:
+        data["families"][family] = {"dev": {"login": [members(family)[0]]}}
+    project.write_state(data)
+    for family in families:
+        for role in members(family):
+            project.set_password(role, "dev")
+    project.upgrade("dev")
+
+
+def handed_out(project: Project, family: str) -> tuple[str, str]:
+    """The credentials an application of *family* is given now (``rolekit creds``)."""
+    state = json.loads(project.state_path.read_text())["families"][family]["dev"]
+    user = state.get("incoming") or state["login"][0]
+    return user, SecretsFile(project.root / "passwords.env").get(user, "dev").reveal()
+
+
+class App:
+    """One application of *family*: connects with the handed-out credentials for every
+    query (a pool recycling connections), recording every failed login."""
+
+    def __init__(self, project: Project, family: str, interval: float = 0.2) -> None:
+        self.project, self.family, self.interval = project, family, interval
+        self.queries = 0
+        self.failures: list[str] = []
+        self.users: set[str] = set()
+        self.stop = threading.Event()
+        #: while set, the application keeps using the member it has (it "does not move")
+        self.stuck = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        held: tuple[str, str] | None = None
+        while not self.stop.is_set():
+            user, secret = (
+                held if self.stuck.is_set() and held else handed_out(self.project, self.family)
+            )
+            held = (user, secret)
+            try:
+                conn = self.project.cluster.connect(user, secret, application_name="fleet-app")
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT 1")
+                    self.queries += 1
+                    self.users.add(user)
+                    if self.stuck.is_set():  # an app that does not move keeps a session
+                        self.stop.wait(self.interval)
+                finally:
+                    conn.close()
+            except psycopg2.Error as exc:
+                self.failures.append(f"{user}: {str(exc).strip().splitlines()[0]}")
+            self.stop.wait(self.interval)
+
+    def __enter__(self) -> App:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(30)
+
+
+@contextmanager
+def apps(project: Project, families: Sequence[str]) -> Iterator[dict[str, App]]:
+    with ExitStack() as stack:
+        yield {f: stack.enter_context(App(project, f)) for f in families}
+
+
+def events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def login_of(project: Project, family: str) -> dict[str, bool]:
+    rows = project.query(
+        "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname IN (%s, %s)", members(family)
+    )
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def rotated(project: Project, family: str, before: dict[str, Any]) -> None:
+    """*family* went one whole rotation past *before*: member ``_b`` alone logs in."""
+    state = project.state()["families"][family]["dev"]
+    assert state == {"login": [members(family)[1]], "serial": before.get("serial", 0) + 2}
+    assert login_of(project, family) == {members(family)[0]: False, members(family)[1]: True}
+
+
+def test_concurrent_rotations_of_different_families(any_project: Project) -> None:
+    """Eight ``rotate svcN auto`` processes at once on one checkout: all exit 0, the
+    state file holds all eight results, no application sees a failed login, and the
+    finishes wait out their quiet periods side by side (not eight one after another)."""
+    project = any_project
+    add_families(project, FAMILIES)
+    before = {f: project.state()["families"][f]["dev"] for f in FAMILIES}
+    with apps(project, FAMILIES) as running:
+        time.sleep(1)
+        started = time.monotonic()
+        procs = {
+            f: project.spawn(*cli("rotate", f, "auto", "--max-age", "0", *QUICK)) for f in FAMILIES
+        }
+        outs = {f: p.communicate(timeout=300) for f, p in procs.items()}
+        elapsed = time.monotonic() - started
+        time.sleep(1)
+    for family, proc in procs.items():
+        assert proc.returncode == 0, f"{family}: {outs[family][1]}"
+        assert events(outs[family][0])[-1] == {"event": "done", "result": "rotated"}
+        rotated(project, family, before[family])
+    for family, app in running.items():
+        assert app.failures == [], f"{family}: {app.failures}"
+        assert app.users == set(members(family)), app.users  # it did move
+    drained = [o[1].count("drained (watched since before the run lock") for o in outs.values()]
+    drains = "\n".join(
+        line
+        for o in outs.values()
+        for line in o[1].splitlines()
+        if "drain" in line or "lock" in line
+    )
+    assert sum(drained) == len(FAMILIES), drains  # every finish took its vigil's word
+    assert elapsed < 60, elapsed
+
+
+def test_same_family_still_excludes_across_checkouts_and_files_merge(project: Project) -> None:
+    """Two runs of one family: the second exits 4; a dry run of another family
+    meanwhile writes its own state without losing the first's."""
+    add_families(project, FAMILIES[:2])
+    holder = project.spawn(
+        *cli(
+            "rotate",
+            "svc1",
+            "auto",
+            "--max-age",
+            "0",
+            *QUICK[:-4],
+            "--quiet-period",
+            "30",
+            "--move-timeout",
+            "60",
+        )
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while project.state()["families"]["svc1"]["dev"].get("incoming") is None:
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        second = project.rolekit("rotate", "svc1", "auto", "--max-age", "0", *QUICK, check=False)
+        assert second.returncode == 4, second.stderr
+        assert "running on this checkout for svc1" in second.stderr
+        other = project.rolekit("rotate", "svc2", "begin", "--context", "dev")
+        assert other.returncode == 0
+    finally:
+        holder.terminate()
+        holder.communicate(timeout=60)
+    families = project.state()["families"]
+    assert families["svc2"]["dev"]["incoming"] == "svc2_b"  # the dry run's begin
+    assert families["svc1"]["dev"]["incoming"] == "svc1_b"  # the first run's begin, kept
+
+
+ALL = ("rotate", "--all", "auto", *QUICK)
+
+
+def test_all_keeps_only_the_family_whose_app_did_not_move_in_the_overlap(
+    any_project: Project,
+) -> None:
+    """``rotate --all auto``: one begin upgrade for every family, each finishing on its
+    own; the family whose app stays on the old member is named (exit 3) and left in the
+    overlap, the others finish; a re-run completes it once the app moved."""
+    project = any_project
+    families = FAMILIES[:3]
+    add_families(project, families)
+    before = {f: project.state()["families"][f]["dev"] for f in families}
+    with apps(project, families) as running:
+        running["svc2"].stuck.set()
+        time.sleep(1)
+        args = (*ALL[:-2], "--move-timeout", "8")
+        proc = project.rolekit(*args, "--max-age", "0", check=False)
+        assert proc.returncode == 3, proc.stderr
+        assert "svc2 (dev) stay in the overlap" in proc.stderr
+        said = events(proc.stdout)
+        unnamed = [e for e in said if "family" not in e and e["event"] not in ("done", "error")]
+        assert unnamed == []  # every event names its family
+        begins = [e for e in said if e["event"] == "phase" and e["step"] == "begin"]
+        assert sorted(e["family"] for e in begins) == ["my_app", *families]  # and the example's
+        # one upgrade began all four; one each finished my_app, svc1 and svc3
+        assert proc.stderr.count("Context impl") == 4, proc.stderr
+        for family in ("svc1", "svc3"):
+            rotated(project, family, before[family])
+        stuck = project.state()["families"]["svc2"]["dev"]
+        assert stuck["login"] == ["svc2_a", "svc2_b"] and stuck["incoming"] == "svc2_b"
+        assert login_of(project, "svc2") == {"svc2_a": True, "svc2_b": True}
+        running["svc2"].stuck.clear()
+        again = project.rolekit(*ALL, "--max-age", "1h", check=False)
+        assert again.returncode == 0, again.stderr
+        assert events(again.stdout)[-1] == {
+            "event": "done",
+            "results": {
+                "my_app": "not due",
+                "svc1": "not due",
+                "svc2": "resumed",
+                "svc3": "not due",
+            },
+        }
+        time.sleep(1)
+    rotated(project, "svc2", before["svc2"])
+    for family, app in running.items():
+        assert app.failures == [], f"{family}: {app.failures}"
+
+
+def test_all_killed_in_the_middle_is_completed_by_the_next_run(any_project: Project) -> None:
+    """SIGKILL during the shared wait of ``--all`` (every family begun, none finished):
+    the next run resumes and finishes every family."""
+    project = any_project
+    families = FAMILIES[:3]
+    add_families(project, families)
+    before = {f: project.state()["families"][f]["dev"] for f in families}
+    with apps(project, families) as running:
+        args = (*ALL[:-4], "--quiet-period", "30", "--move-timeout", "60")
+        proc = project.spawn(*cli(*args, "--max-age", "0"))
+        deadline = time.monotonic() + 120
+        while not all(project.state()["families"][f]["dev"].get("incoming") for f in families):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1)
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert proc.returncode == -9
+        again = project.rolekit(*ALL, "--max-age", "1h", check=False)
+        assert again.returncode == 0, again.stderr
+        assert events(again.stdout)[-1] == {
+            "event": "done",
+            "results": dict.fromkeys(["my_app", *families], "resumed"),
+        }
+        time.sleep(0.5)
+    for family in families:
+        rotated(project, family, before[family])
+    for family, app in running.items():
+        assert app.failures == [], f"{family}: {app.failures}"
+
+
+def test_all_refuses_a_family_name_and_other_phases(project: Project) -> None:
+    for args in (("rotate", "--all", "svc1", "auto"), ("rotate", "--all", "begin")):
+        proc = project.rolekit(*args, "--context", "dev", check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "Nothing was done" in proc.stderr
+    proc = project.rolekit("rotate", "auto", "--context", "dev", check=False)
+    assert proc.returncode == 2 and "needs a family and a phase" in proc.stderr
+
+
+def test_a_use_after_the_drain_outside_the_run_lock_is_seen(project: Project) -> None:
+    """The drain outside the run lock keeps watching while the finish waits for the lock:
+    a session of the old member then makes the upgrade wait out the quiet period again
+    (under the lock) instead of taking the earlier drain's word."""
+    add_families(project, ["svc1"])
+    project.rolekit("rotate", "svc1", "begin", "--context", "dev", "--apply")
+    holder = project.cluster.connect(application_name="other-deploy")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (0x726F6C656B6974,))
+        finish = ("rotate", "svc1", "finish", "--context", "dev", "--apply", "--quiet-period", "2")
+        proc = project.spawn(*cli(*finish, "--drain-timeout", "60"))
+        time.sleep(5)  # drained (2 s) and waiting for the run lock
+        assert proc.poll() is None
+        old = members("svc1")[0]
+        secret = SecretsFile(project.root / "passwords.env").get(old, "dev").reveal()
+        late = project.cluster.connect(old, secret, application_name="late-app")
+        time.sleep(1.5)  # seen by the watch's sampling
+        late.close()
+    finally:
+        holder.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stderr.count("drain: watching") == 2, stderr  # before the lock, and again under it
+    assert "watched since before the run lock" not in stderr
+    assert login_of(project, "svc1") == {"svc1_a": False, "svc1_b": True}
+
+
+def test_all_publishes_each_family_and_commits_once_per_phase(project: Project) -> None:
+    """One publish per family with its own credentials; ``--git-commit``: one commit for
+    the begin and one for the finishes, naming every family, holding only the state file."""
+    families = FAMILIES[:2]
+    add_families(project, families)
+    root = project.root
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    (root / ".gitignore").write_text("passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
+    git("init", "-q")
+    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "add", "-A")
+    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "start")
+    env = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
+           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
+    publish = 'cat > "pub.$$.json"'
+    proc = project.rolekit(
+        *ALL, "--max-age", "0", "--publish", publish, "--git-commit", check=False, **env
+    )
+    assert proc.returncode == 0, proc.stderr
+    published = sorted(
+        from_document(path.read_text(), path.name).preferred[0] for path in root.glob("pub.*.json")
+    )
+    assert published == ["my_app_jerry", "svc1_b", "svc2_b"]
+    log = git("log", "--format=%s", "-n", "3").splitlines()
+    assert log == [
+        "rolekit: rotate my_app, svc1, svc2 (dev): finish",
+        "rolekit: rotate my_app, svc1, svc2 (dev): begin",
+        "start",
+    ]
+    for rev in ("HEAD", "HEAD~1"):
+        assert git("show", "--name-only", "--format=", rev).split() == ["migrations/rotation.json"]
+    assert git("status", "--porcelain") == ""
+
+
+def test_all_without_apply_only_reads(project: Project) -> None:
+    add_families(project, ["svc1"])
+    state = project.state()
+    proc = project.rolekit(
+        "rotate", "--all", "auto", "--context", "dev", "--json", "--max-age", "0"
+    )
+    said = events(proc.stdout)
+    assert said[-1] == {
+        "event": "done",
+        "results": {"my_app": "would rotate", "svc1": "would rotate"},
+    }
+    assert {e["family"] for e in said if e["event"] == "dry run"} == {"my_app", "svc1"}
+    assert project.state() == state
+    assert login_of(project, "svc1") == {"svc1_a": True, "svc1_b": False}
