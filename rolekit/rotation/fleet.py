@@ -92,9 +92,12 @@ class _Draining(threading.Thread):
         retiring: list[str],
         extra: list[str],
         done: queue.Queue[str],
+        context: str,
+        target: RotationState,
     ) -> None:
         super().__init__(name=f"rolekit-drain {family}", daemon=True)
         self.settings, self.family, self.retiring, self.extra = settings, family, retiring, extra
+        self.context, self.target = context, target
         self.done = done
         self.watching: Vigil | None = None
         self.error: BaseException | None = None
@@ -102,7 +105,9 @@ class _Draining(threading.Thread):
 
     def run(self) -> None:
         try:
-            with vigil(self.settings, self.retiring, self.extra) as watching:
+            with vigil(
+                self.settings, self.retiring, self.extra, self.context, self.target
+            ) as watching:
                 self.watching = watching
                 self.done.put(self.family)
                 self._release.wait()
@@ -202,7 +207,9 @@ def _finish_all(
     draining = {}
     for family in families:
         leaving = sorted(state.outgoing(context) & set(family.members))
-        draining[family.group] = _Draining(settings, family.group, leaving, extra, done)
+        draining[family.group] = _Draining(
+            settings, family.group, leaving, extra, done, context, state
+        )
         _named(emit, family.group)(
             {"event": "wait", "for": "the old member to drain", "timeout_s": plan.move_timeout}
         )

@@ -45,7 +45,7 @@ from rolekit.deployment.deployment import Deployment
 from rolekit.deployment.usage import Watch
 from rolekit.errors import RolekitError, RotationStateError
 from rolekit.model.family import RoleFamily
-from rolekit.pg import catalog, positions
+from rolekit.pg import positions
 from rolekit.pg.control import ControlConnection
 from rolekit.pg.family_catalog import FamilyCatalog
 from rolekit.pg.logins import login_works
@@ -57,6 +57,8 @@ from rolekit.runtime.environment import (
     SETTINGS_ATTRIBUTE,
     VIGIL_ATTRIBUTE,
     MigrationFailed,
+    before_draining,
+    require_forward_files,
 )
 from rolekit.secrets import DEFAULT_PASSWORD_LENGTH, SecretsFile, generate_password
 
@@ -238,7 +240,11 @@ def _x_values(extra: Sequence[str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def vigil(
-    settings: Settings, retiring: Sequence[str], extra: Sequence[str]
+    settings: Settings,
+    retiring: Sequence[str],
+    extra: Sequence[str],
+    context: str,
+    target: RotationState,
 ) -> Iterator[drain.Vigil | None]:
     """Drain *retiring* now, outside any lock, and keep watching while the caller upgrades.
 
@@ -261,8 +267,12 @@ def vigil(
         ControlConnection.open(settings.require_url(), application_name="rolekit-drain") as seer,
         Deployment.open(settings, seer, progress=drain.stderr_progress) as deployment,
     ):
-        deployment.check_standbys()
-        sources = deployment.sources(catalog.privileges(seer, retiring), quiet)
+        # the files first: a stale one is refused at once, not after a drain
+        require_forward_files(seer, settings, context, target)
+        privileges = before_draining(
+            seer, deployment, retiring, terminate=False, progress=drain.stderr_progress
+        )
+        sources = deployment.sources(privileges, quiet)
         with Watch(sources, retiring) as watch:
             outcome = drain.watch_until_drained(watch, timeout=timeout, quiet_period=quiet)
             if not outcome.drained:
@@ -331,7 +341,9 @@ def rotate_locked(
         _upgrade(settings, context, upgrade_x, [change], watching)
     else:
         retiring = [m for m in current.login if m not in after.login and not applied]
-        with vigil(settings, retiring, upgrade_x) as own:
+        target = state.copy()
+        target.set(family.group, context, after)
+        with vigil(settings, retiring, upgrade_x, context, target) as own:
             _upgrade(settings, context, upgrade_x, [change], own)
     return Transition(family.group, context, current, after, control is not None, resumed)
 

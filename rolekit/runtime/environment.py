@@ -214,6 +214,44 @@ def prepare(
     return run
 
 
+def before_draining(
+    control: ControlConnection,
+    deployment: Deployment,
+    retiring: Sequence[str],
+    *,
+    terminate: bool,
+    progress: drain.Progress,
+) -> catalog.Privileges:
+    """What every drain checks and says before it waits, wherever it runs (in the
+    upgrade, or in ``rotate finish`` before the run lock): no unknown standby,
+    the privilege to end sessions when told to, what it cannot see."""
+    deployment.check_standbys()
+    privileges = catalog.privileges(control, retiring)
+    if note := drain.visibility_note(privileges, retiring):
+        progress(f"drain: {note}")
+    if terminate:
+        drain.require_terminate(privileges, retiring, "terminate")
+    if deployment.tracking_schema is None:
+        progress(f"drain: {tracking.unavailable_note(control)}")
+    return privileges
+
+
+def require_forward_files(
+    control: ControlConnection, settings: Settings, context: str, rotation: RotationState
+) -> None:
+    """The stale-file rule of an upgrade in *context* applying *rotation*, checked
+    without one (``rotate finish`` before it drains outside the run lock)."""
+    repeatables = load_repeatables(settings.repeatables_dir)
+    run = RunContext(
+        settings=settings,
+        contexts=parse_contexts(context),
+        primary=primary_context(context),
+        rotation=rotation,
+    )
+    active = [rep for rep in repeatables if rep.skip_reason(run) is None]
+    forward.require_forward(control, run, active)
+
+
 def _drain(
     control: ControlConnection,
     run: RunContext,
@@ -223,14 +261,9 @@ def _drain(
 ) -> RunContext:
     drain.check_quiet_period(run.drain_quiet_period, run.drain_timeout)
     deployment = open_deployment()
-    deployment.check_standbys()
-    privileges = catalog.privileges(control, retiring)
-    if note := drain.visibility_note(privileges, retiring):
-        run.progress(f"drain: {note}")
-    if run.terminate:
-        drain.require_terminate(privileges, retiring, "terminate")
-    if deployment.tracking_schema is None:
-        run.progress(f"drain: {tracking.unavailable_note(control)}")
+    privileges = before_draining(
+        control, deployment, retiring, terminate=run.terminate, progress=run.progress
+    )
     quiet_for = None if vigil is None else vigil.covers(retiring, run.drain_quiet_period)
     if quiet_for is not None:
         run.progress(

@@ -197,3 +197,24 @@ def test_cycles_back_and_forth_keep_working(any_project: Project) -> None:
     state = json.loads(project.state_path.read_text())["families"]["my_app"]["dev"]
     assert state == {"login": ["my_app_jerry"], "serial": 6}
     assert check(project).returncode == 0
+
+
+def test_a_finish_with_a_stale_secrets_file_is_refused_before_it_drains(
+    any_project: Project, tmp_path: Path
+) -> None:
+    """``rotate finish`` drains before it takes the run lock: the files are checked
+    before that drain, not after it."""
+    project = any_project
+    project.upgrade("dev")
+    shutil.copy(project.root / "passwords.env", tmp_path / "passwords.env")
+    rotate(project, "begin")
+    shutil.copy(tmp_path / "passwords.env", project.root / "passwords.env")
+    before = snapshot(project)
+    proc = project.rolekit(
+        "rotate", "my_app", "finish", "--context", "dev", "--apply", "--quiet-period", "120",
+        "--drain-timeout", "240", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "holds a password that 'my_app_jerry' (replaced" in proc.stderr
+    assert "drain:" not in proc.stderr
+    assert snapshot(project) == before
