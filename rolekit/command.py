@@ -298,7 +298,7 @@ def rotate_auto_all(
     quiet_period: float | None = None,
     git_commit: bool = False,
     git_push: bool = False,
-    emit: auto.Emit = lambda event: None,
+    emit: Callable[[dict[str, Any]], None] = lambda event: None,
 ) -> dict[str, str]:
     """``rotate --all auto``: every family with a state in *context*, in one run
     (see :mod:`rolekit.rotation.fleet`); returns what it did per family (without
