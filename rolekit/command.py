@@ -27,6 +27,7 @@ from rolekit.errors import (
     ChangelogError,
     GuardError,
     RolekitError,
+    SecretsError,
     StaleFileError,
     UnreachableError,
     first_line,
@@ -452,7 +453,10 @@ def status(config: ConfigLike, context: str | None = None, *, max_age: str | Non
             reports.append(report)
         runs = inspection.last_runs(control)
         active = [rep for rep in repeatables if rep.skip_reason(run) is None]
-        _, stale = forward.check(control, run, active)
+        try:
+            _, stale = forward.check(control, run, active)
+        except SecretsError as exc:  # status reports what it cannot check, and goes on
+            stale = [f"cannot check the secrets file for retired passwords: {exc}"]
     return Status(reports, runs, trouble, stale)
 
 
