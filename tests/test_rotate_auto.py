@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -152,27 +154,33 @@ KILL_POINTS = {
     "finish, before its commit": (["drained after", 'ALTER ROLE "my_app_tom" NOLOGIN'], False),
     "finish, after its commit": (["drained after", "verified login as my_app_jerry"], False),
 }
+#: kill points between a commit and the state file's write: the test holds the
+#: file's write lock from the first marker on, so the run is surely killed there
+#: (the write follows the last line it prints by a few milliseconds)
+HOLDS_THE_WRITE = {"finish, after its commit"}
 
 
-@pytest.mark.parametrize("phase", list(KILL_POINTS))
-def test_a_run_killed_with_sigkill_is_completed_by_the_next(project: Project, phase: str) -> None:
-    """SIGKILL at each phase, then the next run (as cron would start it): the
-    family ends steady on the new member, whose password on file works, and
-    an application on the new member never fails meanwhile."""
-    markers, busy = KILL_POINTS[phase]
-    project.upgrade("dev")
-    wait_for_no_sessions(project.cluster, "my_app_tom")
-    started = project.root / "publish.pid"
-    publish = f"echo $$ > {started}; sleep 60" if phase == "publish" else PUBLISH
-    with contextlib.ExitStack() as stack:
-        if busy:  # an application still on the old member: the run waits in the drain
-            app = stack.enter_context(
-                Client(connect_as(project, "my_app_tom"), keep=True, interval=0.2)
-            )
-        run = _spawn_auto(project, publish)
-        assert run.stderr is not None
-        seen = []
-        for marker in markers:
+@contextlib.contextmanager
+def _write_lock(project: Project) -> Iterator[None]:
+    """The lock every write of rotation.json takes (rolekit.project.state.update)."""
+    fd = os.open(project.state_path.with_name("rotation.json.lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _kill_at(project: Project, run: subprocess.Popen[str], phase: str, started: Path) -> None:
+    """SIGKILL *run* once it printed the markers of *phase* (holding the state
+    file's write lock from the second marker on where the phase says so)."""
+    markers, _ = KILL_POINTS[phase]
+    assert run.stderr is not None
+    seen = []
+    with contextlib.ExitStack() as holding:
+        for n, marker in enumerate(markers):
+            if n == 1 and phase in HOLDS_THE_WRITE:
+                holding.enter_context(_write_lock(project))
             for line in run.stderr:
                 seen.append(line)
                 if marker in line:
@@ -183,6 +191,25 @@ def test_a_run_killed_with_sigkill_is_completed_by_the_next(project: Project, ph
             _wait_for(started)
         run.send_signal(signal.SIGKILL)
         run.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("phase", list(KILL_POINTS))
+def test_a_run_killed_with_sigkill_is_completed_by_the_next(project: Project, phase: str) -> None:
+    """SIGKILL at each phase, then the next run (as cron would start it): the
+    family ends steady on the new member, whose password on file works, and
+    an application on the new member never fails meanwhile."""
+    _, busy = KILL_POINTS[phase]
+    project.upgrade("dev")
+    wait_for_no_sessions(project.cluster, "my_app_tom")
+    started = project.root / "publish.pid"
+    publish = f"echo $$ > {started}; sleep 60" if phase == "publish" else PUBLISH
+    with contextlib.ExitStack() as stack:
+        if busy:  # an application still on the old member: the run waits in the drain
+            app = stack.enter_context(
+                Client(connect_as(project, "my_app_tom"), keep=True, interval=0.2)
+            )
+        run = _spawn_auto(project, publish)
+        _kill_at(project, run, phase, started)
         if phase == "publish":
             os.kill(int(started.read_text()), signal.SIGKILL)
         if can_login(project)["my_app_jerry"]:  # the application moves to the new member
