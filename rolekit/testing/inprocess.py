@@ -27,16 +27,30 @@ from pathlib import Path
 _LOCK = threading.Lock()
 
 
+def _become(env: Mapping[str, str]) -> None:
+    """Make the process environment *env*, touching only the names that differ.
+
+    Tests run application threads that connect while a command runs, and
+    libpq reads the C environment (``getenv``) at every connect.  Clearing
+    and refilling it (an ``unsetenv``/``setenv`` per name, the array
+    reallocated) under such a read crashed a worker with a segfault; setting
+    only what differs leaves a handful of changes, none for most names.
+    """
+    for name in [n for n in os.environ if n not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 @contextlib.contextmanager
 def _environment(env: Mapping[str, str]) -> Iterator[None]:
     saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
+    _become(env)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        _become(saved)
 
 
 @contextlib.contextmanager
