@@ -11,18 +11,23 @@ connection, as ``rolekit.client`` does).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
+from pyrage import x25519
 
 from rolekit.project.document import from_document
-from rolekit.secrets import SecretsFile
+from rolekit.secrets import AGE_IDENTITY_FILE_ENV, SecretsFile
 from rolekit.testing import Project
 
 #: every family a test adds: svc1 .. svc8
@@ -182,9 +187,72 @@ def test_concurrent_rotations_of_different_families(any_project: Project) -> Non
     assert elapsed < 60, elapsed
 
 
-def test_same_family_still_excludes_across_checkouts_and_files_merge(project: Project) -> None:
-    """Two runs of one family: the second exits 4; a dry run of another family
-    meanwhile writes its own state without losing the first's."""
+def clone(project: Project, root: Path) -> Project:
+    """Another checkout of *project* against the same database, as a second CI
+    runner or a teammate's machine has: its own state file and secrets file."""
+    root.mkdir()
+    shutil.copy(project.root / "alembic.ini", root / "alembic.ini")
+    shutil.copy(project.root / "passwords.env", root / "passwords.env")
+    shutil.copytree(
+        project.root / "migrations",
+        root / "migrations",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return Project(
+        root,
+        project.cluster,
+        project.user,
+        project.password,
+        project.dbname,
+        pythonpath=project.pythonpath,
+        env=project.extra_env,
+    )
+
+
+def test_rotations_of_different_families_from_two_checkouts(
+    any_project: Project, tmp_path: Path
+) -> None:
+    """Two checkouts rotate svc1 and svc2 at once against one database: both exit 0,
+    and each family's application, following its own checkout's files, sees no
+    failed login.  A rotation runs only its own family's repeatables: the other
+    checkout's files are behind on the family it did not rotate.  That is still
+    refused where it matters: a deploy from either checkout exits 3, names the
+    family its files are behind on, and changes nothing."""
+    project = any_project
+    add_families(project, FAMILIES[:2])
+    other = clone(project, tmp_path / "clone")
+    before = {f: project.state()["families"][f]["dev"] for f in FAMILIES[:2]}
+    with App(project, "svc1") as app1, App(other, "svc2") as app2:
+        time.sleep(1)
+        procs = {
+            "svc1": project.spawn(*cli("rotate", "svc1", "auto", "--max-age", "0", *QUICK)),
+            "svc2": other.spawn(*cli("rotate", "svc2", "auto", "--max-age", "0", *QUICK)),
+        }
+        outs = {f: p.communicate(timeout=300) for f, p in procs.items()}
+        time.sleep(1)
+    for family, proc in procs.items():
+        assert proc.returncode == 0, f"{family}: {outs[family][1]}"
+        assert events(outs[family][0])[-1] == {"event": "done", "result": "rotated"}
+    rotated(project, "svc1", before["svc1"])
+    rotated(other, "svc2", before["svc2"])
+    for app in (app1, app2):
+        assert app.failures == [], f"{app.family}: {app.failures}"
+        assert app.users == set(members(app.family)), app.users
+    catalog = {f: login_of(project, f) for f in FAMILIES[:2]}
+    for behind, checkout in (("svc2", project), ("svc1", other)):
+        deploy = checkout.upgrade("dev", check=False)
+        assert deploy.returncode == 3, deploy.stderr
+        assert f"stale for family '{behind}'" in deploy.stderr, deploy.stderr
+        assert "behind" in deploy.stderr
+    assert {f: login_of(project, f) for f in FAMILIES[:2]} == catalog
+
+
+def test_same_family_still_excludes_across_checkouts_and_files_merge(
+    project: Project, tmp_path: Path
+) -> None:
+    """Two runs of one family, from one checkout or from two: the second exits 4;
+    a dry run of another family meanwhile writes its own state without losing
+    the first's."""
     add_families(project, FAMILIES[:2])
     holder = project.spawn(
         *cli(
@@ -208,6 +276,13 @@ def test_same_family_still_excludes_across_checkouts_and_files_merge(project: Pr
         second = project.rolekit("rotate", "svc1", "auto", "--max-age", "0", *QUICK, check=False)
         assert second.returncode == 4, second.stderr
         assert "running on this checkout for svc1" in second.stderr
+        elsewhere = clone(project, tmp_path / "clone").rolekit(
+            "rotate", "svc1", "auto", "--max-age", "0", *QUICK, check=False
+        )
+        assert elsewhere.returncode == 4, elsewhere.stderr
+        assert "another 'rolekit rotate svc1' is running against this database" in (
+            elsewhere.stderr
+        )
         other = project.rolekit("rotate", "svc2", "begin", "--context", "dev")
         assert other.returncode == 0
     finally:
@@ -388,3 +463,102 @@ def test_all_without_apply_only_reads(project: Project) -> None:
     assert {e["family"] for e in said if e["event"] == "dry run"} == {"my_app", "svc1"}
     assert project.state() == state
     assert login_of(project, "svc1") == {"svc1_a": True, "svc1_b": False}
+
+
+def _dev_secrets_in_age(project: Project, monkeypatch: pytest.MonkeyPatch) -> SecretsFile:
+    """Every dev password in an age file (what ``--git-push`` needs), the rest as it was."""
+    identity = project.root.parent / f"{project.root.name}-identity.txt"
+    identity.write_text(str(x25519.Identity.generate()) + "\n")
+    identity.chmod(0o600)
+    monkeypatch.setenv(AGE_IDENTITY_FILE_ENV, str(identity))
+    project.extra_env[AGE_IDENTITY_FILE_ENV] = str(identity)
+    plain = project.secrets
+    dev = {key.split(".")[0] for key in plain.load() if key.endswith(".password.dev")}
+    ini = project.root / "alembic.ini"
+    ini.write_text(
+        ini.read_text().replace(
+            "secrets = passwords.env\n", "secrets = passwords.env\nsecrets.dev = dev.env.age\n"
+        )
+    )
+    age = SecretsFile(project.root / "dev.env.age")
+    for role in sorted(dev):
+        age.set(role, "dev", plain.get(role, "dev").reveal())
+    age.ensure_fingerprint_key()
+    return age
+
+
+def test_all_pushes_each_phase_and_a_failed_publish_keeps_only_its_family(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--all --git-push`` with a publish that fails for svc2 alone: the remote gets
+    one begin commit for every family (their new passwords in the age file) and one
+    finish commit for the others; svc2 stays in the overlap (exit 1, named), and the
+    output never holds its new password, although the failing command echoes its
+    input.  A re-run with a working publish completes svc2 and pushes its finish."""
+    add_families(project, FAMILIES[:2])
+    age = _dev_secrets_in_age(project, monkeypatch)
+    project.upgrade("dev")
+    root, remote = project.root, project.root.parent / f"{project.root.name}-remote.git"
+    env = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
+           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
+
+    def git(*args: str, cwd: Path = root) -> str:
+        return subprocess.run(
+            ["git", "-C", str(cwd), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **env},
+        ).stdout
+
+    (root / ".gitignore").write_text("passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
+    git("init", "-q", "--bare", str(remote), cwd=root.parent)
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "start")
+    git("remote", "add", "origin", str(remote))
+    git("push", "-q", "-u", "origin", "main")
+    publish = (
+        'doc=$(cat); case "$doc" in *svc2_b*) printf "denied: %s" "$doc" >&2; exit 1;; esac; '
+        'printf "%s" "$doc" > "pub.$$.json"'
+    )
+    push = ("--publish", publish, "--git-push")
+    proc = project.rolekit(*ALL, "--max-age", "0", *push, check=False, **env)
+    assert proc.returncode == 1, proc.stderr
+    assert "svc2 (dev) stay in the overlap" in proc.stderr
+    finished = proc.stderr.rsplit("Finished: ", 1)[1].strip()
+    assert sorted(finished.split(", ")) == ["my_app", "svc1"]  # in the order they drained
+    incoming = age.get("svc2_b", "dev").reveal()
+    assert incoming not in proc.stdout + proc.stderr
+    assert login_of(project, "svc2") == {"svc2_a": True, "svc2_b": True}  # overlap: no outage
+
+    def pushed() -> list[str]:
+        return git("--git-dir", str(remote), "log", "--format=%s", "main").splitlines()
+
+    assert pushed() == [
+        "rolekit: rotate my_app, svc1 (dev): finish",
+        "rolekit: rotate my_app, svc1, svc2 (dev): begin",
+        "start",
+    ]
+    begin = git("--git-dir", str(remote), "show", "--name-only", "--format=", "main~1")
+    assert sorted(begin.split()) == ["dev.env.age", "migrations/rotation.json"]
+    in_remote = root.parent / "pushed.env.age"
+    in_remote.write_bytes(
+        subprocess.run(
+            ["git", "--git-dir", str(remote), "show", "main:dev.env.age"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert SecretsFile(in_remote).get("svc2_b", "dev").reveal() == incoming
+
+    works = ("--publish", 'cat > "pub.$$.json"', "--git-push")
+    again = project.rolekit(*ALL, "--max-age", "1d", *works, check=False, **env)
+    assert again.returncode == 0, again.stderr
+    assert events(again.stdout)[-1] == {
+        "event": "done",
+        "results": {"my_app": "not due", "svc1": "not due", "svc2": "resumed"},
+    }
+    assert pushed()[0] == "rolekit: rotate svc2 (dev): finish"
+    assert login_of(project, "svc2") == {"svc2_a": False, "svc2_b": True}
+    assert git("status", "--porcelain") == ""

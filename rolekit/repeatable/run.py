@@ -85,6 +85,11 @@ class RunContext:
     #: members whose password an upgrade may replace although they are in use
     #: (-x replace_password: an emergency, it breaks their applications)
     replace_password: frozenset[str] = frozenset()
+    #: the members of the families a ``rolekit rotate`` moves: its upgrade runs
+    #: only the repeatables that target one of them, so that a rotation of one
+    #: family never applies another family's files (``None``: every repeatable,
+    #: as a deploy's upgrade does)
+    scope: frozenset[str] | None = None
     #: the state file's position against the database's, per family (checked
     #: before the migration; the positions that move are recorded in it)
     positions: tuple[Finding, ...] = ()

@@ -88,14 +88,14 @@ class _Draining(threading.Thread):
     def __init__(
         self,
         settings: Settings,
-        family: str,
+        family: RoleFamily,
         retiring: list[str],
         extra: list[str],
         done: queue.Queue[str],
         context: str,
         target: RotationState,
     ) -> None:
-        super().__init__(name=f"rolekit-drain {family}", daemon=True)
+        super().__init__(name=f"rolekit-drain {family.group}", daemon=True)
         self.settings, self.family, self.retiring, self.extra = settings, family, retiring, extra
         self.context, self.target = context, target
         self.done = done
@@ -106,14 +106,19 @@ class _Draining(threading.Thread):
     def run(self) -> None:
         try:
             with vigil(
-                self.settings, self.retiring, self.extra, self.context, self.target
+                self.settings,
+                self.retiring,
+                self.extra,
+                self.context,
+                self.target,
+                frozenset(self.family.members),
             ) as watching:
                 self.watching = watching
-                self.done.put(self.family)
+                self.done.put(self.family.group)
                 self._release.wait()
         except BaseException as exc:  # reported by the main thread
             self.error = exc
-            self.done.put(self.family)
+            self.done.put(self.family.group)
 
     def release(self, *, join: bool = True) -> None:
         """Close the vigil (its family's upgrade is over); a drain still waiting
@@ -207,9 +212,7 @@ def _finish_all(
     draining = {}
     for family in families:
         leaving = sorted(state.outgoing(context) & set(family.members))
-        draining[family.group] = _Draining(
-            settings, family.group, leaving, extra, done, context, state
-        )
+        draining[family.group] = _Draining(settings, family, leaving, extra, done, context, state)
         _named(emit, family.group)(
             {"event": "wait", "for": "the old member to drain", "timeout_s": plan.move_timeout}
         )

@@ -54,6 +54,7 @@ from rolekit.project.state import FamilyState, Phase, RotationState, locked, mer
 from rolekit.runtime.environment import (
     AFTER_COMMIT_ATTRIBUTE,
     ROTATION_ATTRIBUTE,
+    SCOPE_ATTRIBUTE,
     SETTINGS_ATTRIBUTE,
     VIGIL_ATTRIBUTE,
     MigrationFailed,
@@ -220,6 +221,11 @@ def _upgrade(
             )
 
     config.attributes[ROTATION_ATTRIBUTE] = target
+    # Only these families' repeatables: another checkout may be rotating another
+    # family, and this one's files are then behind on that family.
+    config.attributes[SCOPE_ATTRIBUTE] = frozenset(
+        member for change in changes for member in change.family.members
+    )
     config.attributes[AFTER_COMMIT_ATTRIBUTE] = record
     config.attributes[SETTINGS_ATTRIBUTE] = settings
     if vigil is not None:
@@ -245,8 +251,12 @@ def vigil(
     extra: Sequence[str],
     context: str,
     target: RotationState,
+    scope: frozenset[str],
 ) -> Iterator[drain.Vigil | None]:
     """Drain *retiring* now, outside any lock, and keep watching while the caller upgrades.
+
+    *scope* holds the members of the families the upgrade will move: their
+    files are the ones checked first.
 
     The drain's timeout and quiet period are those the upgrade would use
     (*extra*'s ``-x`` values, else the settings').  With ``terminate`` there
@@ -268,7 +278,7 @@ def vigil(
         Deployment.open(settings, seer, progress=drain.stderr_progress) as deployment,
     ):
         # the files first: a stale one is refused at once, not after a drain
-        require_forward_files(seer, settings, context, target)
+        require_forward_files(seer, settings, context, target, scope)
         privileges = before_draining(
             seer, deployment, retiring, terminate=False, progress=drain.stderr_progress
         )
@@ -343,7 +353,9 @@ def rotate_locked(
         retiring = [m for m in current.login if m not in after.login and not applied]
         target = state.copy()
         target.set(family.group, context, after)
-        with vigil(settings, retiring, upgrade_x, context, target) as own:
+        with vigil(
+            settings, retiring, upgrade_x, context, target, frozenset(family.members)
+        ) as own:
             _upgrade(settings, context, upgrade_x, [change], own)
     return Transition(family.group, context, current, after, control is not None, resumed)
 

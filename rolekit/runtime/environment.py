@@ -76,6 +76,9 @@ class MigrationFailed(CommandError):
 #: holds the database's run lock (so a rotation of another family that
 #: committed meanwhile is in it)
 ROTATION_ATTRIBUTE = "rolekit.rotation_state"
+#: ``config.attributes`` key of the members of the families ``rolekit rotate``
+#: moves (a frozenset): its upgrade runs only the repeatables that target them
+SCOPE_ATTRIBUTE = "rolekit.scope"
 #: ``config.attributes`` key of a function called with the control connection
 #: after the commit and its checks, still holding the run lock: ``rotate``
 #: confirms the catalog and writes its state file there
@@ -146,6 +149,7 @@ def run_context(
         x_argument(env, "drain_quiet_period"),
         settings.drain_quiet_period,
     )
+    scope = env.config.attributes.get(SCOPE_ATTRIBUTE)
     return RunContext(
         settings=settings,
         contexts=contexts,
@@ -157,6 +161,7 @@ def run_context(
         take_over=_names(env, "take_over"),
         replace_password=_names(env, "replace_password"),
         rerun=rerun,
+        scope=scope if isinstance(scope, frozenset) else None,
         allow_verifier_in_log=x_flag(env, "allow_verifier_in_log", settings.allow_verifier_in_log),
     )
 
@@ -237,16 +242,22 @@ def before_draining(
 
 
 def require_forward_files(
-    control: ControlConnection, settings: Settings, context: str, rotation: RotationState
+    control: ControlConnection,
+    settings: Settings,
+    context: str,
+    rotation: RotationState,
+    scope: frozenset[str] | None = None,
 ) -> None:
     """The stale-file rule of an upgrade in *context* applying *rotation*, checked
-    without one (``rotate finish`` before it drains outside the run lock)."""
+    without one (``rotate finish`` before it drains outside the run lock); *scope*
+    holds the members of the families a rotation moves (``None``: all)."""
     repeatables = load_repeatables(settings.repeatables_dir)
     run = RunContext(
         settings=settings,
         contexts=parse_contexts(context),
         primary=primary_context(context),
         rotation=rotation,
+        scope=scope,
     )
     active = [rep for rep in repeatables if rep.skip_reason(run) is None]
     forward.require_forward(control, run, active)
