@@ -360,7 +360,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("family", nargs="?", help="the group role, e.g. my_app (none with --all)")
     p.add_argument("phase", nargs="?", choices=["begin", "finish", "auto"])
-    p.add_argument("--apply", action="store_true", help="also run 'alembic upgrade head' now")
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="also upgrade now: the pending revisions and this family's repeatables "
+        "(the others wait for the deploy's 'alembic upgrade head')",
+    )
     p.add_argument(
         "--drain-timeout",
         type=float,
