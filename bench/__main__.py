@@ -1,4 +1,4 @@
-"""``python -m bench [rotation|overhead|clients|scale|drain|soak ...] [--pg N]`` (``make bench``)."""
+"""``python -m bench [rotation|overhead|clients|scale|fleet|drain|soak ...] [--pg N]`` (``make bench``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "which",
         nargs="*",
-        metavar="{rotation,overhead,clients,scale,drain,soak}",
-        help="benchmarks to run (default: all six)",
+        metavar="{rotation,overhead,clients,scale,fleet,drain,soak}",
+        help="benchmarks to run (default: all seven)",
     )
     parser.add_argument(
         "--pg",
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL major version (default: system 15, else the newest cached)",
     )
     args = parser.parse_args(argv)
-    known = ["rotation", "overhead", "clients", "scale", "drain", "soak"]
+    known = ["rotation", "overhead", "clients", "scale", "fleet", "drain", "soak"]
     unknown = [w for w in args.which if w not in known]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(known)})")
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import scale
 
             scale.run(args.pg)
+        elif name == "fleet":
+            from bench import fleet
+
+            fleet.run(args.pg)
         else:
             from bench import drain
 

@@ -35,22 +35,6 @@ FAMILIES = [f"svc{n}" for n in range(1, 9)]
 #: options of a quick rotation: a short quiet period, a bounded wait
 QUICK = ("--context", "dev", "--apply", "--json", "--quiet-period", "1", "--move-timeout", "60")
 
-_REPEATABLES = '''"""The fleet's families: one password setter and one login each."""
-
-from rolekit.repeatable import FamilyLogin, SetPasswords
-
-FAMILIES = {families!r}
-
-REPEATABLES = [
-    repeatable
-    for family in FAMILIES
-    for repeatable in (
-        SetPasswords(f"set_passwords_{{family}}", [f"{{family}}_a", f"{{family}}_b"], context="dev"),
-        FamilyLogin(f"allow_login_for_{{family}}", family, [f"{{family}}_a", f"{{family}}_b"]),
-    )
-]
-'''
-
 
 def cli(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "rolekit.cli", *args)
@@ -58,23 +42,6 @@ def cli(*args: str) -> tuple[str, ...]:
 
 def members(family: str) -> tuple[str, str]:
     return f"{family}_a", f"{family}_b"
-
-
-def add_families(project: Project, families: Sequence[str]) -> None:
-    """Revision 0003 creates *families*; their repeatables, states (member ``_a``
-    logs in, in dev) and passwords; then an upgrade applies them."""
-    creates = "; ".join(f"op.create_role_family({f!r}, {list(members(f))!r})" for f in families)
-    drops = "; ".join(f"op.drop_role_family({f!r}, {list(members(f))!r})" for f in families)
-    project.add_revision("0003", "0002", creates, drops, doc="the fleet's families")
-    project.write_repeatables(_REPEATABLES.format(families=list(families)), name="fleet.py")
-    data = project.state()
-    for family in families:
-        data["families"][family] = {"dev": {"login": [members(family)[0]]}}
-    project.write_state(data)
-    for family in families:
-        for role in members(family):
-            project.set_password(role, "dev")
-    project.upgrade("dev")
 
 
 def handed_out(project: Project, family: str) -> tuple[str, str]:
@@ -158,7 +125,7 @@ def test_concurrent_rotations_of_different_families(any_project: Project) -> Non
     state file holds all eight results, no application sees a failed login, and the
     finishes wait out their quiet periods side by side (not eight one after another)."""
     project = any_project
-    add_families(project, FAMILIES)
+    project.add_families(FAMILIES)
     before = {f: project.state()["families"][f]["dev"] for f in FAMILIES}
     with apps(project, FAMILIES) as running:
         time.sleep(1)
@@ -219,7 +186,7 @@ def test_rotations_of_different_families_from_two_checkouts(
     refused where it matters: a deploy from either checkout exits 3, names the
     family its files are behind on, and changes nothing."""
     project = any_project
-    add_families(project, FAMILIES[:2])
+    project.add_families(FAMILIES[:2])
     other = clone(project, tmp_path / "clone")
     before = {f: project.state()["families"][f]["dev"] for f in FAMILIES[:2]}
     with App(project, "svc1") as app1, App(other, "svc2") as app2:
@@ -253,7 +220,7 @@ def test_same_family_still_excludes_across_checkouts_and_files_merge(
     """Two runs of one family, from one checkout or from two: the second exits 4;
     a dry run of another family meanwhile writes its own state without losing
     the first's."""
-    add_families(project, FAMILIES[:2])
+    project.add_families(FAMILIES[:2])
     holder = project.spawn(
         *cli(
             "rotate",
@@ -304,7 +271,7 @@ def test_all_keeps_only_the_family_whose_app_did_not_move_in_the_overlap(
     overlap, the others finish; a re-run completes it once the app moved."""
     project = any_project
     families = FAMILIES[:3]
-    add_families(project, families)
+    project.add_families(families)
     before = {f: project.state()["families"][f]["dev"] for f in families}
     with apps(project, families) as running:
         running["svc2"].stuck.set()
@@ -348,7 +315,7 @@ def test_all_killed_in_the_middle_is_completed_by_the_next_run(any_project: Proj
     the next run resumes and finishes every family."""
     project = any_project
     families = FAMILIES[:3]
-    add_families(project, families)
+    project.add_families(families)
     before = {f: project.state()["families"][f]["dev"] for f in families}
     with apps(project, families) as running:
         args = (*ALL[:-4], "--quiet-period", "30", "--move-timeout", "60")
@@ -387,7 +354,7 @@ def test_a_use_after_the_drain_outside_the_run_lock_is_seen(project: Project) ->
     """The drain outside the run lock keeps watching while the finish waits for the lock:
     a session of the old member then makes the upgrade wait out the quiet period again
     (under the lock) instead of taking the earlier drain's word."""
-    add_families(project, ["svc1"])
+    project.add_families(["svc1"])
     project.rolekit("rotate", "svc1", "begin", "--context", "dev", "--apply")
     holder = project.cluster.connect(application_name="other-deploy")
     try:
@@ -415,7 +382,7 @@ def test_all_publishes_each_family_and_commits_once_per_phase(project: Project) 
     """One publish per family with its own credentials; ``--git-commit``: one commit for
     the begin and one for the finishes, naming every family, holding only the state file."""
     families = FAMILIES[:2]
-    add_families(project, families)
+    project.add_families(families)
     root = project.root
 
     def git(*args: str) -> str:
@@ -450,7 +417,7 @@ def test_all_publishes_each_family_and_commits_once_per_phase(project: Project) 
 
 
 def test_all_without_apply_only_reads(project: Project) -> None:
-    add_families(project, ["svc1"])
+    project.add_families(["svc1"])
     state = project.state()
     proc = project.rolekit(
         "rotate", "--all", "auto", "--context", "dev", "--json", "--max-age", "0"
@@ -495,7 +462,7 @@ def test_all_pushes_each_phase_and_a_failed_publish_keeps_only_its_family(
     finish commit for the others; svc2 stays in the overlap (exit 1, named), and the
     output never holds its new password, although the failing command echoes its
     input.  A re-run with a working publish completes svc2 and pushes its finish."""
-    add_families(project, FAMILIES[:2])
+    project.add_families(FAMILIES[:2])
     age = _dev_secrets_in_age(project, monkeypatch)
     project.upgrade("dev")
     root, remote = project.root, project.root.parent / f"{project.root.name}-remote.git"

@@ -24,6 +24,24 @@ from rolekit.secrets import SecretsFile, generate_password
 from rolekit.testing import inprocess
 from rolekit.testing.cluster import Cluster
 
+#: the repeatables of :meth:`Project.add_families`
+_FLEET = '''"""Each family's own password setter and login state."""
+
+from rolekit.repeatable import FamilyLogin, SetPasswords
+
+FAMILIES = {families!r}
+
+REPEATABLES = [
+    repeatable
+    for family in FAMILIES
+    for repeatable in (
+        SetPasswords(f"set_passwords_{{family}}", [f"{{family}}_a", f"{{family}}_b"],
+                     context={context!r}),
+        FamilyLogin(f"allow_login_for_{{family}}", family, [f"{{family}}_a", f"{{family}}_b"]),
+    )
+]
+'''
+
 
 class Project:
     """alembic.ini, migrations/ and a passwords.env in a folder, on a cluster.
@@ -163,6 +181,35 @@ def downgrade() -> None:
 '''
         )
         return path
+
+    def add_families(
+        self,
+        families: Sequence[str],
+        *,
+        context: str = "dev",
+        revision: str = "0003",
+        down_revision: str = "0002",
+    ) -> None:
+        """Add role families as separate services would have them, and apply them.
+
+        Revision *revision* creates each family ``F`` with members ``F_a`` and
+        ``F_b``; ``migrations/repeatable/fleet.py`` gives each its own
+        ``SetPasswords`` and ``FamilyLogin`` in *context* (one per family, so
+        rotations of different families never touch each other's);
+        ``F_a`` logs in, and both members get fresh passwords.  Then an
+        upgrade in *context* applies it all.
+        """
+        pairs = {f: [f"{f}_a", f"{f}_b"] for f in families}
+        creates = "; ".join(f"op.create_role_family({f!r}, {m!r})" for f, m in pairs.items())
+        drops = "; ".join(f"op.drop_role_family({f!r}, {m!r})" for f, m in pairs.items())
+        self.add_revision(revision, down_revision, creates, drops, doc="more role families")
+        self.write_repeatables(_FLEET.format(families=list(families), context=context), "fleet.py")
+        data = self.state()
+        for family, members in pairs.items():
+            data["families"][family] = {context: {"login": [members[0]]}}
+        self.write_state(data)
+        self.fresh_passwords([m for members in pairs.values() for m in members], [context])
+        self.upgrade(context)
 
     # -- commands ------------------------------------------------------------
 
