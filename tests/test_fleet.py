@@ -11,7 +11,6 @@ connection, as ``rolekit.client`` does).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,11 +23,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-from pyrage import x25519
 
 from rolekit.project.document import from_document
-from rolekit.secrets import AGE_IDENTITY_FILE_ENV, SecretsFile
+from rolekit.secrets import SecretsFile
 from rolekit.testing import Project
+from tests.gitops import GIT_ENV, checkout_with_remote, secrets_in_age
 
 #: every family a test adds: svc1 .. svc8
 FAMILIES = [f"svc{n}" for n in range(1, 9)]
@@ -432,28 +431,6 @@ def test_all_without_apply_only_reads(project: Project) -> None:
     assert login_of(project, "svc1") == {"svc1_a": True, "svc1_b": False}
 
 
-def _dev_secrets_in_age(project: Project, monkeypatch: pytest.MonkeyPatch) -> SecretsFile:
-    """Every dev password in an age file (what ``--git-push`` needs), the rest as it was."""
-    identity = project.root.parent / f"{project.root.name}-identity.txt"
-    identity.write_text(str(x25519.Identity.generate()) + "\n")
-    identity.chmod(0o600)
-    monkeypatch.setenv(AGE_IDENTITY_FILE_ENV, str(identity))
-    project.extra_env[AGE_IDENTITY_FILE_ENV] = str(identity)
-    plain = project.secrets
-    dev = {key.split(".")[0] for key in plain.load() if key.endswith(".password.dev")}
-    ini = project.root / "alembic.ini"
-    ini.write_text(
-        ini.read_text().replace(
-            "secrets = passwords.env\n", "secrets = passwords.env\nsecrets.dev = dev.env.age\n"
-        )
-    )
-    age = SecretsFile(project.root / "dev.env.age")
-    for role in sorted(dev):
-        age.set(role, "dev", plain.get(role, "dev").reveal())
-    age.ensure_fingerprint_key()
-    return age
-
-
 def test_all_pushes_each_phase_and_a_failed_publish_keeps_only_its_family(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -463,28 +440,11 @@ def test_all_pushes_each_phase_and_a_failed_publish_keeps_only_its_family(
     output never holds its new password, although the failing command echoes its
     input.  A re-run with a working publish completes svc2 and pushes its finish."""
     project.add_families(FAMILIES[:2])
-    age = _dev_secrets_in_age(project, monkeypatch)
+    age = secrets_in_age(project, monkeypatch)
     project.upgrade("dev")
-    root, remote = project.root, project.root.parent / f"{project.root.name}-remote.git"
-    env = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
-           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
-
-    def git(*args: str, cwd: Path = root) -> str:
-        return subprocess.run(
-            ["git", "-C", str(cwd), *args],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, **env},
-        ).stdout
-
-    (root / ".gitignore").write_text("passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
-    git("init", "-q", "--bare", str(remote), cwd=root.parent)
-    git("init", "-q", "-b", "main")
-    git("add", "-A")
-    git("commit", "-qm", "start")
-    git("remote", "add", "origin", str(remote))
-    git("push", "-q", "-u", "origin", "main")
+    root = project.root
+    git, remote = checkout_with_remote(project, "passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
+    env = GIT_ENV
     publish = (
         'doc=$(cat); case "$doc" in *svc2_b*) printf "denied: %s" "$doc" >&2; exit 1;; esac; '
         'printf "%s" "$doc" > "pub.$$.json"'

@@ -22,13 +22,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from pyrage import x25519
 
 from rolekit.project.document import from_document
-from rolekit.secrets import AGE_IDENTITY_FILE_ENV, SecretsFile
+from rolekit.secrets import SecretsFile
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.deployment.helpers import Client, connect_as, wait_for_no_sessions
+from tests.gitops import GIT_ENV, checkout_with_remote, secrets_in_age
 from tests.guards.helpers import can_login, password
 
 AUTO = ("rotate", "my_app", "auto", "--context", "dev", "--apply", "--json")
@@ -277,36 +277,9 @@ def test_git_commit_commits_exactly_the_state_file_when_secrets_are_ignored(
     assert git("status", "--porcelain") == ""  # the ignored plaintext secrets stay out
 
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
-           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
-
-
-def _checkout_with_remote(project: Project, ignore: str) -> tuple[Any, Path]:
-    """The project as a clone of a bare repository (what a CI job checks out)."""
-    root, remote = project.root, project.root.parent / f"{project.root.name}-remote.git"
-
-    def git(*args: str, cwd: Path = root) -> str:
-        return subprocess.run(
-            ["git", "-C", str(cwd), *args],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, **GIT_ENV},
-        ).stdout
-
-    (root / ".gitignore").write_text(ignore)
-    git("init", "-q", "--bare", str(remote), cwd=root.parent)
-    git("init", "-q", "-b", "main")
-    git("add", "-A")
-    git("commit", "-qm", "start")
-    git("remote", "add", "origin", str(remote))
-    git("push", "-q", "-u", "origin", "main")
-    return git, remote
-
-
 def test_git_push_refuses_a_secrets_file_git_ignores_before_any_change(project: Project) -> None:
     project.upgrade("dev")
-    _checkout_with_remote(project, "passwords.env\npublished.json\n*.lock\n__pycache__/\n")
+    checkout_with_remote(project, "passwords.env\npublished.json\n*.lock\n__pycache__/\n")
     before, state = role_snapshot(project.cluster), project.state()
     proc = project.rolekit(*AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-push",
                            check=False, **GIT_ENV)  # fmt: skip
@@ -314,26 +287,6 @@ def test_git_push_refuses_a_secrets_file_git_ignores_before_any_change(project: 
     assert "git ignores passwords.env" in proc.stderr and "age file" in proc.stderr
     assert role_snapshot(project.cluster) == before and project.state() == state
     assert not (project.root / "published.json").exists()
-
-
-def _dev_secrets_in_age(project: Project, monkeypatch: pytest.MonkeyPatch) -> SecretsFile:
-    """dev's passwords in an age file (what --git-push needs), the rest as it was."""
-    identity = project.root.parent / f"{project.root.name}-identity.txt"
-    identity.write_text(str(x25519.Identity.generate()) + "\n")
-    identity.chmod(0o600)
-    monkeypatch.setenv(AGE_IDENTITY_FILE_ENV, str(identity))
-    project.extra_env[AGE_IDENTITY_FILE_ENV] = str(identity)
-    ini = project.root / "alembic.ini"
-    ini.write_text(
-        ini.read_text().replace(
-            "secrets = passwords.env\n", "secrets = passwords.env\nsecrets.dev = dev.env.age\n"
-        )
-    )
-    age = SecretsFile(project.root / "dev.env.age")
-    for role in ("my_app_tom", "my_app_jerry"):
-        age.set(role, "dev", project.secret_of(role))
-    age.ensure_fingerprint_key()
-    return age
 
 
 IGNORED = "passwords.env\npublished.json\nremote-at-publish.txt\n*.lock\n__pycache__/\n"
@@ -344,9 +297,9 @@ def test_git_push_pushes_each_phase_before_publishing(
 ) -> None:
     """A checkout that vanishes (CI, CronJob): the remote has each phase, with the
     new password in the age file, before the apps are given it."""
-    age = _dev_secrets_in_age(project, monkeypatch)
+    age = secrets_in_age(project, monkeypatch)
     project.upgrade("dev")
-    git, remote = _checkout_with_remote(project, IGNORED)
+    git, remote = checkout_with_remote(project, IGNORED)
     # the publish command records what the remote had when it ran
     seen = project.root / "remote-at-publish.txt"
     publish = f"git --git-dir={remote} log --format=%s -n 1 main > {seen}; {PUBLISH}"
@@ -375,9 +328,9 @@ def test_git_push_pushes_each_phase_before_publishing(
 def test_a_rejected_push_stops_before_publishing(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _dev_secrets_in_age(project, monkeypatch)
+    secrets_in_age(project, monkeypatch)
     project.upgrade("dev")
-    _, remote = _checkout_with_remote(project, IGNORED)
+    _, remote = checkout_with_remote(project, IGNORED)
     hook = remote / "hooks" / "pre-receive"
     hook.write_text(
         "#!/bin/sh\necho 'branch protected: https://ci:t0ken-4711@git.example/' >&2\nexit 1\n"
