@@ -163,11 +163,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _run(args: Sequence[str], stdin: bytes, err: Errors) -> _Run:
-    """Run sops in its own process group, *stdin* on a pipe, the environment as it is."""
+    """Run sops in its own process group, *stdin* on a pipe, the environment as it is.
+
+    It runs in the secrets file's folder: sops looks for ``.sops.yaml`` from
+    the current directory up, and the file's own is the one that applies.
+    """
     program = executable(err)
     try:
         proc = subprocess.Popen(
             [program, *args],
+            cwd=err.path.parent,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -263,9 +268,11 @@ def _problem(run: _Run, data: bytes, doing: str) -> str:
     )
 
 
-def _cache_key(data: bytes) -> bytes:
-    """The file's content and everything in the environment sops takes keys from."""
+def _cache_key(data: bytes, program: str) -> bytes:
+    """The file's content, the sops that decrypts it and everything in the
+    environment sops takes keys from."""
     digest = hashlib.sha256(data)
+    digest.update(b"\0" + os.fsencode(program))
     for name in sorted(os.environ):
         if name.startswith(_KEY_ENV_PREFIXES):
             digest.update(b"\0" + name.encode() + b"=" + os.environ[name].encode())
@@ -285,11 +292,11 @@ def require_metadata(data: bytes, err: Errors) -> None:
 def decrypt(data: bytes, path: Path, err: Errors) -> bytes:
     """Decrypt SOPS dotenv *data* (the bytes of *path*) to memory.
 
-    Cached in this process on the content and the key environment, so the
-    several readers of one run start sops once.
+    Cached in this process on the content, the executable and the key
+    environment, so the several readers of one run start sops once.
     """
     require_metadata(data, err)
-    key = _cache_key(data)
+    key = _cache_key(data, executable(err))
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
