@@ -73,7 +73,7 @@ def sops_cli(
 ) -> subprocess.CompletedProcess[str]:
     """The sops CLI as a user runs it, with *key* as SOPS_AGE_KEY_FILE."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_")}
-    env["HOME"] = str(cwd)  # no ~/.config/sops/age/keys.txt of the machine's
+    env["HOME"] = env["XDG_CONFIG_HOME"] = str(cwd)  # no sops/age/keys.txt of the machine's
     if key is not None:
         env["SOPS_AGE_KEY_FILE"] = str(key.path)
     return subprocess.run(
@@ -160,7 +160,8 @@ def _no_cached_plaintext() -> Iterator[None]:
 @pytest.fixture
 def folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> SopsFolder:
     made = make_sops_folder(tmp_path_factory.mktemp("sops"), tmp_path_factory.mktemp("keys"))
-    monkeypatch.setenv("HOME", str(made.root))  # no key of the machine's
+    for name in ("HOME", "XDG_CONFIG_HOME"):  # no key of the machine's (keys.txt, ~/.ssh)
+        monkeypatch.setenv(name, str(made.root))
     monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(made.owner.path))
     return made
 
@@ -179,9 +180,12 @@ def sops_project(
     assert "secrets.prod = passwords.prod.env.age" in text
     ini.write_text(text.replace("secrets.prod = passwords.prod.env.age", f"secrets.prod = {NAME}"))
     made = make_sops_folder(project.root, tmp_path_factory.mktemp("keys"))
-    project.extra_env.update(SOPS_AGE_KEY_FILE=str(made.owner.path), HOME=str(project.root))
-    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(made.owner.path))
-    monkeypatch.setenv("HOME", str(project.root))
+    # HOME and XDG_CONFIG_HOME: no key of the machine's (sops/age/keys.txt, ~/.ssh)
+    env = {"SOPS_AGE_KEY_FILE": str(made.owner.path), "HOME": str(project.root)}
+    env["XDG_CONFIG_HOME"] = str(project.root)
+    project.extra_env.update(env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     project.passwords.update({f"{k}#sops": v for k, v in made.plaintexts.items()})
     return project, made
 
@@ -318,7 +322,12 @@ def test_bad_sops_input_fails_clearly_and_changes_nothing(
         ("sops not installed", {"PATH": NO_SOPS_PATH}, None, "pip install 'rolekit[sops]'"),
         ("override nowhere", {"ROLEKIT_SOPS": "/nonexistent/sops"}, None, "ROLEKIT_SOPS"),
         ("wrong key", {"SOPS_AGE_KEY_FILE": str(made.wrong.path)}, None, "wrong key"),
-        ("missing key", {"HOME": str(no_home)}, None, "found no key"),
+        (
+            "missing key",
+            {"HOME": str(no_home), "XDG_CONFIG_HOME": str(no_home)},
+            None,
+            "found no key",
+        ),
         ("tampered value", {}, tampered, "integrity check"),
         ("line removed (MAC)", {}, cut, "MAC mismatch"),
     ]
@@ -458,8 +467,13 @@ def test_a_new_file_follows_the_creation_rule_or_is_refused(
     folder: SopsFolder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     new = folder.root / "passwords.staging.sops.env"
-    with pytest.raises(SecretsError, match="no creation rule"):
+    with pytest.raises(SecretsError, match="no creation rule"):  # a rule, for another path
         SecretsFile(new).set(TOM, "staging", generate_password())
+    rules = (folder.root / ".sops.yaml").read_bytes()
+    (folder.root / ".sops.yaml").unlink()
+    with pytest.raises(SecretsError, match="no creation rule"):  # no .sops.yaml at all
+        SecretsFile(new).set(TOM, "staging", generate_password())
+    (folder.root / ".sops.yaml").write_bytes(rules)
     assert not new.exists()
     sops_yaml(folder.root, folder.owner, folder.teammate, regex=r"\.sops\.env$")
     value = generate_password()
