@@ -545,3 +545,45 @@ def test_rolekit_init_does_not_git_ignore_a_sops_file(tmp_path: Path) -> None:
     rules = _ignore_rules(tmp_path, load_settings(ini))
     assert "passwords.env" in rules and f"{NAME}.lock" in rules
     assert NAME not in rules and "passwords.stage.env.age" not in rules
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "with space and # hash and = equals",
+        "quotes ' and \" and back\\slash and $HOME",
+        "unicode pässwörd ünïcödé ≥ 16 €",
+    ],
+    ids=["space-hash-equals", "quotes-backslash-dollar", "unicode"],
+)
+def test_a_value_that_needs_quoting_reads_back_the_same(folder: SopsFolder, value: str) -> None:
+    secrets = SecretsFile(folder.path)
+    secrets.set(JERRY, "prod", value)
+    _sops._cache.clear()
+    assert SecretsFile(folder.path).get(JERRY, "prod").reveal() == value
+    assert secrets.get(TOM, "prod").reveal() == folder.plaintexts[f"{TOM}.password.prod"]
+
+
+def test_recipients_are_read_from_every_kind_of_master_key() -> None:
+    metadata = (
+        b"k=ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]\n"
+        b"sops_age__list_0__map_enc=-----BEGIN AGE ENCRYPTED FILE-----\\n...\n"
+        b"sops_age__list_0__map_recipient=age1one\n"
+        b"sops_kms__list_0__map_arn=arn:aws:kms:eu-west-1:1:key/abc\n"
+        b"sops_kms__list_0__map_created_at=2026-01-01T00:00:00Z\n"
+        b"sops_kms__list_0__map_enc=AQICAH...\n"
+        b"sops_gcp_kms__list_0__map_resource_id=projects/p/locations/l/keyRings/r/cryptoKeys/k\n"
+        b"sops_key_groups__list_1__map_age__list_0__map_recipient=age1two\n"
+        b"sops_mac=ENC[AES256_GCM,data:m,iv:i,tag:t,type:str]\n"
+        b"sops_version=3.11.0\n"
+    )
+    assert _sops.recipients(metadata) == [
+        "age:age1one",
+        "gcp_kms:projects/p/locations/l/keyRings/r/cryptoKeys/k",
+        "key_groups__map_age:age1two",
+        "kms:arn:aws:kms:eu-west-1:1:key/abc",
+    ]
+    err = Errors(Path(NAME), None)
+    _sops.check_recipients(["age:age1one"], ["age:age1one", "age:age1two"], err)
+    with pytest.raises(SecretsError, match="dropping age1two"):
+        _sops.check_recipients(["age:age1one", "age:age1two"], ["age:age1one"], err)

@@ -322,6 +322,28 @@ def encrypt_new(plaintext: bytes, path: Path, err: Errors) -> bytes:
     return run.stdout
 
 
+def _scratch_copy(data: bytes, path: Path, err: Errors) -> str:
+    """A copy of the ciphertext *data* next to *path* (mode 0600), for ``sops set`` to edit.
+
+    Named like :func:`atomic_write`'s temporary files (``.NAME.XXXX.tmp.env``),
+    so an ignore rule for those covers one a crash left behind.
+    """
+    try:
+        fd, scratch = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+    except OSError as exc:
+        raise err(f"cannot write a copy of its ciphertext next to it: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(scratch)
+        raise err(f"cannot write a copy of its ciphertext next to it: {exc.strerror}") from None
+    return scratch
+
+
 def set_value(data: bytes, path: Path, key: str, value: str, err: Errors) -> bytes:
     """Return SOPS file *data* with *key* set to *value*, everything else kept.
 
@@ -330,12 +352,8 @@ def set_value(data: bytes, path: Path, key: str, value: str, err: Errors) -> byt
     string (the dotenv form :func:`format_value` gives, so python-dotenv reads
     back the same password).  A result that dropped a recipient is refused.
     """
-    fd, scratch = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    scratch = _scratch_copy(data, path, err)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
         index = json.dumps([key])
         run = _run(
             ["set", *_DOTENV, "--value-stdin", scratch, index],
