@@ -587,3 +587,37 @@ def test_recipients_are_read_from_every_kind_of_master_key() -> None:
     _sops.check_recipients(["age:age1one"], ["age:age1one", "age:age1two"], err)
     with pytest.raises(SecretsError, match="dropping age1two"):
         _sops.check_recipients(["age:age1one", "age:age1two"], ["age:age1one"], err)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "status", "problem"),
+    [
+        ("Incorrect Usage: flag provided but not defined: -value-stdin", 1, "this sops is too old"),
+        ("could not write the file: value {PASSWORD} rejected", 3, "failed to update it"),
+    ],
+    ids=["old-sops", "other-error"],
+)
+def test_what_sops_printed_is_never_shown(
+    folder: SopsFolder,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    stderr: str,
+    status: int,
+    problem: str,
+) -> None:
+    """A sops whose 'set' fails, printing a value: rolekit names the problem, not the output."""
+    value = generate_password()
+    wrapper = tmp_path / "sops"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = set ]; then echo "{stderr.format(PASSWORD=value)}" >&2; exit {status}; fi\n'
+        f'exec {SOPS} "$@"\n'
+    )
+    wrapper.chmod(0o700)
+    monkeypatch.setenv("ROLEKIT_SOPS", str(wrapper))
+    before = folder.path.read_bytes()
+    with pytest.raises(SecretsError, match=problem) as exc:
+        SecretsFile(folder.path).set(JERRY, "prod", value)
+    assert value not in str(exc.value) and "rejected" not in str(exc.value)
+    assert "flag provided" not in str(exc.value)
+    assert folder.path.read_bytes() == before
