@@ -1,4 +1,4 @@
-"""``python -m bench [rotation|overhead|clients|scale|fleet|drain|soak ...] [--pg N]`` (``make bench``)."""
+"""``python -m bench [rotation|overhead|sops|clients|scale|fleet|drain|soak ...] [--pg N]`` (``make bench``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "which",
         nargs="*",
-        metavar="{rotation,overhead,clients,scale,fleet,drain,soak}",
-        help="benchmarks to run (default: all seven)",
+        metavar="{rotation,overhead,sops,clients,scale,fleet,drain,soak}",
+        help="benchmarks to run (default: all eight)",
     )
     parser.add_argument(
         "--pg",
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL major version (default: system 15, else the newest cached)",
     )
     args = parser.parse_args(argv)
-    known = ["rotation", "overhead", "clients", "scale", "fleet", "drain", "soak"]
+    known = ["rotation", "overhead", "sops", "clients", "scale", "fleet", "drain", "soak"]
     unknown = [w for w in args.which if w not in known]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(known)})")
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import overhead
 
             overhead.run(args.pg)
+        elif name == "sops":
+            from bench import sops_overhead
+
+            sops_overhead.run(args.pg)
         elif name == "clients":
             from bench import client_overhead
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import sops_overhead
 from bench.common import RESULTS, log
 
 
@@ -437,6 +438,7 @@ def write() -> Path:
     sections = (
         ("rotation_under_load.json", _rotation),
         ("upgrade_overhead.json", _overhead),
+        ("sops_overhead.json", sops_overhead.summary),
         ("client_overhead.json", _clients),
         ("scale.json", _scale),
         ("fleet.json", _fleet),

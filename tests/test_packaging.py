@@ -42,9 +42,9 @@ def test_python_m_rolekit_is_the_rolekit_command() -> None:
 
 def test_only_what_users_install_is_published() -> None:
     project = PYPROJECT["project"]
-    # the drivers and age are extras; what developing rolekit needs is a
+    # the drivers, age and sops are extras; what developing rolekit needs is a
     # dependency group (PEP 735), never published in the wheel's metadata
-    assert set(project["optional-dependencies"]) == {"age", "psycopg", "asyncpg", "asyncio"}
+    assert set(project["optional-dependencies"]) == {"age", "sops", "psycopg", "asyncpg", "asyncio"}
     assert {"test", "bench", "lint"} <= set(PYPROJECT["dependency-groups"])
     makefile = (REPO / "Makefile").read_text()
     for group in ("test", "lint", "bench"):

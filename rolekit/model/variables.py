@@ -81,6 +81,12 @@ AGE_RECIPIENTS = Variable(
     "the identities' public keys",
     "extra age recipients (public keys, spaces or commas between) a rewrite keeps",
 )
+SOPS = Variable(
+    "ROLEKIT_SOPS",
+    "where the sops executable of a SOPS secrets file is",
+    "the rolekit[sops] extra's, else sops on PATH",
+    "path of the sops executable that reads and writes *.sops.* secrets files",
+)
 
 #: every variable, for the docs and ``rolekit --help``
 VARIABLES = (
@@ -93,4 +99,5 @@ VARIABLES = (
     AGE_IDENTITY_FILE,
     AGE_IDENTITY,
     AGE_RECIPIENTS,
+    SOPS,
 )

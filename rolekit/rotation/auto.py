@@ -41,8 +41,8 @@ from rolekit.rotation import creds_formats, gitstate, handout, inspection, publi
 from rolekit.rotation.workflow import Step, Transition, finish_x, rotate_lock, rotate_locked
 
 #: environment variables that may carry rolekit's own secrets (URLs with a
-#: password, libpq's password, the age identity that decrypts every password):
-#: never passed on to the publish command
+#: password, libpq's password, the age identity or SOPS age key that decrypts
+#: every password): never passed on to the publish command
 _PRIVATE_ENV: Final = (
     *(
         v.name
@@ -55,6 +55,9 @@ _PRIVATE_ENV: Final = (
         )
     ),
     "PGPASSWORD",
+    "SOPS_AGE_KEY",
+    "SOPS_AGE_KEY_FILE",
+    "SOPS_AGE_KEY_CMD",
 )
 
 Emit = Callable[[dict[str, Any]], None]

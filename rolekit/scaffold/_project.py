@@ -31,7 +31,7 @@ from rolekit.scaffold._changes import (
 )
 from rolekit.scaffold._envpy import EnvPyCase, plan_env_py
 from rolekit.scaffold._family import FamilySpec, repeatables_change, revision_change, state_change
-from rolekit.secrets import git_tracks
+from rolekit.secrets import SecretsFile, git_tracks
 
 
 @dataclass
@@ -136,7 +136,7 @@ def _ignored_by_a_gitignore(root: Path, path: str) -> bool | None:
 def _ignore_rules(root: Path, settings: Settings) -> list[str]:
     """The paths git must ignore: plaintext secrets files and rolekit's lock files."""
     secrets = sorted({settings.default_secrets_file, *settings.secrets_files.values()})
-    paths = [p for p in secrets if p.suffix != ".age"]
+    paths = [p for p in secrets if not SecretsFile(p).encrypted]  # age and SOPS: committed
     paths += [p.with_name(p.name + ".lock") for p in secrets]
     # the state file's own lock and one per family (rotation.json.my_app.lock)
     paths.append(settings.state_file.with_name(settings.state_file.name + "*.lock"))

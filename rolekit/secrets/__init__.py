@@ -1,4 +1,4 @@
-"""Per-environment passwords, read from a git-ignored dotenv file or an age file.
+"""Per-environment passwords, read from a git-ignored dotenv file, an age file or a SOPS file.
 
 rolekit needs one password per role and per context (``dev``, ``test``,
 ``prod``...).  They live outside the migrations, in a file the developer keeps
@@ -6,7 +6,10 @@ next to the project:
 
 * ``passwords.env`` -- plain dotenv, which must never be committed; or
 * any path ending in ``.age`` -- the same dotenv content encrypted with `age
-  <https://age-encryption.org>`_, which *can* be committed and shared.
+  <https://age-encryption.org>`_, which *can* be committed and shared; or
+* any path whose name holds ``.sops.`` (``passwords.prod.sops.env``) -- a
+  `SOPS <https://getsops.io>`_ dotenv file, each value encrypted on its own,
+  read and written by the ``sops`` executable (extra ``rolekit[sops]``).
 
 Each password is one line ``<role>.password.<context>=<password>``, e.g.
 ``my_app_tom.password.dev=...``.  The names mirror Liquibase property names so
@@ -24,12 +27,12 @@ foot-gun and a target:
   file, a symlink, a wrong age identity: each is refused with a clear
   :class:`~rolekit.errors.SecretsError` instead of being half-read.
 * **No home-made crypto.**  Parsing is python-dotenv's, encryption is age's
-  (through pyrage), randomness is :mod:`secrets`, fingerprints are HMAC
+  (through pyrage) or SOPS's (its executable), randomness is :mod:`secrets`, fingerprints are HMAC
   keyed by the file's own random key (scrypt where a file has none).
 
 Modules: ``_secret`` (the value type), ``_keys`` (key names, generation,
 strength), ``_fingerprint``, ``_dotenv`` (strict reader and editor), ``_age``,
-``_file`` (:class:`SecretsFile`); file I/O is :mod:`rolekit._fileio`.
+``_sops``, ``_file`` (:class:`SecretsFile`); file I/O is :mod:`rolekit._fileio`.
 """
 
 from typing import TYPE_CHECKING, Any

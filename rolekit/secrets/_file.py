@@ -1,4 +1,4 @@
-"""One secrets file: ``passwords.env`` (plaintext dotenv) or ``*.age`` (encrypted).
+"""One secrets file: ``passwords.env`` (plaintext dotenv), ``*.age`` or ``*.sops.*`` (encrypted).
 
 Reading is cached on the file's stamp, so many lookups cost one read and one
 parse while an edit by another process is picked up at the next lookup.
@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Final
 
 from rolekit._fileio import Stamp, atomic_write, flocked, read_regular_file, stamp_of
+from rolekit.secrets import _sops
 from rolekit.secrets._dotenv import (
     MAX_FILE_BYTES,
     Errors,
@@ -82,7 +83,13 @@ def git_tracks(path: Path) -> bool:
 
 
 class SecretsFile:
-    """One secrets file: ``passwords.env`` (plaintext) or ``*.age`` (encrypted).
+    """One secrets file: ``passwords.env`` (plaintext), ``*.age`` or ``*.sops.*`` (encrypted).
+
+    The name decides the kind: a name ending in ``.age`` is an age file, a
+    name holding ``.sops.`` (``passwords.prod.sops.env``) a SOPS dotenv file,
+    anything else plaintext.  The content must agree: a ``.sops.`` file
+    without SOPS metadata, or a plaintext-named file with it, is refused
+    rather than read as passwords.
 
     Reading is cached on the file's (mtime_ns, size, inode), so looking up
     many passwords costs one read and one parse, while an edit by another
@@ -107,9 +114,18 @@ class SecretsFile:
         return f"SecretsFile({str(self.path)!r})"
 
     @property
+    def kind(self) -> str:
+        """``"age"``, ``"sops"`` or ``"dotenv"`` (plaintext), by the file's name."""
+        if self.path.name.endswith(".age"):
+            return "age"
+        if _sops.is_sops_name(self.path):
+            return "sops"
+        return "dotenv"
+
+    @property
     def encrypted(self) -> bool:
-        """Whether the file is age-encrypted (its name ends in ``.age``)."""
-        return self.path.name.endswith(".age")
+        """Whether the file is encrypted: age (``.age``) or SOPS (``.sops.`` in its name)."""
+        return self.kind != "dotenv"
 
     @property
     def lock_path(self) -> Path:
@@ -196,18 +212,36 @@ class SecretsFile:
 
     def _read(self, err: Errors) -> tuple[Parsed, os.stat_result]:
         """Read, decrypt if needed, check and parse the file (no cache)."""
-        if self.encrypted:
+        _data, plaintext, info = self._read_plaintext(err)
+        text, bom = check_bytes(plaintext, err)
+        return parse(text, bom, err), info
+
+    def _read_plaintext(self, err: Errors) -> tuple[bytes, bytes, os.stat_result]:
+        """The file's bytes, their plaintext, and its ``stat``; refusing a wrong kind."""
+        kind = self.kind
+        if kind == "sops":
+            _sops.check_kind(self.path, err)
+            data, info = read_regular_file(
+                self.path, _sops.MAX_SOPS_FILE_BYTES, what="the secrets file", fail=err
+            )
+            return data, _sops.decrypt(data, self.path, err), info
+        if kind == "age":
             data, info = read_regular_file(
                 self.path, MAX_AGE_FILE_BYTES, what="the secrets file", fail=err
             )
-            plaintext = _age().decrypt(data, err)
-        else:
-            plaintext, info = read_regular_file(
-                self.path, MAX_FILE_BYTES, what="the secrets file", fail=err
+            return data, _age().decrypt(data, err), info
+        plaintext, info = read_regular_file(
+            self.path, MAX_FILE_BYTES, what="the secrets file", fail=err
+        )
+        if _sops.has_metadata(plaintext):
+            raise err(
+                "this file holds SOPS metadata (sops_version=, sops_mac=), so its values "
+                "are ciphertexts, not passwords: name it with '.sops.' (e.g. "
+                f"{self.path.stem}.sops{self.path.suffix or '.env'}) so rolekit decrypts it "
+                "with sops"
             )
-            self._check_hygiene(info, err)
-        text, bom = check_bytes(plaintext, err)
-        return parse(text, bom, err), info
+        self._check_hygiene(info, err)
+        return plaintext, plaintext, info
 
     def _check_hygiene(self, info: os.stat_result, err: Errors) -> None:
         """Refuse a git-tracked plaintext file; warn if others may read it."""
@@ -238,7 +272,10 @@ class SecretsFile:
         not guess how to repair one.  An age file is decrypted, edited and
         re-encrypted to the public keys of the identities plus
         ``ROLEKIT_AGE_RECIPIENTS``; if that is fewer X25519 recipients than
-        the file had, the write is refused so nobody is locked out.
+        the file had, the write is refused so nobody is locked out.  A SOPS
+        file is changed by ``sops set`` (the value on a pipe), which keeps
+        the other values' ciphertexts and the recipients; a result with fewer
+        recipients is refused too.
 
         :raises SecretsError: the value is empty or has a line break, or the
             file cannot be read or written.
@@ -275,35 +312,63 @@ class SecretsFile:
         with flocked(self.lock_path, fail=err), self._lock:
             self._cache = self._cache_key = None
             exists = self.path.exists() or self.path.is_symlink()
+            if self.kind == "sops":
+                self._store_sops(key, value, exists, err)
+                return
             old_stanzas = 0
             if exists:
-                if self.encrypted:
-                    data, _ = read_regular_file(
-                        self.path, MAX_AGE_FILE_BYTES, what="the secrets file", fail=err
-                    )
+                data, plaintext, _ = self._read_plaintext(err)
+                if self.kind == "age":
                     age = _age()
                     old_stanzas = age.x25519_stanzas(data)
-                    plaintext = age.decrypt(data, err)
                     armored = not data.startswith(age.AGE_MAGIC)
                 else:
-                    plaintext, info = read_regular_file(
-                        self.path, MAX_FILE_BYTES, what="the secrets file", fail=err
-                    )
-                    self._check_hygiene(info, err)
                     armored = False
                 text, bom = check_bytes(plaintext, err)
                 parse(text, bom, err)
             else:
                 text, bom, armored = "", False, False
-            new_text = edit(text, key, value)
-            new_data = (codecs.BOM_UTF8 if bom else b"") + new_text.encode("utf-8")
-            if len(new_data) > MAX_FILE_BYTES:
-                raise err(
-                    f"the file would grow over {MAX_FILE_BYTES // 1024} KiB; refusing to write it"
-                )
-            if self.encrypted:
+            new_data = self._edited(text, bom, key, value, err)
+            if self.kind == "age":
                 new_data = _age().encrypt(new_data, old_stanzas, armored, err)
             atomic_write(self.path, new_data, mode=0o600, fail=err)
+
+    @staticmethod
+    def _edited(text: str, bom: bool, key: str, value: str, err: Errors) -> bytes:
+        """*text* with *key* set, as bytes; refused if it grows over the size limit."""
+        new_text = edit(text, key, value)
+        new_data = (codecs.BOM_UTF8 if bom else b"") + new_text.encode("utf-8")
+        if len(new_data) > MAX_FILE_BYTES:
+            raise err(
+                f"the file would grow over {MAX_FILE_BYTES // 1024} KiB; refusing to write it"
+            )
+        return new_data
+
+    def _store_sops(self, key: str, value: str, exists: bool, err: Errors) -> None:
+        """Set one key of a SOPS file with sops itself; a new file by ``.sops.yaml``'s rule.
+
+        The edit is checked on the plaintext first (strict rules, size), then
+        made by ``sops set`` on the ciphertext and verified by decrypting the
+        result, before the file is replaced.
+        """
+        _sops.check_kind(self.path, err)
+        if not exists:
+            plaintext = self._edited("", False, key, value, err)
+            atomic_write(self.path, _sops.encrypt_new(plaintext, self.path, err), fail=err)
+            return
+        data, plaintext, _ = self._read_plaintext(err)
+        text, bom = check_bytes(plaintext, err)
+        parse(text, bom, err)
+        edited = self._edited(text, bom, key, value, err)
+        new_data = _sops.set_value(data, self.path, key, value, err)
+        expected = parse(*check_bytes(edited, err), err)
+        got = parse(*check_bytes(_sops.decrypt(new_data, self.path, err), err), err)
+        if (got.values, set(got.empty)) != (expected.values, set(expected.empty)):
+            raise err(
+                "sops's result does not decrypt to the intended content (another value "
+                "changed or went missing); nothing changed"
+            )
+        atomic_write(self.path, new_data, mode=0o600, fail=err)
 
 
 def contexts_in(secrets: SecretsFile) -> set[str]:

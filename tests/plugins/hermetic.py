@@ -27,14 +27,19 @@ HARNESS = frozenset(
 #: libpq's environment: a PGPASSWORD or PGSERVICE would let a login succeed
 #: that the test meant to fail
 _LIBPQ = ("PG", "DATABASE_URL")
+#: SOPS's: a developer's SOPS_AGE_KEY_FILE would decrypt what a test meant to
+#: fail, or a SOPS_AGE_RECIPIENTS change what a test encrypts to
+_SOPS = ("SOPS_",)
 
 
 def scrubbed(environ: dict[str, str]) -> list[str]:
-    """The names removed from *environ* (rolekit's and libpq's, but the harness's)."""
+    """The names removed from *environ* (rolekit's, libpq's and SOPS's, but the harness's)."""
     names = [
         name
         for name in environ
-        if (name.startswith("ROLEKIT_") and name not in HARNESS) or name.startswith(_LIBPQ)
+        if (name.startswith("ROLEKIT_") and name not in HARNESS)
+        or name.startswith(_LIBPQ)
+        or name.startswith(_SOPS)
     ]
     for name in names:
         del environ[name]
