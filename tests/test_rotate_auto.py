@@ -284,7 +284,7 @@ def test_git_push_refuses_a_secrets_file_git_ignores_before_any_change(project: 
     proc = project.rolekit(*AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-push",
                            check=False, **GIT_ENV)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert "git ignores passwords.env" in proc.stderr and "age file" in proc.stderr
+    assert "git ignores passwords.env" in proc.stderr and "passwords.dev.sops.env" in proc.stderr
     assert role_snapshot(project.cluster) == before and project.state() == state
     assert not (project.root / "published.json").exists()
 

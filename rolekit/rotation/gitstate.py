@@ -59,7 +59,8 @@ def require_pushable(settings: Settings, context: str) -> None:
         raise RolekitError(
             f"--git-push: git ignores {secrets.name}, the secrets file of context {context!r}, so "
             "the new password would be lost with this checkout; keep the context's passwords in "
-            f"an age file (secrets.{context} = passwords.{context}.env.age in [rolekit]); "
+            f"an encrypted file git keeps: SOPS (secrets.{context} = passwords.{context}.sops.env "
+            f"in [rolekit]) or age (secrets.{context} = passwords.{context}.env.age); "
             "nothing changed"
         )
 
