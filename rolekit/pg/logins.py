@@ -6,15 +6,28 @@ a member that may log in and rejects the secrets file's password has
 drifted (someone changed it), and the run sends it again.  After the
 commit, every member whose password or login changed must log in and run as
 its group, or the run fails.
+
+Where the migration user may read ``pg_authid`` (a superuser), the check
+before the transaction compares the secrets file's password with the
+server's stored SCRAM verifier instead (one query for every member, and a
+PBKDF2 per member on the client: no backend started per member); a member
+whose verifier it cannot judge (not SCRAM, an expired password, a password
+SASLprep would change) is still checked by logging in.  Logins run a few at
+a time.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
+import re
 import threading
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
 from psycopg2 import sql
@@ -29,6 +42,77 @@ log = logging.getLogger(__name__)
 #: where the control connection went, so member logins go to the same server
 _KEPT = ("host", "hostaddr", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey")
 APPLICATION_NAME = tracking.OWN_LOGINS
+#: logins in flight at once (each is a backend start and a SCRAM exchange)
+PARALLEL_LOGINS = 4
+
+_SCRAM = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
+def scram_matches(verifier: str | None, password: str) -> bool | None:
+    """Whether *password* is the one a stored ``SCRAM-SHA-256`` *verifier* was made from.
+
+    ``None`` when this cannot be judged here: no SCRAM verifier (NULL, md5),
+    or a password outside printable ASCII, which SASLprep may change before
+    hashing (printable ASCII it leaves as it is).  The comparison is the
+    server's own (RFC 5802): StoredKey and ServerKey from PBKDF2 of the
+    password with the verifier's salt and iteration count.
+    """
+    found = _SCRAM.fullmatch(verifier or "")
+    if found is None or _PRINTABLE_ASCII.fullmatch(password) is None:
+        return None
+    try:
+        iterations = int(found[1])
+        salt, stored_key, server_key = (
+            base64.b64decode(found[i], validate=True) for i in (2, 3, 4)
+        )
+    except ValueError:
+        return None
+    if iterations < 1:
+        return None
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    mine_stored = hashlib.sha256(client_key).digest()
+    mine_server = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    return hmac.compare_digest(mine_stored, stored_key) and hmac.compare_digest(
+        mine_server, server_key
+    )
+
+
+def stored_verifiers(control: ControlConnection, roles: Iterable[str]) -> dict[str, str | None]:
+    """The stored password verifiers of *roles* whose password has not expired, when the
+    migration user may read ``pg_authid`` (a superuser; empty otherwise): one query.
+
+    They come back as query results only, never in a statement, and stay in memory.
+    """
+    names = sorted(set(roles))
+    if not names or control.dbapi_connection.get_parameter_status("is_superuser") != "on":
+        return {}
+    try:
+        rows = control.fetchall(
+            sql.SQL(
+                "SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid"
+                " WHERE rolname = ANY(%s) AND rolcanlogin"
+                " AND (rolvaliduntil IS NULL OR rolvaliduntil > now())"
+            ),
+            (names,),
+        )
+    except psycopg2.Error:  # SET ROLE to a user that may not read it: log in instead
+        return {}
+    return {str(name): verifier for name, verifier in rows}
+
+
+_Item = TypeVar("_Item")
+_Outcome = TypeVar("_Outcome")
+
+
+def _in_parallel(fn: Callable[[_Item], _Outcome], items: Sequence[_Item]) -> list[_Outcome]:
+    """``fn`` over *items*, a few at a time (psycopg2 releases the GIL while it
+    connects), results in the order of *items*."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(PARALLEL_LOGINS, len(items)), "rolekit-login") as pool:
+        return list(pool.map(fn, items))
 
 
 def connect_params(control: ControlConnection) -> dict[str, str]:
@@ -64,11 +148,12 @@ def _password_rejected(exc: psycopg2.Error) -> bool:
 
 
 class PasswordDrift:
-    """Members that may log in and reject the secrets file's password, found by logging in.
+    """Members that may log in and reject the secrets file's password.
 
-    The logins run in a thread while the migration starts (a login is a
-    connection and a SCRAM exchange, about as long as the rest of a no-op
-    upgrade's own work); calling the object waits for them.
+    The check runs in a thread while the migration starts; calling the
+    object waits for it.  A member whose stored verifier was read
+    (:func:`stored_verifiers`) is judged by :func:`scram_matches`; the others
+    log in (a connection and a SCRAM exchange each, a few at a time).
 
     :raises RolekitError: on call, when a login failed for another reason (no
         pg_hba.conf entry for this host...): rolekit cannot tell, and says how
@@ -76,9 +161,14 @@ class PasswordDrift:
     """
 
     def __init__(
-        self, params: dict[str, str], secrets: Sequence[tuple[str, Secret]], source: str
+        self,
+        params: dict[str, str],
+        secrets: Sequence[tuple[str, Secret]],
+        source: str,
+        verifiers: dict[str, str | None] | None = None,
     ) -> None:
         self._params, self._secrets, self._source = params, secrets, source
+        self._verifiers = verifiers or {}
         self._found: frozenset[str] = frozenset()
         #: members that accepted the password on file: the server has it
         self.verified: frozenset[str] = frozenset()
@@ -87,29 +177,44 @@ class PasswordDrift:
         if secrets:
             self._thread.start()
 
+    def _judge(self, item: tuple[str, Secret]) -> bool | RolekitError:
+        """True: the member has the password on file; False: it rejects it."""
+        role, secret = item
+        if role in self._verifiers:
+            matches = scram_matches(self._verifiers[role], secret.reveal())
+            if matches is not None:
+                return matches
+        try:
+            conn = _connect(self._params, role, secret.reveal())
+        except psycopg2.OperationalError as exc:
+            if _password_rejected(exc):
+                return False
+            return RolekitError(
+                f"cannot log in as {role!r} to check its password: {first_line(exc)}. "
+                "Nothing was changed. Allow it in pg_hba.conf for this host, or set "
+                "verify_logins = false in [rolekit] to skip login checks"
+            )
+        conn.close()
+        return True
+
     def _run(self) -> None:
         drifted, verified = set(), set()
-        for role, secret in self._secrets:
-            try:
-                conn = _connect(self._params, role, secret.reveal())
-            except psycopg2.OperationalError as exc:
-                if _password_rejected(exc):
-                    log.warning(
-                        "%s rejects the password in %s: it drifted (changed outside rolekit); "
-                        "sending it again",
-                        role,
-                        self._source,
-                    )
-                    drifted.add(role)
-                    continue
-                self._error = RolekitError(
-                    f"cannot log in as {role!r} to check its password: {first_line(exc)}. "
-                    "Nothing was changed. Allow it in pg_hba.conf for this host, or set "
-                    "verify_logins = false in [rolekit] to skip login checks"
-                )
+        for (role, _), outcome in zip(
+            self._secrets, _in_parallel(self._judge, self._secrets), strict=True
+        ):
+            if isinstance(outcome, RolekitError):
+                self._error = outcome
                 return
-            conn.close()
-            verified.add(role)
+            if outcome:
+                verified.add(role)
+                continue
+            log.warning(
+                "%s rejects the password in %s: it drifted (changed outside rolekit); "
+                "sending it again",
+                role,
+                self._source,
+            )
+            drifted.add(role)
         self._found, self.verified = frozenset(drifted), frozenset(verified)
 
     def __call__(self) -> frozenset[str]:
@@ -125,7 +230,8 @@ def password_drift(
 ) -> PasswordDrift:
     """Start checking the passwords on file (*source*) of members that may log in;
     see :class:`PasswordDrift`."""
-    return PasswordDrift(connect_params(control), secrets, source)
+    verifiers = stored_verifiers(control, (role for role, _ in secrets))
+    return PasswordDrift(connect_params(control), secrets, source, verifiers)
 
 
 def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> None:
@@ -133,22 +239,30 @@ def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> N
 
     Like the test step of AWS's rotation: a password that does not work, or
     a member whose sessions would not act as the group, is reported now,
-    not by the first application that tries it.
+    not by the first application that tries it.  The logins run a few at a
+    time; the first failure in the order of *checks* is the one reported.
 
     :raises VerificationError: the change is committed but a login failed.
     """
-    for check in checks:
+    params = connect_params(control)
+
+    def login(check: LoginCheck) -> str | VerificationError:
         try:
-            conn = _connect(control, check.role, check.secret.reveal())
+            conn = _connect(params, check.role, check.secret.reveal())
         except psycopg2.OperationalError as exc:
-            raise VerificationError(
+            return VerificationError(
                 f"login check failed for {check.role!r} after the commit: {first_line(exc)}. "
                 "The change is committed; fix the secret or the pg_hba.conf entry and re-run"
-            ) from None
+            )
         with contextlib.closing(conn), conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT current_user"))
             row = cur.fetchone()
-        acting = row[0] if row else None
+        return str(row[0]) if row else ""
+
+    for check, outcome in zip(checks, _in_parallel(login, checks), strict=True):
+        if isinstance(outcome, VerificationError):
+            raise outcome
+        acting = outcome or None
         if acting != check.acts_as:
             raise VerificationError(
                 f"login check for {check.role!r}: its session runs as {acting!r}, not "
