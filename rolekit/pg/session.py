@@ -86,6 +86,9 @@ class Session:
         #: a statement users care about ran (a role changed, not bookkeeping):
         #: the standbys must replay the commit before the run reports success
         self.changed = False
+        #: the logging settings saved before the first of consecutive
+        #: secret-bearing statements, while the quiet ones are in effect
+        self._quiet_saved: dict[str, str] | None = None
 
     # -- online plumbing ---------------------------------------------------
 
@@ -97,6 +100,8 @@ class Session:
         return bind.connection.dbapi_connection
 
     def _cursor_execute(self, stmt: sql.Composable, params: Params) -> Any:
+        if self._quiet_saved is not None:
+            self._end_quiet()
         cur = self.dbapi_connection.cursor()
         cur.execute(stmt, params)
         return cur
@@ -213,22 +218,35 @@ class Session:
         if not quiet:
             self._cursor_execute(stmt, params).close()
             return
-        names = list(quiet)
-        saved = self.fetchone(
-            sql.SQL("SELECT {}").format(
-                sql.SQL(", ").join(sql.SQL("current_setting(%s)") for _ in names)
-            ),
-            names,
-        )
-        assert saved is not None
-        self._set_local(quiet)
+        if self._quiet_saved is None:
+            # The settings are read just before, and restored just after, a run
+            # of consecutive secret-bearing statements (the passwords of one
+            # repeatable): restored before any other statement is sent.
+            names = list(quiet)
+            saved = self.fetchone(
+                sql.SQL("SELECT {}").format(
+                    sql.SQL(", ").join(sql.SQL("current_setting(%s)") for _ in names)
+                ),
+                names,
+            )
+            assert saved is not None
+            self._set_local(quiet)
+            self._quiet_saved = dict(zip(names, saved, strict=True))
+        cur = self.dbapi_connection.cursor()
         try:
-            self._cursor_execute(stmt, params).close()
+            cur.execute(stmt, params)
         finally:
-            # Restore for the rest of the transaction; if the statement failed
-            # the transaction is aborted and rolls back the settings anyway.
-            if self.dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_INERROR:
-                self._set_local(dict(zip(names, saved, strict=True)))
+            cur.close()
+            if self.dbapi_connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
+                # the transaction is aborted and rolls back the settings anyway
+                self._quiet_saved = None
+
+    def _end_quiet(self) -> None:
+        """Restore the logging settings a run of secret-bearing statements switched off,
+        for the rest of the transaction."""
+        saved, self._quiet_saved = self._quiet_saved, None
+        if saved and self.dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_INERROR:
+            self._set_local(saved)
 
     def _set_local(self, values: dict[str, str]) -> None:
         """``SET LOCAL`` several settings in one round trip."""
