@@ -54,10 +54,10 @@ def _check_claims(session: Session, found: FamilyCatalog, take_over: frozenset[s
     return to_claim
 
 
-def _claim(session: Session, names: list[str], found: FamilyCatalog) -> None:
-    fresh = catalog.roles(session, names)
+def _claim(session: Session, names: list[str], after: FamilyCatalog) -> None:
+    """Claim *names*, as *after* (read once the roles were created) holds them."""
     for name in names:
-        comment = claims.claim_comment(found.roles.get(name) or fresh.get(name), session.database)
+        comment = claims.claim_comment(after.roles.get(name), session.database)
         session.execute(ddl.comment_on_role(name), (comment,), echo=False)
 
 
@@ -81,8 +81,10 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
     )
     if session.offline:
         return
-    _claim(session, sorted(set(to_claim)), found)
+    # One read after the changes serves the claims (a comment does not change
+    # what the check below reads) and the check that the grants took.
     after = FamilyCatalog.read(session, family)
+    _claim(session, sorted(set(to_claim)), after)
     for name in family.members:
         if drift := after.acts_as_group(name):
             raise FamilyConflictError(f"{drift.problem} after the grant")
