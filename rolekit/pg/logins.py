@@ -18,12 +18,8 @@ a time.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +29,7 @@ import psycopg2
 from psycopg2 import sql
 
 from rolekit.errors import RolekitError, VerificationError, first_line
-from rolekit.pg import tracking
+from rolekit.pg import scram, tracking
 from rolekit.pg.control import ControlConnection
 from rolekit.secrets import Secret
 
@@ -44,39 +40,6 @@ _KEPT = ("host", "hostaddr", "port", "dbname", "sslmode", "sslrootcert", "sslcer
 APPLICATION_NAME = tracking.OWN_LOGINS
 #: logins in flight at once (each is a backend start and a SCRAM exchange)
 PARALLEL_LOGINS = 4
-
-_SCRAM = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-
-
-def scram_matches(verifier: str | None, password: str) -> bool | None:
-    """Whether *password* is the one a stored ``SCRAM-SHA-256`` *verifier* was made from.
-
-    ``None`` when this cannot be judged here: no SCRAM verifier (NULL, md5),
-    or a password outside printable ASCII, which SASLprep may change before
-    hashing (printable ASCII it leaves as it is).  The comparison is the
-    server's own (RFC 5802): StoredKey and ServerKey from PBKDF2 of the
-    password with the verifier's salt and iteration count.
-    """
-    found = _SCRAM.fullmatch(verifier or "")
-    if found is None or _PRINTABLE_ASCII.fullmatch(password) is None:
-        return None
-    try:
-        iterations = int(found[1])
-        salt, stored_key, server_key = (
-            base64.b64decode(found[i], validate=True) for i in (2, 3, 4)
-        )
-    except ValueError:
-        return None
-    if iterations < 1:
-        return None
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    mine_stored = hashlib.sha256(client_key).digest()
-    mine_server = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    return hmac.compare_digest(mine_stored, stored_key) and hmac.compare_digest(
-        mine_server, server_key
-    )
 
 
 def stored_verifiers(control: ControlConnection, roles: Iterable[str]) -> dict[str, str | None]:
@@ -152,7 +115,7 @@ class PasswordDrift:
 
     The check runs in a thread while the migration starts; calling the
     object waits for it.  A member whose stored verifier was read
-    (:func:`stored_verifiers`) is judged by :func:`scram_matches`; the others
+    (:func:`stored_verifiers`) is judged by :func:`rolekit.pg.scram.matches`; the others
     log in (a connection and a SCRAM exchange each, a few at a time).
 
     :raises RolekitError: on call, when a login failed for another reason (no
@@ -181,7 +144,7 @@ class PasswordDrift:
         """True: the member has the password on file; False: it rejects it."""
         role, secret = item
         if role in self._verifiers:
-            matches = scram_matches(self._verifiers[role], secret.reveal())
+            matches = scram.matches(self._verifiers[role], secret.reveal())
             if matches is not None:
                 return matches
         try:

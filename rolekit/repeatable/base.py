@@ -19,6 +19,7 @@ from psycopg2.extensions import encrypt_password
 
 from rolekit.errors import RepeatableError
 from rolekit.model.contexts import ContextExpression
+from rolekit.pg import scram
 from rolekit.pg.session import render_offline
 from rolekit.secrets import Secret, fingerprint
 
@@ -140,8 +141,12 @@ def execute_step(session: Session, step: Step) -> None:
         return
     # The server stores a "SCRAM-SHA-256$..." string as an already-hashed
     # verifier, so the plaintext never travels or lands in a log.
-    verifier = encrypt_password(
-        step.secret.reveal(), step.secret_role, session.dbapi_connection, "scram-sha-256"
+    conn = session.dbapi_connection
+    password = step.secret.reveal()
+    # The iterations libpq would use: the server's scram_iterations (16+).
+    iterations = int(conn.get_parameter_status("scram_iterations") or scram.DEFAULT_ITERATIONS)
+    verifier = scram.verifier(password, iterations) or encrypt_password(
+        password, step.secret_role, conn, "scram-sha-256"
     )
     session.execute_secret(
         step.stmt, (verifier,), describe=f"ALTER ROLE {step.secret_role} PASSWORD <redacted>"
