@@ -22,7 +22,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
@@ -74,6 +73,8 @@ def _in_parallel(fn: Callable[[_Item], _Outcome], items: Sequence[_Item]) -> lis
     connects), results in the order of *items*."""
     if len(items) <= 1:
         return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor  # not needed by a one-member project
+
     with ThreadPoolExecutor(min(PARALLEL_LOGINS, len(items)), "rolekit-login") as pool:
         return list(pool.map(fn, items))
 
