@@ -96,21 +96,19 @@ def _create_and_grant(
     """Create the missing roles and grants; return the roles created."""
     family, version = found.family, session.server_version
     created = [name for name in family.roles if name not in found.roles]
-    for name in created:
-        session.execute(ddl.create_nologin_role(name))
+    stmts: list[sql.Composable] = [ddl.create_nologin_role(name) for name in created]
     if grant_to_migrator:
-        session.execute(ddl.grant_to_current_user(family.group, version))
+        stmts.append(ddl.grant_to_current_user(family.group, version))
         # So the drain can see the members' sessions in detail and
         # --terminate can end them without pg_read_all_stats/pg_signal_backend.
-        for name in family.members:
-            session.execute(ddl.grant_member_to_current_user(name, version))
+        stmts += [ddl.grant_member_to_current_user(name, version) for name in family.members]
     for name in family.members:
         if name not in found.roles:
-            session.execute(ddl.grant_membership(family.group, name, version))
-            session.execute(ddl.set_login_role(name, family.group))
+            stmts.append(ddl.grant_membership(family.group, name, version))
+            stmts.append(ddl.set_login_role(name, family.group))
         elif drift := found.acts_as_group(name):
-            for stmt in drift.repair:
-                session.execute(stmt)
+            stmts += drift.repair
+    session.execute_many(stmts)  # one round trip
     return created
 
 

@@ -199,6 +199,21 @@ class Session:
             log.log(level, "%s", stmt.as_string(self.dbapi_connection))
         self._cursor_execute(stmt, params).close()
 
+    def execute_many(self, stmts: Sequence[sql.Composable], *, echo: bool = True) -> None:
+        """Run (or, offline, print) statements that carry no secret and take no
+        parameters, online in one round trip: each is logged as :meth:`execute`
+        logs it; the first that fails aborts the transaction, as it would alone."""
+        if self.offline or len(stmts) <= 1:
+            for stmt in stmts:
+                self.execute(stmt, echo=echo)
+            return
+        level = logging.INFO if echo else logging.DEBUG
+        self.changed |= echo
+        if log.isEnabledFor(level):
+            for stmt in stmts:
+                log.log(level, "%s", stmt.as_string(self.dbapi_connection))
+        self._cursor_execute(sql.SQL("; ").join(stmts), None).close()
+
     def execute_secret(self, stmt: sql.Composable, params: Sequence[Any], *, describe: str) -> None:
         """Run a statement whose parameters hold a secret (a SCRAM verifier).
 
