@@ -145,12 +145,16 @@ class RunContext:
 
     def _on_file(self) -> dict[str, Secret] | None:
         """Every non-empty password of the secrets file, read once per run (``None``:
-        no file).  A run asks for each member's password several times; each
-        ask of :class:`SecretsFile` would stat the file again."""
+        no file, or one that cannot be read: then each ask goes to the file, whose
+        error names the key and the context).  A run asks for each member's
+        password several times; each ask of :class:`SecretsFile` stats the file."""
         if "on_file" not in self._cache:
             path = self.secrets_file.path
-            exists = path.exists() or path.is_symlink()  # a symlink is refused by load()
-            self._cache["on_file"] = self.secrets_file.load() if exists else None
+            try:
+                exists = path.exists() or path.is_symlink()  # load() refuses a symlink
+                self._cache["on_file"] = self.secrets_file.load() if exists else None
+            except SecretsError:
+                self._cache["on_file"] = None
         on_file: dict[str, Secret] | None = self._cache["on_file"]
         return on_file
 
@@ -158,14 +162,16 @@ class RunContext:
         if self.primary is None:
             return False
         on_file = self._on_file()
-        return on_file is not None and secret_key(role, self.primary) in on_file
+        if on_file is None:  # no file (False), or a broken one (raises, naming the key)
+            return self.secrets_file.has(role, self.primary)
+        return secret_key(role, self.primary) in on_file
 
     def secret(self, role: str) -> tuple[Secret, str]:
         secrets_file = self.secrets_file  # raises when no context was given
         context = self.primary or ""
         key = secret_key(role, context)
         on_file = self._on_file()
-        # not on file: get() raises, naming what is wrong (missing, empty...)
+        # not on file: get() raises, naming what is wrong (missing, empty, broken...)
         value = on_file[key] if on_file and key in on_file else secrets_file.get(role, context)
         try:
             check_strength(role, context, value, self.settings.min_length(context))
