@@ -5,15 +5,7 @@ way every migration user can: it logs in.  Before the migration transaction,
 a member that may log in and rejects the secrets file's password has
 drifted (someone changed it), and the run sends it again.  After the
 commit, every member whose password or login changed must log in and run as
-its group, or the run fails.
-
-Where the migration user may read ``pg_authid`` (a superuser), the check
-before the transaction compares the secrets file's password with the
-server's stored SCRAM verifier instead (one query for every member, and a
-PBKDF2 per member on the client: no backend started per member); a member
-whose verifier it cannot judge (not SCRAM, an expired password, a password
-SASLprep would change) is still checked by logging in.  Logins run a few at
-a time.
+its group, or the run fails.  Logins run a few at a time.
 """
 
 from __future__ import annotations
@@ -21,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
 from psycopg2 import sql
 
 from rolekit.errors import RolekitError, VerificationError, first_line
-from rolekit.pg import scram, tracking
+from rolekit.pg import tracking
 from rolekit.pg.control import ControlConnection
 from rolekit.secrets import Secret
 
@@ -39,29 +31,6 @@ _KEPT = ("host", "hostaddr", "port", "dbname", "sslmode", "sslrootcert", "sslcer
 APPLICATION_NAME = tracking.OWN_LOGINS
 #: logins in flight at once (each is a backend start and a SCRAM exchange)
 PARALLEL_LOGINS = 4
-
-
-def stored_verifiers(control: ControlConnection, roles: Iterable[str]) -> dict[str, str | None]:
-    """The stored password verifiers of *roles* whose password has not expired, when the
-    migration user may read ``pg_authid`` (a superuser; empty otherwise): one query.
-
-    They come back as query results only, never in a statement, and stay in memory.
-    """
-    names = sorted(set(roles))
-    if not names or control.dbapi_connection.get_parameter_status("is_superuser") != "on":
-        return {}
-    try:
-        rows = control.fetchall(
-            sql.SQL(
-                "SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid"
-                " WHERE rolname = ANY(%s) AND rolcanlogin"
-                " AND (rolvaliduntil IS NULL OR rolvaliduntil > now())"
-            ),
-            (names,),
-        )
-    except psycopg2.Error:  # SET ROLE to a user that may not read it: log in instead
-        return {}
-    return {str(name): verifier for name, verifier in rows}
 
 
 _Item = TypeVar("_Item")
@@ -112,12 +81,11 @@ def _password_rejected(exc: psycopg2.Error) -> bool:
 
 
 class PasswordDrift:
-    """Members that may log in and reject the secrets file's password.
+    """Members that may log in and reject the secrets file's password, found by logging in.
 
-    The check runs in a thread while the migration starts; calling the
-    object waits for it.  A member whose stored verifier was read
-    (:func:`stored_verifiers`) is judged by :func:`rolekit.pg.scram.matches`; the others
-    log in (a connection and a SCRAM exchange each, a few at a time).
+    The logins run in a thread while the migration starts (a login is a
+    connection and a SCRAM exchange; a few run at a time); calling the object
+    waits for them.
 
     :raises RolekitError: on call, when a login failed for another reason (no
         pg_hba.conf entry for this host...): rolekit cannot tell, and says how
@@ -125,14 +93,9 @@ class PasswordDrift:
     """
 
     def __init__(
-        self,
-        params: dict[str, str],
-        secrets: Sequence[tuple[str, Secret]],
-        source: str,
-        verifiers: dict[str, str | None] | None = None,
+        self, params: dict[str, str], secrets: Sequence[tuple[str, Secret]], source: str
     ) -> None:
         self._params, self._secrets, self._source = params, secrets, source
-        self._verifiers = verifiers or {}
         self._found: frozenset[str] = frozenset()
         #: members that accepted the password on file: the server has it
         self.verified: frozenset[str] = frozenset()
@@ -144,10 +107,6 @@ class PasswordDrift:
     def _judge(self, item: tuple[str, Secret]) -> bool | RolekitError:
         """True: the member has the password on file; False: it rejects it."""
         role, secret = item
-        if role in self._verifiers:
-            matches = scram.matches(self._verifiers[role], secret.reveal())
-            if matches is not None:
-                return matches
         try:
             conn = _connect(self._params, role, secret.reveal())
         except psycopg2.OperationalError as exc:
@@ -194,8 +153,7 @@ def password_drift(
 ) -> PasswordDrift:
     """Start checking the passwords on file (*source*) of members that may log in;
     see :class:`PasswordDrift`."""
-    verifiers = stored_verifiers(control, (role for role, _ in secrets))
-    return PasswordDrift(connect_params(control), secrets, source, verifiers)
+    return PasswordDrift(connect_params(control), secrets, source)
 
 
 def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> None:

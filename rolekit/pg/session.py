@@ -24,8 +24,6 @@ from psycopg2.extensions import TRANSACTION_STATUS_INERROR
 from rolekit.errors import RolekitError
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from alembic.runtime.migration import MigrationContext
 
     from rolekit.pg.catalog import Reader
@@ -91,9 +89,6 @@ class Session:
         #: the logging settings saved before the first of consecutive
         #: secret-bearing statements, while the quiet ones are in effect
         self._quiet_saved: dict[str, str] | None = None
-        #: password verifiers being made ahead of their statements, by (role,
-        #: secrets-file key) (:func:`rolekit.repeatable.base.prepare_verifiers`)
-        self.verifiers: dict[tuple[str | None, str | None], Future[str | None]] = {}
 
     # -- online plumbing ---------------------------------------------------
 

@@ -19,7 +19,6 @@ from psycopg2.extensions import encrypt_password
 
 from rolekit.errors import RepeatableError
 from rolekit.model.contexts import ContextExpression
-from rolekit.pg import scram
 from rolekit.pg.session import render_offline
 from rolekit.secrets import Secret, fingerprint
 
@@ -149,42 +148,14 @@ class Repeatable:
         return f"{type(self).__name__}({self.id!r})"
 
 
-def _iterations(session: Session) -> int:
-    """The iterations libpq would use: the server's scram_iterations (16+), else 4096."""
-    reported = session.dbapi_connection.get_parameter_status("scram_iterations")
-    return int(reported or scram.DEFAULT_ITERATIONS)
-
-
-def prepare_verifiers(session: Session, steps: Iterable[Step]) -> None:
-    """Start making the verifiers of the passwords *steps* send, in two worker
-    threads (hashlib's PBKDF2 releases the GIL): the client's work overlaps the
-    server's on the statements sent meanwhile.  :func:`execute_step` takes them."""
-    todo = [s for s in steps if s.secret is not None and s.secret_role is not None]
-    if len(todo) < 2 or session.offline:
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    iterations = _iterations(session)
-    pool = ThreadPoolExecutor(2, "rolekit-verifiers")
-    for step in todo:
-        assert step.secret is not None
-        session.verifiers[(step.secret_role, step.secret_key)] = pool.submit(
-            scram.verifier, step.secret.reveal(), iterations
-        )
-    pool.shutdown(wait=False)  # the submitted ones still run
-
-
 def execute_step(session: Session, step: Step) -> None:
     if step.secret is None or step.secret_role is None:
         session.execute(step.stmt)
         return
     # The server stores a "SCRAM-SHA-256$..." string as an already-hashed
     # verifier, so the plaintext never travels or lands in a log.
-    password = step.secret.reveal()
-    prepared = session.verifiers.pop((step.secret_role, step.secret_key), None)
-    made = prepared.result() if prepared else scram.verifier(password, _iterations(session))
-    verifier = made or encrypt_password(
-        password, step.secret_role, session.dbapi_connection, "scram-sha-256"
+    verifier = encrypt_password(
+        step.secret.reveal(), step.secret_role, session.dbapi_connection, "scram-sha-256"
     )
     session.execute_secret(
         step.stmt, (verifier,), describe=f"ALTER ROLE {step.secret_role} PASSWORD <redacted>"

@@ -22,7 +22,7 @@ from rolekit.pg import catalog, claims, ddl, password_history, positions
 from rolekit.pg.logins import LoginCheck
 from rolekit.pg.session import Session
 from rolekit.repeatable import changelog
-from rolekit.repeatable.base import Repeatable, Step, execute_step, prepare_verifiers
+from rolekit.repeatable.base import Repeatable, Step, execute_step
 from rolekit.repeatable.kinds import FamilyLogin, SetPasswords
 from rolekit.repeatable.loader import login_members
 from rolekit.repeatable.run import Observed, RunContext
@@ -362,7 +362,6 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
     migrated = _before_sending(session, run, report, state)
     if migrated.version != state.version:  # an older schema was just migrated
         report = RunReport(plan(session, run, repeatables, migrated).items)
-    prepare_verifiers(session, [step for item in report.executed for step in item.steps])
     ran = [(item, _run(session, run, item)) for item in report.executed]
     if not session.offline:
         _record(session, run, ran)
