@@ -56,9 +56,13 @@ def _check_claims(session: Session, found: FamilyCatalog, take_over: frozenset[s
 
 def _claim(session: Session, names: list[str], after: FamilyCatalog) -> None:
     """Claim *names*, as *after* (read once the roles were created) holds them."""
-    for name in names:
-        comment = claims.claim_comment(after.roles.get(name), session.database)
-        session.execute(ddl.comment_on_role(name), (comment,), echo=False)
+    comments = [
+        ddl.comment_on_role_text(
+            name, claims.claim_comment(after.roles.get(name), session.database)
+        )
+        for name in names
+    ]
+    session.execute_many(comments, echo=False)  # one round trip
 
 
 @Operations.implementation_for(CreateRoleFamilyOp)
