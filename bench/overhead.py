@@ -11,7 +11,9 @@ subprocess, as in a deploy.
 from __future__ import annotations
 
 import compileall
+import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -175,12 +177,20 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
             counts[name] = count_statements(cluster.log_since(offset))
 
         times: dict[str, list[float]] = {"rolekit": [], "alembic": []}
+        # CPU seconds (user + system) of each finished alembic process: less
+        # sensitive than wall time to what else the machine runs
+        cpu: dict[str, list[float]] = {"rolekit": [], "alembic": []}
         pairs = [("rolekit", noop_rolekit), ("alembic", noop_plain)]
         for i in range(runs):
             for name, fn in pairs if i % 2 == 0 else pairs[::-1]:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 started = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - started)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[name].append(
+                    after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+                )
         log(
             f"overhead: no-op medians rolekit {median(times['rolekit']):.3f}s, "
             f"alembic {median(times['alembic']):.3f}s"
@@ -189,6 +199,9 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     med_rolekit = median(times["rolekit"]) or 0.0
     med_alembic = median(times["alembic"]) or 1e-9
+    pairwise = [r / a for r, a in zip(times["rolekit"], times["alembic"], strict=True)]
+    cpu_rolekit = median(cpu["rolekit"]) or 0.0
+    cpu_alembic = median(cpu["alembic"]) or 1e-9
     data: dict[str, Any] = {
         "machine": info,
         "runs_each": runs,
@@ -197,6 +210,12 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
         "noop_median_s": rounded(med_rolekit, 4),
         "alembic_noop_median_s": rounded(med_alembic, 4),
         "noop_extra_s": rounded(med_rolekit - med_alembic, 4),
+        "ratio_noop_pairwise_median": rounded(median(pairwise), 3),
+        "ratio_noop_cpu_vs_alembic": rounded(cpu_rolekit / cpu_alembic, 3),
+        "noop_cpu_median_s": rounded(cpu_rolekit, 4),
+        "alembic_noop_cpu_median_s": rounded(cpu_alembic, 4),
+        "goal_ratio_noop_vs_alembic": 1.05,
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "full_apply_s": rounded(full_apply_s, 3),
         "alembic_full_apply_s": rounded(plain_full_apply_s, 3),
         "noop_statements": counts["rolekit"],
@@ -207,7 +226,9 @@ def run(major: int | None = None, runs: int = RUNS) -> dict[str, Any]:
             "wall time of `python -m alembic [-x context=dev] upgrade head` subprocesses, "
             "both projects at head on the same fresh cluster, interleaved in alternating order; "
             "full_apply_s = the example project's upgrade from base on that fresh cluster; "
-            "statements counted with log_statement=all"
+            "statements counted with log_statement=all; *_cpu_* = user + system seconds of "
+            "each alembic process (getrusage of the children); ratio_noop_pairwise_median = "
+            "the median of rolekit/alembic over the interleaved pairs"
         ),
         "python": sys.version.split()[0],
     }

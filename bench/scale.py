@@ -5,10 +5,16 @@ For N families, a generated project holds one revision with N
 dev) and a ``FamilyLogin`` repeatable, a rotation state entry and two
 passwords.  Each N gets a fresh cluster logging every statement; the no-op
 run's statements are counted from the server log: they should not grow with N.
+
+The example project plus 200 such families is timed against the example
+project alone, in the same run: the no-op as interleaved whole ``alembic``
+processes (median of 11 each), the full apply on fresh clusters (5 each), alternating.
+The goals of issue 21: no-op at most 1.5x, full apply at most 8x.
 """
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import shutil
@@ -17,12 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, log, machine, median, rounded, write_json
-from bench.overhead import count_statements
+from bench.common import REPO, example, log, machine, median, rounded, write_json
+from bench.overhead import ROLEKIT, count_statements
 from rolekit.secrets import Secret, SecretsFile, fingerprint, generate_password
 from rolekit.testing import Cluster, Project
 
 SIZES = (1, 10, 100, 500)
+#: families added to the example project for the ratios against it alone
+EXAMPLE_PLUS = 200
+#: interleaved no-op runs of each project, and fresh-cluster applies of each
+RATIO_RUNS = 11
+APPLY_ROUNDS = 5
+#: the goals of issue 21 (reported, never asserted)
+GOAL_NOOP_RATIO = 1.5
+GOAL_APPLY_RATIO = 8.0
 
 _REVISION = '''\
 """{n} role families.
@@ -93,6 +107,133 @@ def generate(root: Path, n: int, cluster: Cluster, *, keyed: bool = True) -> Pro
     return Project(root, cluster)
 
 
+_EXTRA_REVISION = '''\
+"""{n} more role families.
+
+Revision ID: 9001
+Revises: {down}
+"""
+
+from alembic import op
+
+revision = "9001"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+FAMILIES = {families!r}
+
+
+def upgrade() -> None:
+    for group in FAMILIES:
+        op.create_role_family(group, [f"{{group}}_tom", f"{{group}}_jerry"])
+
+
+def downgrade() -> None:
+    for group in reversed(FAMILIES):
+        op.drop_role_family(group, [f"{{group}}_tom", f"{{group}}_jerry"])
+'''
+
+
+def add_families(project: Project, n: int) -> None:
+    """Add *n* generated families to a copy of the example project: a revision
+    after its head, a repeatables file, state entries and passwords."""
+    names = families(n)
+    migrations = project.root / "migrations"
+    heads = sorted(p.stem.split("_")[0] for p in (migrations / "versions").glob("*.py"))
+    (migrations / "versions" / "9001_families.py").write_text(
+        _EXTRA_REVISION.format(n=n, families=names, down=heads[-1])
+    )
+    (migrations / "repeatable" / "families.py").write_text(_REPEATABLES.format(families=names))
+    state = json.loads((migrations / "rotation.json").read_text())
+    for g in names:
+        state["families"][g] = {"dev": {"login": [f"{g}_tom"]}}
+        state.setdefault("members", {})[g] = [f"{g}_tom", f"{g}_jerry"]
+    (migrations / "rotation.json").write_text(json.dumps(state, indent=1))
+    with open(project.root / "passwords.env", "a") as file:
+        file.writelines(
+            f"{g}_{m}.password.dev={generate_password()}\n" for g in names for m in ("tom", "jerry")
+        )
+
+
+def _project(root: Path, cluster: Cluster, n: int) -> Project:
+    project = example(root, cluster)
+    if n:
+        add_families(project, n)
+    compileall.compile_dir(project.root, quiet=1)
+    return project
+
+
+def _timed_upgrade(project: Project) -> float:
+    started = time.perf_counter()
+    proc = project.upgrade("dev")
+    return time.perf_counter() - started if proc.returncode == 0 else float("nan")
+
+
+def example_plus(
+    major: int | None,
+    work: Path,
+    n: int = EXAMPLE_PLUS,
+    runs: int = RATIO_RUNS,
+    rounds: int = APPLY_ROUNDS,
+) -> dict[str, Any]:
+    """The example project plus *n* families against the example alone, same run."""
+    compileall.compile_dir(ROLEKIT, quiet=1)  # as an installed package has it
+    applies: dict[str, list[float]] = {"example": [], "plus": []}
+    for i in range(rounds):
+        order = ("example", "plus") if i % 2 == 0 else ("plus", "example")
+        for which in order:
+            with Cluster(major) as cluster:
+                project = _project(
+                    work / f"apply-{which}-{i}", cluster, n if which == "plus" else 0
+                )
+                applies[which].append(_timed_upgrade(project))
+    noops: dict[str, list[float]] = {"example": [], "plus": []}
+    statements: dict[str, int] = {}
+    with Cluster(major) as alone, Cluster(major) as crowded:
+        projects = {
+            "example": _project(work / "noop-example", alone, 0),
+            "plus": _project(work / "noop-plus", crowded, n),
+        }
+        for which, project in projects.items():
+            project.upgrade("dev")  # the apply; then one untimed no-op, its statements counted
+            cluster = alone if which == "example" else crowded
+            offset = cluster.log_size()
+            proc = project.upgrade("dev")
+            if "] running " in proc.stderr:
+                raise RuntimeError(f"the {which} no-op ran something:\n{proc.stderr[-3000:]}")
+            statements[which] = count_statements(cluster.log_since(offset))
+        for i in range(runs):
+            for which in ("example", "plus") if i % 2 == 0 else ("plus", "example"):
+                noops[which].append(_timed_upgrade(projects[which]))
+    pairs = [p / e for p, e in zip(noops["plus"], noops["example"], strict=True)]
+    noop_ratio = (median(noops["plus"]) or 0.0) / (median(noops["example"]) or 1e-9)
+    apply_ratio = (median(applies["plus"]) or 0.0) / (median(applies["example"]) or 1e-9)
+    result = {
+        "families_added": n,
+        "noop_runs_each": runs,
+        "apply_rounds_each": rounds,
+        "example_noop_s": rounded(median(noops["example"]), 3),
+        "plus_noop_s": rounded(median(noops["plus"]), 3),
+        "ratio_noop": rounded(noop_ratio, 3),
+        "ratio_noop_pairwise_median": rounded(median(pairs), 3),
+        "example_full_apply_s": rounded(median(applies["example"]), 3),
+        "plus_full_apply_s": rounded(median(applies["plus"]), 3),
+        "ratio_full_apply": rounded(apply_ratio, 3),
+        "goal_ratio_noop": GOAL_NOOP_RATIO,
+        "goal_ratio_full_apply": GOAL_APPLY_RATIO,
+        "example_noop_statements": statements["example"],
+        "plus_noop_statements": statements["plus"],
+        "example_noop_runs_s": [rounded(t, 3) for t in noops["example"]],
+        "plus_noop_runs_s": [rounded(t, 3) for t in noops["plus"]],
+        "example_full_apply_runs_s": [rounded(t, 3) for t in applies["example"]],
+        "plus_full_apply_runs_s": [rounded(t, 3) for t in applies["plus"]],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    log(f"scale: example + {n} families vs the example alone: {result}")
+    return result
+
+
 def scrypt_ms() -> float:
     secret = Secret(generate_password())
     started = time.perf_counter()
@@ -149,6 +290,7 @@ def run(
     with Cluster(major) as probe:
         info = machine(probe)
     per_secret = [scrypt_ms() for _ in range(5)]
+    plus = example_plus(major, work)
     rows = [measure(n, major, work, noop_runs=3) for n in sizes]
     fallback = [measure(n, major, work, noop_runs=1, keyed=False) for n in fallback_sizes]
     trips = [r["noop_round_trips"] for r in rows + fallback]
@@ -158,6 +300,7 @@ def run(
         "noop_round_trips_constant": len(set(trips)) == 1,
         "scrypt_fallback_rows": fallback,
         "scrypt_fingerprint_ms_per_secret": rounded(median(per_secret), 1),
+        "example_plus_families": plus,
         "method": (
             "fresh cluster per size with log_statement=all; full_apply_s = `alembic -x context=dev "
             "upgrade head` from base (subprocess); noop_s = the same at head (median of 3 runs); "
@@ -165,7 +308,12 @@ def run(
             "no-op run. rows: the secrets file has a fingerprint key (keyed HMAC checksums, what "
             "`rolekit gen-password --write` and `rotate begin` set up); scrypt_fallback_rows: "
             "the same without a key, so every secret costs an scrypt fingerprint per run "
-            "(one no-op run each)"
+            "(one no-op run each). example_plus_families: the example project (copied as "
+            "bench.common.example does) plus N generated families in a revision after its head, "
+            "against the example alone: no-op = interleaved `alembic -x context=dev upgrade "
+            "head` subprocesses at head on two live clusters (median of each, and the median "
+            "of the pairwise ratios); full apply = the upgrade from base, each on a fresh "
+            "cluster, the two alternating; bytecode compiled first, as installed"
         ),
     }
     shutil.rmtree(work, ignore_errors=True)

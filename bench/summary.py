@@ -176,6 +176,22 @@ def _overhead(data: dict[str, Any]) -> list[str]:
         "each run is a fresh `alembic` subprocess, so Python start-up and imports are included). "
         f"Benchmark wall time: {data.get('bench_duration_s', '?')} s.",
         "",
+        *_overhead_ratios(data),
+    ]
+
+
+def _overhead_ratios(data: dict[str, Any]) -> list[str]:
+    if "ratio_noop_cpu_vs_alembic" not in data:
+        return []
+    goal = data.get("goal_ratio_noop_vs_alembic", 1.05)
+    met = "met" if data["ratio_noop_vs_alembic"] <= goal else "**not met**"
+    return [
+        f"Median of the pairwise wall-time ratios: {data['ratio_noop_pairwise_median']}; "
+        f"CPU time (user + system of each process): {data['noop_cpu_median_s']} s against "
+        f"{data['alembic_noop_cpu_median_s']} s, ratio {data['ratio_noop_cpu_vs_alembic']}. "
+        f"Goal (issue 21): no-op <= {goal}x plain Alembic: {met}. Load average at the end: "
+        f"{data.get('loadavg_end', '?')}.",
+        "",
     ]
 
 
@@ -275,6 +291,56 @@ def _scale(data: dict[str, Any]) -> list[str]:
         "in-process only, so every `alembic` run pays it again: the scrypt no-op grows linearly "
         "with the number of secrets. Benchmark wall time: "
         f"{data.get('bench_duration_s', '?')} s.",
+        "",
+        *_example_plus(data.get("example_plus_families")),
+    ]
+
+
+def _example_plus(plus: dict[str, Any] | None) -> list[str]:
+    """The example project plus N families against the example alone (same run)."""
+    if not plus:
+        return []
+    n = plus["families_added"]
+
+    def verdict(ratio: float, goal: float) -> str:
+        return f"goal <= {goal}: {'met' if ratio <= goal else '**not met**'}"
+
+    return [
+        f"### The example project plus {n} families, against the example alone",
+        "",
+        *_table(
+            ["", "example alone", f"example + {n} families", "ratio", "goal"],
+            [
+                [
+                    f"no-op `upgrade head`, median s ({plus['noop_runs_each']} interleaved runs "
+                    "each)",
+                    plus["example_noop_s"],
+                    plus["plus_noop_s"],
+                    plus["ratio_noop"],
+                    verdict(plus["ratio_noop"], plus["goal_ratio_noop"]),
+                ],
+                [
+                    f"full apply from base, median s ({plus['apply_rounds_each']} fresh "
+                    "clusters each)",
+                    plus["example_full_apply_s"],
+                    plus["plus_full_apply_s"],
+                    plus["ratio_full_apply"],
+                    verdict(plus["ratio_full_apply"], plus["goal_ratio_full_apply"]),
+                ],
+                [
+                    "statements sent in the no-op",
+                    plus["example_noop_statements"],
+                    plus["plus_noop_statements"],
+                    "",
+                    "",
+                ],
+            ],
+        ),
+        "",
+        f"Median of the pairwise no-op ratios: {plus['ratio_noop_pairwise_median']}. Whole "
+        "`alembic` processes, as in a deploy; the ratios are against the example's own "
+        "figures from the same run, so the machine's speed cancels out; the goals are issue "
+        f"21's. Load average at the end: {plus.get('loadavg_end', '?')}.",
         "",
     ]
 

@@ -11,10 +11,20 @@ The public surface is small:
   (``rolekit init`` adds rolekit to an Alembic project: :mod:`rolekit.scaffold`).
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-try:
-    #: the installed distribution's version: pyproject.toml is its one source
-    __version__ = version("rolekit")
-except PackageNotFoundError:  # a source tree on sys.path that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> Any:
+    """``rolekit.__version__``, read from the installed metadata on first use only:
+    reading it costs an ``alembic upgrade`` a few milliseconds it never needs."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        #: the installed distribution's version: pyproject.toml is its one source
+        found = version("rolekit")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        found = "0+unknown"
+    globals()["__version__"] = found
+    return found

@@ -54,11 +54,15 @@ def _check_claims(session: Session, found: FamilyCatalog, take_over: frozenset[s
     return to_claim
 
 
-def _claim(session: Session, names: list[str], found: FamilyCatalog) -> None:
-    fresh = catalog.roles(session, names)
-    for name in names:
-        comment = claims.claim_comment(found.roles.get(name) or fresh.get(name), session.database)
-        session.execute(ddl.comment_on_role(name), (comment,), echo=False)
+def _claim(session: Session, names: list[str], after: FamilyCatalog) -> None:
+    """Claim *names*, as *after* (read once the roles were created) holds them."""
+    comments = [
+        ddl.comment_on_role_text(
+            name, claims.claim_comment(after.roles.get(name), session.database)
+        )
+        for name in names
+    ]
+    session.execute_many(comments, echo=False)  # one round trip
 
 
 @Operations.implementation_for(CreateRoleFamilyOp)
@@ -81,8 +85,10 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
     )
     if session.offline:
         return
-    _claim(session, sorted(set(to_claim)), found)
+    # One read after the changes serves the claims (a comment does not change
+    # what the check below reads) and the check that the grants took.
     after = FamilyCatalog.read(session, family)
+    _claim(session, sorted(set(to_claim)), after)
     for name in family.members:
         if drift := after.acts_as_group(name):
             raise FamilyConflictError(f"{drift.problem} after the grant")
@@ -94,21 +100,19 @@ def _create_and_grant(
     """Create the missing roles and grants; return the roles created."""
     family, version = found.family, session.server_version
     created = [name for name in family.roles if name not in found.roles]
-    for name in created:
-        session.execute(ddl.create_nologin_role(name))
+    stmts: list[sql.Composable] = [ddl.create_nologin_role(name) for name in created]
     if grant_to_migrator:
-        session.execute(ddl.grant_to_current_user(family.group, version))
+        stmts.append(ddl.grant_to_current_user(family.group, version))
         # So the drain can see the members' sessions in detail and
         # --terminate can end them without pg_read_all_stats/pg_signal_backend.
-        for name in family.members:
-            session.execute(ddl.grant_member_to_current_user(name, version))
+        stmts += [ddl.grant_member_to_current_user(name, version) for name in family.members]
     for name in family.members:
         if name not in found.roles:
-            session.execute(ddl.grant_membership(family.group, name, version))
-            session.execute(ddl.set_login_role(name, family.group))
+            stmts.append(ddl.grant_membership(family.group, name, version))
+            stmts.append(ddl.set_login_role(name, family.group))
         elif drift := found.acts_as_group(name):
-            for stmt in drift.repair:
-                session.execute(stmt)
+            stmts += drift.repair
+    session.execute_many(stmts)  # one round trip
     return created
 
 

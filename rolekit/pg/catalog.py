@@ -113,24 +113,35 @@ def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
         if reader.server_version >= PG16
         else "m.admin_option, true, true"
     )
+    # The settings and memberships are aggregated once for all the roles and
+    # joined by oid: a subquery per role would scan pg_auth_members and
+    # pg_db_role_setting (no index on the member or role alone) once per role,
+    # quadratic in the number of families.
     rows = reader.fetchall(
         sql.SQL(
-            "SELECT r.rolname, r.oid::bigint, r.rolcanlogin, r.rolsuper, r.rolreplication,"
+            "WITH r AS (SELECT oid, rolname, rolcanlogin, rolsuper, rolreplication,"
+            " rolbypassrls, rolvaliduntil FROM pg_roles WHERE rolname = ANY(%s))"
+            " SELECT r.rolname, r.oid::bigint, r.rolcanlogin, r.rolsuper, r.rolreplication,"
             " r.rolbypassrls,"
             " CASE WHEN r.rolvaliduntil = 'infinity' THEN NULL ELSE r.rolvaliduntil END,"
             " coalesce(r.rolvaliduntil <= now(), false),"
-            " coalesce((SELECT s.setconfig FROM pg_db_role_setting s"
-            "           WHERE s.setrole = r.oid AND s.setdatabase = 0), '{{}}'),"
-            " coalesce((SELECT array_agg(d.datname || '=' || c.value) FROM pg_db_role_setting s"
-            "   JOIN pg_database d ON d.oid = s.setdatabase,"
+            " coalesce(everywhere.setconfig, '{{}}'),"
+            " coalesce(per_database.roles, '{{}}'),"
+            " shobj_description(r.oid, 'pg_authid'),"
+            " coalesce(groups.list, '[]')"
+            " FROM r"
+            " LEFT JOIN pg_db_role_setting everywhere"
+            "   ON everywhere.setrole = r.oid AND everywhere.setdatabase = 0"
+            " LEFT JOIN (SELECT s.setrole, array_agg(d.datname || '=' || c.value) AS roles"
+            "   FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase,"
             "   LATERAL (SELECT substr(x, 6) AS value FROM unnest(s.setconfig) x"
             "            WHERE x LIKE 'role=%%') c"
-            "   WHERE s.setrole = r.oid), '{{}}'),"
-            " shobj_description(r.oid, 'pg_authid'),"
-            " coalesce((SELECT json_agg(json_build_array(g.rolname, {options}))"
+            "   WHERE s.setrole IN (SELECT oid FROM r) GROUP BY s.setrole) per_database"
+            "   ON per_database.setrole = r.oid"
+            " LEFT JOIN (SELECT m.member, json_agg(json_build_array(g.rolname, {options})) AS list"
             "   FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
-            "   WHERE m.member = r.oid), '[]')"
-            " FROM pg_roles r WHERE r.rolname = ANY(%s)"
+            "   WHERE m.member IN (SELECT oid FROM r) GROUP BY m.member) groups"
+            "   ON groups.member = r.oid"
         ).format(options=sql.SQL(options)),
         (list(names),),
     )

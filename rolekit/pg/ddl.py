@@ -68,6 +68,12 @@ def comment_on_role(role: str) -> sql.Composed:
     return sql.SQL("COMMENT ON ROLE {} IS %s").format(_id(role))
 
 
+def comment_on_role_text(role: str, comment: str) -> sql.Composed:
+    """:func:`comment_on_role` with the comment quoted in the statement (online
+    only: a literal cannot be rendered offline), so several go in one round trip."""
+    return sql.SQL("COMMENT ON ROLE {} IS {}").format(_id(role), sql.Literal(comment))
+
+
 def set_login_role(member: str, group: str) -> sql.Composed:
     return sql.SQL("ALTER ROLE {} SET role = {}").format(_id(member), _id(group))
 

@@ -5,7 +5,7 @@ way every migration user can: it logs in.  Before the migration transaction,
 a member that may log in and rejects the secrets file's password has
 drifted (someone changed it), and the run sends it again.  After the
 commit, every member whose password or login changed must log in and run as
-its group, or the run fails.
+its group, or the run fails.  Logins run a few at a time.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg2
 from psycopg2 import sql
@@ -29,6 +29,23 @@ log = logging.getLogger(__name__)
 #: where the control connection went, so member logins go to the same server
 _KEPT = ("host", "hostaddr", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey")
 APPLICATION_NAME = tracking.OWN_LOGINS
+#: logins in flight at once (each is a backend start and a SCRAM exchange)
+PARALLEL_LOGINS = 4
+
+
+_Item = TypeVar("_Item")
+_Outcome = TypeVar("_Outcome")
+
+
+def _in_parallel(fn: Callable[[_Item], _Outcome], items: Sequence[_Item]) -> list[_Outcome]:
+    """``fn`` over *items*, a few at a time (psycopg2 releases the GIL while it
+    connects), results in the order of *items*."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor  # not needed by a one-member project
+
+    with ThreadPoolExecutor(min(PARALLEL_LOGINS, len(items)), "rolekit-login") as pool:
+        return list(pool.map(fn, items))
 
 
 def connect_params(control: ControlConnection) -> dict[str, str]:
@@ -67,8 +84,8 @@ class PasswordDrift:
     """Members that may log in and reject the secrets file's password, found by logging in.
 
     The logins run in a thread while the migration starts (a login is a
-    connection and a SCRAM exchange, about as long as the rest of a no-op
-    upgrade's own work); calling the object waits for them.
+    connection and a SCRAM exchange; a few run at a time); calling the object
+    waits for them.
 
     :raises RolekitError: on call, when a login failed for another reason (no
         pg_hba.conf entry for this host...): rolekit cannot tell, and says how
@@ -87,29 +104,40 @@ class PasswordDrift:
         if secrets:
             self._thread.start()
 
+    def _judge(self, item: tuple[str, Secret]) -> bool | RolekitError:
+        """True: the member has the password on file; False: it rejects it."""
+        role, secret = item
+        try:
+            conn = _connect(self._params, role, secret.reveal())
+        except psycopg2.OperationalError as exc:
+            if _password_rejected(exc):
+                return False
+            return RolekitError(
+                f"cannot log in as {role!r} to check its password: {first_line(exc)}. "
+                "Nothing was changed. Allow it in pg_hba.conf for this host, or set "
+                "verify_logins = false in [rolekit] to skip login checks"
+            )
+        conn.close()
+        return True
+
     def _run(self) -> None:
         drifted, verified = set(), set()
-        for role, secret in self._secrets:
-            try:
-                conn = _connect(self._params, role, secret.reveal())
-            except psycopg2.OperationalError as exc:
-                if _password_rejected(exc):
-                    log.warning(
-                        "%s rejects the password in %s: it drifted (changed outside rolekit); "
-                        "sending it again",
-                        role,
-                        self._source,
-                    )
-                    drifted.add(role)
-                    continue
-                self._error = RolekitError(
-                    f"cannot log in as {role!r} to check its password: {first_line(exc)}. "
-                    "Nothing was changed. Allow it in pg_hba.conf for this host, or set "
-                    "verify_logins = false in [rolekit] to skip login checks"
-                )
+        for (role, _), outcome in zip(
+            self._secrets, _in_parallel(self._judge, self._secrets), strict=True
+        ):
+            if isinstance(outcome, RolekitError):
+                self._error = outcome
                 return
-            conn.close()
-            verified.add(role)
+            if outcome:
+                verified.add(role)
+                continue
+            log.warning(
+                "%s rejects the password in %s: it drifted (changed outside rolekit); "
+                "sending it again",
+                role,
+                self._source,
+            )
+            drifted.add(role)
         self._found, self.verified = frozenset(drifted), frozenset(verified)
 
     def __call__(self) -> frozenset[str]:
@@ -133,22 +161,30 @@ def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> N
 
     Like the test step of AWS's rotation: a password that does not work, or
     a member whose sessions would not act as the group, is reported now,
-    not by the first application that tries it.
+    not by the first application that tries it.  The logins run a few at a
+    time; the first failure in the order of *checks* is the one reported.
 
     :raises VerificationError: the change is committed but a login failed.
     """
-    for check in checks:
+    params = connect_params(control)
+
+    def login(check: LoginCheck) -> str | VerificationError:
         try:
-            conn = _connect(control, check.role, check.secret.reveal())
+            conn = _connect(params, check.role, check.secret.reveal())
         except psycopg2.OperationalError as exc:
-            raise VerificationError(
+            return VerificationError(
                 f"login check failed for {check.role!r} after the commit: {first_line(exc)}. "
                 "The change is committed; fix the secret or the pg_hba.conf entry and re-run"
-            ) from None
+            )
         with contextlib.closing(conn), conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT current_user"))
             row = cur.fetchone()
-        acting = row[0] if row else None
+        return str(row[0]) if row else ""
+
+    for check, outcome in zip(checks, _in_parallel(login, checks), strict=True):
+        if isinstance(outcome, VerificationError):
+            raise outcome
+        acting = outcome or None
         if acting != check.acts_as:
             raise VerificationError(
                 f"login check for {check.role!r}: its session runs as {acting!r}, not "

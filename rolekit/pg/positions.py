@@ -213,32 +213,43 @@ def record(
     :returns: (family, context, serial) of each position recorded.
     """
     moved = [f for f in findings if f.verdict.recorded]
-    for finding in moved:
-        values = (
-            finding.family,
-            finding.context,
-            finding.state.serial,
-            finding.state.digest,
+    if not moved:
+        return []
+    # Two statements for all the families (a family is recorded once per
+    # context: the last finding wins, as one upsert after another would).
+    latest = {(f.family, f.context): f for f in moved}
+    rows = sql.SQL(
+        "SELECT s.family, r.oid, s.context, s.serial, s.digest, %s::text, s.state::jsonb"
+        " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[])"
+        " WITH ORDINALITY AS s(family, context, serial, digest, state, n)"
+        " JOIN pg_roles r ON r.rolname = s.family ORDER BY s.n"
+    )
+
+    def columns(chosen: Sequence[Finding]) -> tuple[Any, ...]:
+        return (
             lineage,
-            json.dumps(finding.state.content()),
+            [f.family for f in chosen],
+            [f.context for f in chosen],
+            [f.state.serial for f in chosen],
+            [f.state.digest for f in chosen],
+            [json.dumps(f.state.content()) for f in chosen],
         )
-        session.execute(
-            sql.SQL(
-                "INSERT INTO {} (family, group_oid, context, serial, digest, lineage, state)"
-                " SELECT %s, oid, %s, %s, %s, %s, %s::jsonb FROM pg_roles WHERE rolname = %s"
-                " ON CONFLICT (family, context) DO UPDATE SET group_oid = EXCLUDED.group_oid,"
-                " serial = EXCLUDED.serial, digest = EXCLUDED.digest, lineage = EXCLUDED.lineage,"
-                " state = EXCLUDED.state, applied_at = now(), applied_by = session_user"
-            ).format(sql.Identifier(POSITIONS_TABLE)),
-            (*values, finding.family),
-            echo=False,
-        )
-        session.execute(
-            sql.SQL(
-                "INSERT INTO {} (family, group_oid, context, serial, digest, lineage, state)"
-                " SELECT %s, oid, %s, %s, %s, %s, %s::jsonb FROM pg_roles WHERE rolname = %s"
-            ).format(sql.Identifier(_HISTORY_TABLE)),
-            (*values, finding.family),
-            echo=False,
-        )
+
+    session.execute(
+        sql.SQL(
+            "INSERT INTO {} (family, group_oid, context, serial, digest, lineage, state) {}"
+            " ON CONFLICT (family, context) DO UPDATE SET group_oid = EXCLUDED.group_oid,"
+            " serial = EXCLUDED.serial, digest = EXCLUDED.digest, lineage = EXCLUDED.lineage,"
+            " state = EXCLUDED.state, applied_at = now(), applied_by = session_user"
+        ).format(sql.Identifier(POSITIONS_TABLE), rows),
+        columns(list(latest.values())),
+        echo=False,
+    )
+    session.execute(
+        sql.SQL(
+            "INSERT INTO {} (family, group_oid, context, serial, digest, lineage, state) {}"
+        ).format(sql.Identifier(_HISTORY_TABLE), rows),
+        columns(moved),
+        echo=False,
+    )
     return [(f.family, f.context, f.state.serial) for f in moved]

@@ -86,6 +86,9 @@ class Session:
         #: a statement users care about ran (a role changed, not bookkeeping):
         #: the standbys must replay the commit before the run reports success
         self.changed = False
+        #: the logging settings saved before the first of consecutive
+        #: secret-bearing statements, while the quiet ones are in effect
+        self._quiet_saved: dict[str, str] | None = None
 
     # -- online plumbing ---------------------------------------------------
 
@@ -97,6 +100,8 @@ class Session:
         return bind.connection.dbapi_connection
 
     def _cursor_execute(self, stmt: sql.Composable, params: Params) -> Any:
+        if self._quiet_saved is not None:
+            self._end_quiet()
         cur = self.dbapi_connection.cursor()
         cur.execute(stmt, params)
         return cur
@@ -194,6 +199,21 @@ class Session:
             log.log(level, "%s", stmt.as_string(self.dbapi_connection))
         self._cursor_execute(stmt, params).close()
 
+    def execute_many(self, stmts: Sequence[sql.Composable], *, echo: bool = True) -> None:
+        """Run (or, offline, print) statements that carry no secret and take no
+        parameters, online in one round trip: each is logged as :meth:`execute`
+        logs it; the first that fails aborts the transaction, as it would alone."""
+        if self.offline or len(stmts) <= 1:
+            for stmt in stmts:
+                self.execute(stmt, echo=echo)
+            return
+        level = logging.INFO if echo else logging.DEBUG
+        self.changed |= echo
+        if log.isEnabledFor(level):
+            for stmt in stmts:
+                log.log(level, "%s", stmt.as_string(self.dbapi_connection))
+        self._cursor_execute(sql.SQL("; ").join(stmts), None).close()
+
     def execute_secret(self, stmt: sql.Composable, params: Sequence[Any], *, describe: str) -> None:
         """Run a statement whose parameters hold a secret (a SCRAM verifier).
 
@@ -213,22 +233,35 @@ class Session:
         if not quiet:
             self._cursor_execute(stmt, params).close()
             return
-        names = list(quiet)
-        saved = self.fetchone(
-            sql.SQL("SELECT {}").format(
-                sql.SQL(", ").join(sql.SQL("current_setting(%s)") for _ in names)
-            ),
-            names,
-        )
-        assert saved is not None
-        self._set_local(quiet)
+        if self._quiet_saved is None:
+            # The settings are read just before, and restored just after, a run
+            # of consecutive secret-bearing statements (the passwords of one
+            # repeatable): restored before any other statement is sent.
+            names = list(quiet)
+            saved = self.fetchone(
+                sql.SQL("SELECT {}").format(
+                    sql.SQL(", ").join(sql.SQL("current_setting(%s)") for _ in names)
+                ),
+                names,
+            )
+            assert saved is not None
+            self._set_local(quiet)
+            self._quiet_saved = dict(zip(names, saved, strict=True))
+        cur = self.dbapi_connection.cursor()
         try:
-            self._cursor_execute(stmt, params).close()
+            cur.execute(stmt, params)
         finally:
-            # Restore for the rest of the transaction; if the statement failed
-            # the transaction is aborted and rolls back the settings anyway.
-            if self.dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_INERROR:
-                self._set_local(dict(zip(names, saved, strict=True)))
+            cur.close()
+            if self.dbapi_connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
+                # the transaction is aborted and rolls back the settings anyway
+                self._quiet_saved = None
+
+    def _end_quiet(self) -> None:
+        """Restore the logging settings a run of secret-bearing statements switched off,
+        for the rest of the transaction."""
+        saved, self._quiet_saved = self._quiet_saved, None
+        if saved and self.dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_INERROR:
+            self._set_local(saved)
 
     def _set_local(self, values: dict[str, str]) -> None:
         """``SET LOCAL`` several settings in one round trip."""

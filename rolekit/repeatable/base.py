@@ -55,6 +55,9 @@ class Repeatable:
     rerun_changed_steps_only = False
     #: when it runs, send only what :meth:`converge` finds different in the catalog
     converges = False
+    #: its statements are rolekit's own (composed, never user SQL): consecutive
+    #: ones without a secret are sent in one round trip
+    generated_statements = False
 
     def __init__(self, id: str, *, context: str | None = None, run_always: bool = False) -> None:
         if not isinstance(id, str) or not id.strip() or len(id) > 200:
@@ -131,8 +134,19 @@ class Repeatable:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
+        if not self.generated_statements:  # user SQL: one statement per round trip
+            for step in steps:
+                execute_step(session, step)
+            return
+        plain: list[sql.Composable] = []  # consecutive statements without a secret
         for step in steps:
+            if step.secret is None:
+                plain.append(step.stmt)
+                continue
+            session.execute_many(plain)  # one round trip
+            plain = []
             execute_step(session, step)
+        session.execute_many(plain)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.id!r})"

@@ -247,7 +247,10 @@ def record(
     values = (id, checksum, context_expression, context_used, exec_type, duration_ms)
     session.execute(
         sql.SQL(
-            "INSERT INTO rolekit_changelog (id, checksum, context_expression, context_used,"
+            "WITH history AS (INSERT INTO rolekit_changelog_history (id, checksum,"
+            " context_expression, context_used, exec_type, duration_ms, passwords_set)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s))"
+            " INSERT INTO rolekit_changelog (id, checksum, context_expression, context_used,"
             " exec_type, duration_ms, target_oids, step_digests)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (id) DO UPDATE SET checksum = EXCLUDED.checksum,"
@@ -257,15 +260,6 @@ def record(
             " duration_ms = EXCLUDED.duration_ms, target_oids = EXCLUDED.target_oids,"
             " step_digests = EXCLUDED.step_digests"
         ),
-        (*values, target_oids, step_digests),
-        echo=False,
-    )
-    session.execute(
-        sql.SQL(
-            "INSERT INTO rolekit_changelog_history (id, checksum, context_expression,"
-            " context_used, exec_type, duration_ms, passwords_set)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-        ),
-        (*values, passwords_set),
+        (*values, passwords_set, *values, target_oids, step_digests),
         echo=False,
     )

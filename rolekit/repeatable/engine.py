@@ -305,30 +305,42 @@ def password_in_use_message(roles: Sequence[str], uses: dict[str, str], run: Run
     )
 
 
-def _run(session: Session, run: RunContext, item: PlanItem) -> None:
-    """Execute one repeatable and record it in the changelog."""
+def _run(session: Session, run: RunContext, item: PlanItem) -> float:
+    """Execute one repeatable; return how long it took (ms)."""
     rep = item.repeatable
     log.info("running %s (%s: %s)", rep.id, item.status, item.reason)
     started = time.monotonic()
     rep.apply(session, run, item.steps)
-    if session.offline:
-        return
-    set_now = [(s.secret_role, s.secret) for s in item.steps if s.secret_role and s.secret]
+    return (time.monotonic() - started) * 1000
+
+
+def _record(session: Session, run: RunContext, ran: Sequence[tuple[PlanItem, float]]) -> None:
+    """Record the repeatables that ran in the changelog, and the passwords they set
+    in the password history: once all ran, the roles' OIDs read in one round trip."""
+    set_now = [
+        (s.secret_role, s.secret)
+        for item, _ in ran
+        for s in item.steps
+        if s.secret_role and s.secret
+    ]
     if set_now and run.primary is not None:  # a password is only ever read with a context
         password_history.record(session, set_now, run.primary)
-    oids = catalog.roles(session, rep.targets()) if rep.targets() else {}
-    changelog.record(
-        session,
-        id=rep.id,
-        checksum=item.checksum or "",
-        context_expression=rep.context.text if rep.context else None,
-        context_used=",".join(sorted(run.contexts)) or None,
-        exec_type="executed" if item.status == Status.PENDING else "reran",
-        duration_ms=(time.monotonic() - started) * 1000,
-        target_oids=[oids[t].oid for t in rep.targets()],
-        step_digests=item.step_digests,
-        passwords_set=[s.secret_role for s in item.steps if s.secret_role],
-    )
+    targets = {t for item, _ in ran for t in item.repeatable.targets()}
+    oids = catalog.roles(session, targets) if targets else {}
+    for item, duration_ms in ran:
+        rep = item.repeatable
+        changelog.record(
+            session,
+            id=rep.id,
+            checksum=item.checksum or "",
+            context_expression=rep.context.text if rep.context else None,
+            context_used=",".join(sorted(run.contexts)) or None,
+            exec_type="executed" if item.status == Status.PENDING else "reran",
+            duration_ms=duration_ms,
+            target_oids=[oids[t].oid for t in rep.targets()],
+            step_digests=item.step_digests,
+            passwords_set=[s.secret_role for s in item.steps if s.secret_role],
+        )
 
 
 def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> RunReport:
@@ -350,8 +362,9 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
     migrated = _before_sending(session, run, report, state)
     if migrated.version != state.version:  # an older schema was just migrated
         report = RunReport(plan(session, run, repeatables, migrated).items)
-    for item in report.executed:
-        _run(session, run, item)
+    ran = [(item, _run(session, run, item)) for item in report.executed]
+    if not session.offline:
+        _record(session, run, ran)
     for family, context, serial in positions.record(session, moving, run.rotation.lineage):
         log.info("recorded position %s of %s (%s)", serial, family, context)
     if not session.offline:

@@ -105,6 +105,8 @@ def _disabled_in(role: str, steps: Sequence[Step]) -> bool:
 class SetLogin(Repeatable):
     """Turn login on or off for single roles: ``SetLogin("x", {"role": True})``."""
 
+    generated_statements = True
+
     phase = 1
     converges = True
 
@@ -174,6 +176,8 @@ class SetPasswords(Repeatable):
     sent again, whatever the changelog says.
     """
 
+    generated_statements = True
+
     # A password that did not change is not set again: a fresh verifier of the
     # same password (new SCRAM salt) would still invalidate what caches the old
     # one, such as PgBouncer's SCRAM pass-through keys for the member in use.
@@ -219,6 +223,8 @@ class FamilyLogin(Repeatable):
     :param context: limit it to some contexts; in every context where it
         applies, the rotation state must have an entry for the family.
     """
+
+    generated_statements = True
 
     phase = 1
     converges = True

@@ -148,18 +148,41 @@ class RunContext:
         found: bytes | None = self._cache["key"]
         return found
 
+    def _on_file(self) -> dict[str, Secret] | None:
+        """Every non-empty password of the secrets file, read once per run (``None``:
+        no file, or one that cannot be read: then each ask goes to the file, whose
+        error names the key and the context).  A run asks for each member's
+        password several times; each ask of :class:`SecretsFile` stats the file."""
+        if "on_file" not in self._cache:
+            path = self.secrets_file.path
+            try:
+                exists = path.exists() or path.is_symlink()  # load() refuses a symlink
+                self._cache["on_file"] = self.secrets_file.load() if exists else None
+            except SecretsError:
+                self._cache["on_file"] = None
+        on_file: dict[str, Secret] | None = self._cache["on_file"]
+        return on_file
+
     def has_secret(self, role: str) -> bool:
-        return self.primary is not None and self.secrets_file.has(role, self.primary)
+        if self.primary is None:
+            return False
+        on_file = self._on_file()
+        if on_file is None:  # no file (False), or a broken one (raises, naming the key)
+            return self.secrets_file.has(role, self.primary)
+        return secret_key(role, self.primary) in on_file
 
     def secret(self, role: str) -> tuple[Secret, str]:
         secrets_file = self.secrets_file  # raises when no context was given
         context = self.primary or ""
-        value = secrets_file.get(role, context)
+        key = secret_key(role, context)
+        on_file = self._on_file()
+        # not on file: get() raises, naming what is wrong (missing, empty, broken...)
+        value = on_file[key] if on_file and key in on_file else secrets_file.get(role, context)
         try:
             check_strength(role, context, value, self.settings.min_length(context))
         except SecretsError as exc:
             raise SecretsError(f"secrets file {secrets_file.path}: {exc}") from None
-        return value, secret_key(role, context)
+        return value, key
 
     def decisive_check(self, session: Reader, members: Sequence[str]) -> None:
         """Refuse (inside the transaction, after ``NOLOGIN``) if *members* are in use anywhere."""
