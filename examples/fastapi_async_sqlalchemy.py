@@ -36,12 +36,13 @@ from rolekit.client import CredentialsProvider, create_async_engine
 
 def load_provider() -> CredentialsProvider:
     """A mounted credentials file if one is named, else the rolekit project's files."""
+    family = os.environ.get("ROLEKIT_FAMILY", "my_app")
+    context = os.environ.get("ROLEKIT_CONTEXT", "dev")
     if path := os.environ.get("ROLEKIT_CREDENTIALS_FILE"):
-        return CredentialsProvider.from_file(path)
+        # another family's or context's document is refused, at start-up too
+        return CredentialsProvider.from_file(path, family=family, context=context)
     return CredentialsProvider.from_alembic_ini(
-        os.environ.get("ROLEKIT_INI", "alembic.ini"),
-        os.environ.get("ROLEKIT_FAMILY", "my_app"),
-        os.environ.get("ROLEKIT_CONTEXT", "dev"),
+        os.environ.get("ROLEKIT_INI", "alembic.ini"), family, context
     )
 
 

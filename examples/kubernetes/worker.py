@@ -11,6 +11,7 @@ connection is replaced by one logged in as the newly preferred member.
 Run (``pip install rolekit``; see deployment.yaml and README.md)::
 
     ROLEKIT_CREDENTIALS_FILE=/etc/rolekit/credentials.json \
+    ROLEKIT_FAMILY=my_app ROLEKIT_CONTEXT=prod \
     APP_DATABASE_URL=postgresql://db:5432/app python worker.py
 
 It runs until SIGTERM (the pod stops), or for WORKER_SECONDS if set.
@@ -36,8 +37,13 @@ def main() -> None:
     url = os.environ.get("APP_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
     interval = float(os.environ.get("WORKER_INTERVAL", "1"))
     seconds = float(os.environ.get("WORKER_SECONDS", "0")) or float("inf")
-    # read once now, so a missing or invalid file fails at start-up, not at the first query
-    provider = CredentialsProvider.from_file(path)
+    # read once now, so a missing or invalid file, or another family's or
+    # context's document, fails at start-up, not at the first query
+    provider = CredentialsProvider.from_file(
+        path,
+        family=os.environ.get("ROLEKIT_FAMILY", "my_app"),
+        context=os.environ.get("ROLEKIT_CONTEXT", "prod"),
+    )
     engine = create_engine(url, provider, pool_size=2)  # the URL carries no user or password
     # Kubernetes stops a pod with SIGTERM: leave the loop, close the pool's sessions
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

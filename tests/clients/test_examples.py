@@ -334,6 +334,7 @@ def test_kubernetes_worker_follows_its_secret_volume(project: Project, tmp_path:
         tmp_path,
         {
             "ROLEKIT_CREDENTIALS_FILE": str(volume / "credentials.json"),
+            "ROLEKIT_CONTEXT": "dev",  # the manifest's is prod
             "WORKER_INTERVAL": "0.05",
             "WORKER_SECONDS": "60",
         },
