@@ -41,14 +41,14 @@ GOAL_APPLY_RATIO = 8.0
 _REVISION = '''\
 """{n} role families.
 
-Revision ID: 0001
-Revises:
+Revision ID: {revision}
+Revises: {down}
 """
 
 from alembic import op
 
-revision = "0001"
-down_revision = None
+revision = "{revision}"
+down_revision = {down_revision}
 branch_labels = None
 depends_on = None
 
@@ -91,7 +91,9 @@ def generate(root: Path, n: int, cluster: Cluster, *, keyed: bool = True) -> Pro
     (migrations / "repeatable").mkdir()
     shutil.copy(REPO / "alembic.ini", root / "alembic.ini")
     shutil.copy(REPO / "migrations" / "env.py", migrations / "env.py")
-    (migrations / "versions" / "0001_families.py").write_text(_REVISION.format(n=n, families=names))
+    (migrations / "versions" / "0001_families.py").write_text(
+        _REVISION.format(n=n, families=names, revision="0001", down="", down_revision=None)
+    )
     (migrations / "repeatable" / "families.py").write_text(_REPEATABLES.format(families=names))
     state = {"version": 1, "families": {g: {"dev": {"login": [f"{g}_tom"]}} for g in names}}
     (migrations / "rotation.json").write_text(json.dumps(state, indent=1))
@@ -107,34 +109,6 @@ def generate(root: Path, n: int, cluster: Cluster, *, keyed: bool = True) -> Pro
     return Project(root, cluster)
 
 
-_EXTRA_REVISION = '''\
-"""{n} more role families.
-
-Revision ID: 9001
-Revises: {down}
-"""
-
-from alembic import op
-
-revision = "9001"
-down_revision = "{down}"
-branch_labels = None
-depends_on = None
-
-FAMILIES = {families!r}
-
-
-def upgrade() -> None:
-    for group in FAMILIES:
-        op.create_role_family(group, [f"{{group}}_tom", f"{{group}}_jerry"])
-
-
-def downgrade() -> None:
-    for group in reversed(FAMILIES):
-        op.drop_role_family(group, [f"{{group}}_tom", f"{{group}}_jerry"])
-'''
-
-
 def add_families(project: Project, n: int) -> None:
     """Add *n* generated families to a copy of the example project: a revision
     after its head, a repeatables file, state entries and passwords."""
@@ -142,7 +116,9 @@ def add_families(project: Project, n: int) -> None:
     migrations = project.root / "migrations"
     heads = sorted(p.stem.split("_")[0] for p in (migrations / "versions").glob("*.py"))
     (migrations / "versions" / "9001_families.py").write_text(
-        _EXTRA_REVISION.format(n=n, families=names, down=heads[-1])
+        _REVISION.format(
+            n=n, families=names, revision="9001", down=heads[-1], down_revision=repr(heads[-1])
+        )
     )
     (migrations / "repeatable" / "families.py").write_text(_REPEATABLES.format(families=names))
     state = json.loads((migrations / "rotation.json").read_text())
