@@ -21,10 +21,10 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.in
 Git = Callable[..., str]
 
 
-def checkout_with_remote(project: Project, ignore: str) -> tuple[Git, Path]:
-    """Make the project a clone of a new bare repository, ignoring *ignore*
-    (``.gitignore`` lines); returns a ``git`` runner and the remote's path."""
-    root, remote = project.root, project.root.parent / f"{project.root.name}-remote.git"
+def checkout(project: Project, ignore: str) -> Git:
+    """Make the project a git checkout with one commit, ignoring *ignore*
+    (``.gitignore`` lines); returns a ``git`` runner (``cwd=`` another folder)."""
+    root = project.root
 
     def git(*args: str, cwd: Path = root) -> str:
         return subprocess.run(
@@ -36,10 +36,18 @@ def checkout_with_remote(project: Project, ignore: str) -> tuple[Git, Path]:
         ).stdout
 
     (root / ".gitignore").write_text(ignore)
-    git("init", "-q", "--bare", str(remote), cwd=root.parent)
     git("init", "-q", "-b", "main")
     git("add", "-A")
     git("commit", "-qm", "start")
+    return git
+
+
+def checkout_with_remote(project: Project, ignore: str) -> tuple[Git, Path]:
+    """:func:`checkout`, as a clone of a new bare repository (what a CI job checks
+    out); returns the ``git`` runner and the remote's path."""
+    remote = project.root.parent / f"{project.root.name}-remote.git"
+    git = checkout(project, ignore)
+    git("init", "-q", "--bare", str(remote), cwd=project.root.parent)
     git("remote", "add", "origin", str(remote))
     git("push", "-q", "-u", "origin", "main")
     return git, remote

@@ -27,7 +27,7 @@ import pytest
 from rolekit.project.document import from_document
 from rolekit.secrets import SecretsFile
 from rolekit.testing import Project
-from tests.gitops import GIT_ENV, checkout_with_remote, secrets_in_age
+from tests.gitops import GIT_ENV, checkout, checkout_with_remote, secrets_in_age
 
 #: every family a test adds: svc1 .. svc8
 FAMILIES = [f"svc{n}" for n in range(1, 9)]
@@ -205,8 +205,8 @@ def test_rotations_of_different_families_from_two_checkouts(
         assert app.failures == [], f"{app.family}: {app.failures}"
         assert app.users == set(members(app.family)), app.users
     catalog = {f: login_of(project, f) for f in FAMILIES[:2]}
-    for behind, checkout in (("svc2", project), ("svc1", other)):
-        deploy = checkout.upgrade("dev", check=False)
+    for behind, deployer in (("svc2", project), ("svc1", other)):
+        deploy = deployer.upgrade("dev", check=False)
         assert deploy.returncode == 3, deploy.stderr
         assert f"stale for family '{behind}'" in deploy.stderr, deploy.stderr
         assert "behind" in deploy.stderr
@@ -383,18 +383,8 @@ def test_all_publishes_each_family_and_commits_once_per_phase(project: Project) 
     families = FAMILIES[:2]
     project.add_families(families)
     root = project.root
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-        ).stdout
-
-    (root / ".gitignore").write_text("passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
-    git("init", "-q")
-    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "add", "-A")
-    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "start")
-    env = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
-           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
+    git = checkout(project, "passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
+    env = GIT_ENV
     publish = 'cat > "pub.$$.json"'
     proc = project.rolekit(
         *ALL, "--max-age", "0", "--publish", publish, "--git-commit", check=False, **env

@@ -28,7 +28,7 @@ from rolekit.secrets import SecretsFile
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.deployment.helpers import Client, connect_as, wait_for_no_sessions
-from tests.gitops import GIT_ENV, checkout_with_remote, secrets_in_age
+from tests.gitops import GIT_ENV, checkout, checkout_with_remote, secrets_in_age
 from tests.guards.helpers import can_login, password
 
 AUTO = ("rotate", "my_app", "auto", "--context", "dev", "--apply", "--json")
@@ -252,19 +252,8 @@ def test_git_commit_commits_exactly_the_state_file_when_secrets_are_ignored(
     project: Project,
 ) -> None:
     project.upgrade("dev")
-    root = project.root
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-        ).stdout
-
-    (root / ".gitignore").write_text("passwords.env\npublished.json\n*.lock\n__pycache__/\n")
-    git("init", "-q")
-    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "add", "-A")
-    git("-c", "user.email=ci@example.invalid", "-c", "user.name=ci", "commit", "-qm", "start")
-    env = {"GIT_AUTHOR_NAME": "rolekit", "GIT_AUTHOR_EMAIL": "rolekit@example.invalid",
-           "GIT_COMMITTER_NAME": "rolekit", "GIT_COMMITTER_EMAIL": "rolekit@example.invalid"}  # fmt: skip
+    git = checkout(project, "passwords.env\npublished.json\n*.lock\n__pycache__/\n")
+    env = GIT_ENV
     proc = project.rolekit(
         *AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-commit", check=False, **env
     )
