@@ -57,9 +57,7 @@ def _check_claims(session: Session, found: FamilyCatalog, take_over: frozenset[s
 def _claim(session: Session, names: list[str], after: FamilyCatalog) -> None:
     """Claim *names*, as *after* (read once the roles were created) holds them."""
     comments = [
-        ddl.comment_on_role_text(
-            name, claims.claim_comment(after.roles.get(name), session.database)
-        )
+        ddl.comment_on_role(name, claims.claim_comment(after.roles.get(name), session.database))
         for name in names
     ]
     session.execute_many(comments, echo=False)  # one round trip

@@ -63,14 +63,12 @@ def grant_member_to_current_user(member: str, server_version: int) -> sql.Compos
     return sql.SQL("GRANT {} TO CURRENT_USER").format(_id(member))
 
 
-def comment_on_role(role: str) -> sql.Composed:
-    """``COMMENT ON ROLE ... IS %s``: the cluster-wide place of rolekit's claim."""
-    return sql.SQL("COMMENT ON ROLE {} IS %s").format(_id(role))
+def comment_on_role(role: str, comment: str) -> sql.Composed:
+    """``COMMENT ON ROLE ... IS '...'``: the cluster-wide place of rolekit's claim.
 
-
-def comment_on_role_text(role: str, comment: str) -> sql.Composed:
-    """:func:`comment_on_role` with the comment quoted in the statement (online
-    only: a literal cannot be rendered offline), so several go in one round trip."""
+    The comment is quoted in the statement (online only: a literal is rendered
+    by the connection), so the claims of several roles go in one round trip.
+    """
     return sql.SQL("COMMENT ON ROLE {} IS {}").format(_id(role), sql.Literal(comment))
 
 

@@ -212,10 +212,10 @@ def _claim(
     if foreign:
         family = group_of.get(foreign[0], foreign[0])
         raise ClaimError(claims.foreign_message(existing, foreign, database, family))
-    for name in to_claim:
-        session.execute(
-            ddl.comment_on_role(name), (claims.claim_comment(existing[name], database),), echo=False
-        )
+    session.execute_many(
+        [ddl.comment_on_role(n, claims.claim_comment(existing[n], database)) for n in to_claim],
+        echo=False,
+    )  # one round trip
 
 
 def _logins_to_verify(

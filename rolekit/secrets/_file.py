@@ -354,7 +354,9 @@ class SecretsFile:
         _sops.check_kind(self.path, err)
         if not exists:
             plaintext = self._edited("", False, key, value, err)
-            atomic_write(self.path, _sops.encrypt_new(plaintext, self.path, err), fail=err)
+            atomic_write(
+                self.path, _sops.encrypt_new(plaintext, self.path, err), mode=0o600, fail=err
+            )
             return
         data, plaintext, _ = self._read_plaintext(err)
         text, bom = check_bytes(plaintext, err)
