@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
+from rolekit._process import hold_sigterm
+
 #: bytes of the command's stderr kept (the last ones): enough for its error
 STDERR_TAIL: Final = 64 * 1024
 #: seconds the command's processes get between SIGTERM and SIGKILL
@@ -60,18 +62,24 @@ def run(command: str, stdin: bytes, *, env: dict[str, str], cwd: Path, timeout: 
     exception here is SIGTERM to rolekit): SIGTERM to the group, then SIGKILL
     after :data:`GRACE` seconds.
     """
-    proc = subprocess.Popen(
-        command,
-        shell=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-        start_new_session=True,
-    )
+    release = hold_sigterm()
+    try:
+        proc = subprocess.Popen(
+            command,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except BaseException:
+        release()
+        raise
     assert proc.stdin is not None and proc.stderr is not None
     try:
+        release()  # a SIGTERM that came while the command started is raised here
         # a thread: a command that reads only part of a large stdin must not block the reading of stderr
         feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
         feeder.start()

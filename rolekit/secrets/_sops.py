@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from rolekit._fileio import read_regular_file
+from rolekit._process import hold_sigterm
 from rolekit.model import variables
 from rolekit.secrets._dotenv import MAX_FILE_BYTES, Errors, format_value
 
@@ -180,6 +181,7 @@ def _run(args: Sequence[str], stdin: bytes, err: Errors) -> _Run:
     the current directory up, and the file's own is the one that applies.
     """
     program = executable(err)
+    release = hold_sigterm()
     try:
         proc = subprocess.Popen(
             [program, *args],
@@ -191,8 +193,13 @@ def _run(args: Sequence[str], stdin: bytes, err: Errors) -> _Run:
             close_fds=True,
         )
     except OSError as exc:
+        release()
         raise err(f"cannot run sops ({program}): {exc.strerror}; {INSTALL_HINT}") from None
+    except BaseException:
+        release()
+        raise
     try:
+        release()  # a SIGTERM that came while sops started is raised here
         out, errs = proc.communicate(stdin, timeout=SOPS_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
