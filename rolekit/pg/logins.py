@@ -6,6 +6,13 @@ a member that may log in and rejects the secrets file's password has
 drifted (someone changed it), and the run sends it again.  After the
 commit, every member whose password or login changed must log in and run as
 its group, or the run fails.  Logins run a few at a time.
+
+A migration user that may read ``pg_authid`` skips the first kind of login
+where the server proves the password without one: it still stores the
+verifier rolekit set from the password on file
+(:func:`rolekit.pg.password_history.proven`).  A login costs a backend
+start and a SCRAM exchange (a few milliseconds of CPU on each side); with
+hundreds of families it was most of a no-op upgrade.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import psycopg2
 from psycopg2 import sql
 
 from rolekit.errors import RolekitError, VerificationError, first_line
-from rolekit.pg import tracking
+from rolekit.pg import password_history, tracking
 from rolekit.pg.control import ControlConnection
 from rolekit.secrets import Secret
 
@@ -93,12 +100,18 @@ class PasswordDrift:
     """
 
     def __init__(
-        self, params: dict[str, str], secrets: Sequence[tuple[str, Secret]], source: str
+        self,
+        params: dict[str, str],
+        secrets: Sequence[tuple[str, Secret]],
+        source: str,
+        proven: frozenset[str] = frozenset(),
     ) -> None:
         self._params, self._secrets, self._source = params, secrets, source
+        self._proven = proven
         self._found: frozenset[str] = frozenset()
-        #: members that accepted the password on file: the server has it
-        self.verified: frozenset[str] = frozenset()
+        #: members that accepted the password on file, or that the server
+        #: proved to have it (*proven*): the server has it
+        self.verified: frozenset[str] = proven
         self._error: RolekitError | None = None
         self._thread = threading.Thread(target=self._run, name="rolekit-logins", daemon=True)
         if secrets:
@@ -138,7 +151,7 @@ class PasswordDrift:
                 self._source,
             )
             drifted.add(role)
-        self._found, self.verified = frozenset(drifted), frozenset(verified)
+        self._found, self.verified = frozenset(drifted), frozenset(verified) | self._proven
 
     def __call__(self) -> frozenset[str]:
         if self._thread.is_alive() or self._thread.ident is not None:
@@ -149,11 +162,23 @@ class PasswordDrift:
 
 
 def password_drift(
-    control: ControlConnection, secrets: Sequence[tuple[str, Secret]], source: str
+    control: ControlConnection, secrets: Sequence[tuple[str, Secret]], source: str, context: str
 ) -> PasswordDrift:
-    """Start checking the passwords on file (*source*) of members that may log in;
-    see :class:`PasswordDrift`."""
-    return PasswordDrift(connect_params(control), secrets, source)
+    """Start checking the passwords on file (*source*, of *context*) of members
+    that may log in: those the server does not prove to have them log in (see
+    :class:`PasswordDrift`)."""
+    proven = password_history.proven(control, secrets, context)
+    if proven:
+        names = sorted(proven)
+        log.info(
+            "%d member(s) need no login check: the server still stores the verifier rolekit "
+            "set from the password in %s (%s)",
+            len(names),
+            source,
+            ", ".join(names) if len(names) <= 8 else ", ".join(names[:8]) + ", ...",
+        )
+    rest = [(role, secret) for role, secret in secrets if role not in proven]
+    return PasswordDrift(connect_params(control), rest, source, proven)
 
 
 def verify_logins(control: ControlConnection, checks: Sequence[LoginCheck]) -> None:

@@ -14,6 +14,15 @@ remembers every password it set, as an HMAC keyed by a random key of the
 database's (``rolekit_meta``), never as the secret, in the append-only
 ``rolekit_password_history``.  Before anything else, a run refuses a
 secrets file that holds any member's retired password.
+
+Where the migration user may read ``pg_authid`` (a superuser), each entry
+also keeps the SHA-256 of the SCRAM verifier the server stored for it,
+computed by the server in the transaction that set it: the verifier never
+leaves the server, and its random salt makes the digest useless for testing
+password guesses.  While the server still holds that very verifier and the
+secrets file still holds that very password, the server accepts the
+password: :func:`proven` tells so without a login (see
+:mod:`rolekit.pg.logins`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,11 @@ HISTORY_TABLE = "rolekit_password_history"
 _KEY_ROW = "password_history_key"
 #: fixed salt of the history's HMAC (the key makes it this database's)
 _SALT = b"rolekit password history"
+#: only a superuser (or a role granted SELECT on it) reads ``pg_authid``;
+#: ``pg_read_all_data`` does not cover it
+_AUTHID_READABLE = sql.SQL("has_table_privilege('pg_catalog.pg_authid', 'SELECT')")
+#: the digest of a role's stored verifier, computed by the server (``a`` is pg_authid)
+_VERIFIER_DIGEST = sql.SQL("encode(sha256(convert_to(a.rolpassword, 'UTF8')), 'hex')")
 
 
 class SetPassword(NamedTuple):
@@ -113,20 +127,75 @@ def retired_problem(
 
 def record(session: Any, secrets: Sequence[tuple[str, Secret]], context: str) -> None:
     """Append the fingerprints of the passwords this run set from *context*'s
-    secrets file (inside its transaction)."""
+    secrets file (inside its transaction, after its ``ALTER ROLE`` statements), with
+    the digests of the verifiers the server now stores where the migration
+    user may read them."""
     if not secrets:
         return
-    key_hex = session.scalar(sql.SQL("SELECT value FROM rolekit_meta WHERE key = %s"), (_KEY_ROW,))
-    key = bytes.fromhex(key_hex)
+    row = session.fetchone(
+        sql.SQL("SELECT (SELECT value FROM rolekit_meta WHERE key = %s), {}").format(
+            _AUTHID_READABLE
+        ),
+        (_KEY_ROW,),
+    )
+    key, readable = bytes.fromhex(row[0]), bool(row[1])
     roles = [role for role, _ in secrets]
     prints = [print_of(key, role, secret) for role, secret in secrets]
+    verifier, authid = (
+        (_VERIFIER_DIGEST, sql.SQL(" JOIN pg_authid a ON a.oid = r.oid"))
+        if readable
+        else (sql.SQL("NULL"), sql.SQL(""))
+    )
     session.execute(
         sql.SQL(
-            "INSERT INTO {} (role, role_oid, context, fingerprint)"
-            " SELECT s.role, r.oid, %s, s.print"
+            "INSERT INTO {} (role, role_oid, context, fingerprint, verifier)"
+            " SELECT s.role, r.oid, %s, s.print, {}"
             " FROM unnest(%s::text[], %s::text[]) AS s(role, print)"
-            " JOIN pg_roles r ON r.rolname = s.role"
-        ).format(sql.Identifier(HISTORY_TABLE)),
+            " JOIN pg_roles r ON r.rolname = s.role{}"
+        ).format(sql.Identifier(HISTORY_TABLE), verifier, authid),
         (context.lower(), roles, prints),
         echo=False,
+    )
+
+
+def proven(reader: Reader, secrets: Sequence[tuple[str, Secret]], context: str) -> frozenset[str]:
+    """The roles of *secrets* the server is known to accept their password from.
+
+    A role is proven when its latest entry in *context* is its password on
+    file and the server still stores the verifier recorded with that entry
+    (nobody set another password since rolekit set this one).  The server
+    reports both at this moment; the migration user must be able to read
+    ``pg_authid``, otherwise nothing is proven and every member logs in.
+    Two round trips at most, one when nothing can be proven.
+    """
+    if not secrets:
+        return frozenset()
+    # a history of schema 4 has no digests (its column comes with schema 5)
+    row = reader.fetchall(
+        sql.SQL(
+            "SELECT {} AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = 'verifier' AND NOT attisdropped)"
+        ).format(_AUTHID_READABLE),
+        (HISTORY_TABLE,),
+    )
+    if not row[0][0]:
+        return frozenset()
+    rows = reader.fetchall(
+        sql.SQL(
+            "SELECT (SELECT value FROM rolekit_meta WHERE key = %s), latest.role,"
+            " latest.fingerprint"
+            " FROM (SELECT DISTINCT ON (h.role) h.role, h.role_oid, h.fingerprint, h.verifier"
+            "   FROM {} h WHERE h.role = ANY(%s) AND h.context = %s"
+            "   ORDER BY h.role, h.seq DESC) latest"
+            " JOIN pg_authid a ON a.oid = latest.role_oid AND a.rolname = latest.role"
+            " WHERE latest.verifier = {}"
+        ).format(sql.Identifier(HISTORY_TABLE), _VERIFIER_DIGEST),
+        (_KEY_ROW, [role for role, _ in secrets], context.lower()),
+    )
+    if not rows or not rows[0][0]:
+        return frozenset()
+    key = bytes.fromhex(rows[0][0])
+    holds = {role: print_ for _, role, print_ in rows}
+    return frozenset(
+        role for role, secret in secrets if holds.get(role) == print_of(key, role, secret)
     )

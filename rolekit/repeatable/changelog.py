@@ -10,7 +10,8 @@ are behind it are refused (:mod:`rolekit.pg.positions`):
 ``rolekit_rotation`` (the position of each family's state applied per
 context, with an append-only history) and the append-only
 ``rolekit_password_history`` (a keyed fingerprint of every password rolekit
-set, so a replaced password is never set again).
+set, so a replaced password is never set again, and the digest of the
+verifier it left on the server).
 
 No table ever holds a secret: checksums carry salted fingerprints of them, an
 HMAC keyed by the secrets file's own key (useless without the file), or
@@ -27,7 +28,7 @@ from psycopg2 import sql
 from rolekit.errors import ChangelogError
 from rolekit.pg.session import ROLEKIT_TABLES, Session
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: the tables of schema 4: positions of the rotation state, and password history
 _GUARD_TABLES = [
@@ -59,6 +60,7 @@ _GUARD_TABLES = [
         role_oid bigint NOT NULL,
         context text NOT NULL,
         fingerprint text NOT NULL,
+        verifier text,
         set_at timestamptz NOT NULL DEFAULT now(),
         set_by text NOT NULL DEFAULT session_user)""",
     """CREATE FUNCTION rolekit_append_only() RETURNS trigger
@@ -120,6 +122,8 @@ _CREATE = [
 # record whose password a run set.
 # Schema 3 did not record positions or password history: a stale file could
 # move the database backwards.
+# Schema 4 kept no digest of the verifier a password set left on the server,
+# so every member logged in to prove its password on every run.
 _MIGRATE = {
     1: [
         "ALTER TABLE rolekit_changelog ADD COLUMN IF NOT EXISTS target_oids bigint[] NOT NULL DEFAULT '{}'"
@@ -130,6 +134,7 @@ _MIGRATE = {
         " ADD COLUMN IF NOT EXISTS passwords_set text[] NOT NULL DEFAULT '{}'",
     ],
     3: _GUARD_TABLES,
+    4: ["ALTER TABLE rolekit_password_history ADD COLUMN IF NOT EXISTS verifier text"],
 }
 
 

@@ -214,7 +214,7 @@ def prepare(
             and name not in leaving
         ]
         on_file = [(role, run.secret(role)[0]) for role in logging_in if run.has_secret(role)]
-        checks = password_drift(control, on_file, run.secrets_file.path.name)
+        checks = password_drift(control, on_file, run.secrets_file.path.name, run.primary)
         run = replace(run, password_checks=checks)
     return run
 
