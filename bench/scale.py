@@ -132,8 +132,9 @@ def add_families(project: Project, n: int) -> None:
         )
 
 
-def _project(root: Path, cluster: Cluster, n: int) -> Project:
-    project = example(root, cluster)
+def _project(root: Path, cluster: Cluster, n: int, *, least_privileged: bool = False) -> Project:
+    user, password = cluster.create_migrator() if least_privileged else (None, None)
+    project = example(root, cluster, user=user, password=password)
     if n:
         add_families(project, n)
     compileall.compile_dir(project.root, quiet=1)
@@ -144,6 +145,33 @@ def _timed_upgrade(project: Project) -> float:
     started = time.perf_counter()
     proc = project.upgrade("dev")
     return time.perf_counter() - started if proc.returncode == 0 else float("nan")
+
+
+def _noops(
+    major: int | None, work: Path, n: int, runs: int, *, least_privileged: bool = False
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Interleaved no-op upgrades of the example alone and of the example plus *n*
+    families, each project on a live cluster of its own, and the statements of one
+    untimed no-op of each."""
+    noops: dict[str, list[float]] = {"example": [], "plus": []}
+    statements: dict[str, int] = {}
+    with Cluster(major) as alone, Cluster(major) as crowded:
+        projects = {
+            "example": _project(work / "noop-example", alone, 0, least_privileged=least_privileged),
+            "plus": _project(work / "noop-plus", crowded, n, least_privileged=least_privileged),
+        }
+        for which, project in projects.items():
+            project.upgrade("dev")  # the apply; then one untimed no-op, its statements counted
+            cluster = alone if which == "example" else crowded
+            offset = cluster.log_size()
+            proc = project.upgrade("dev")
+            if "] running " in proc.stderr:
+                raise RuntimeError(f"the {which} no-op ran something:\n{proc.stderr[-3000:]}")
+            statements[which] = count_statements(cluster.log_since(offset))
+        for i in range(runs):
+            for which in ("example", "plus") if i % 2 == 0 else ("plus", "example"):
+                noops[which].append(_timed_upgrade(projects[which]))
+    return noops, statements
 
 
 def example_plus(
@@ -164,26 +192,13 @@ def example_plus(
                     work / f"apply-{which}-{i}", cluster, n if which == "plus" else 0
                 )
                 applies[which].append(_timed_upgrade(project))
-    noops: dict[str, list[float]] = {"example": [], "plus": []}
-    statements: dict[str, int] = {}
-    with Cluster(major) as alone, Cluster(major) as crowded:
-        projects = {
-            "example": _project(work / "noop-example", alone, 0),
-            "plus": _project(work / "noop-plus", crowded, n),
-        }
-        for which, project in projects.items():
-            project.upgrade("dev")  # the apply; then one untimed no-op, its statements counted
-            cluster = alone if which == "example" else crowded
-            offset = cluster.log_size()
-            proc = project.upgrade("dev")
-            if "] running " in proc.stderr:
-                raise RuntimeError(f"the {which} no-op ran something:\n{proc.stderr[-3000:]}")
-            statements[which] = count_statements(cluster.log_since(offset))
-        for i in range(runs):
-            for which in ("example", "plus") if i % 2 == 0 else ("plus", "example"):
-                noops[which].append(_timed_upgrade(projects[which]))
+    noops, statements = _noops(major, work, n, runs)
+    # The least-privileged migrator cannot read pg_authid, so every LOGIN member
+    # logs in to prove its password on every run: reported beside, no goal.
+    lp_noops, _ = _noops(major, work / "least-privileged", n, runs, least_privileged=True)
     pairs = [p / e for p, e in zip(noops["plus"], noops["example"], strict=True)]
     noop_ratio = (median(noops["plus"]) or 0.0) / (median(noops["example"]) or 1e-9)
+    lp_ratio = (median(lp_noops["plus"]) or 0.0) / (median(lp_noops["example"]) or 1e-9)
     apply_ratio = (median(applies["plus"]) or 0.0) / (median(applies["example"]) or 1e-9)
     result = {
         "families_added": n,
@@ -193,6 +208,9 @@ def example_plus(
         "plus_noop_s": rounded(median(noops["plus"]), 3),
         "ratio_noop": rounded(noop_ratio, 3),
         "ratio_noop_pairwise_median": rounded(median(pairs), 3),
+        "least_privileged_example_noop_s": rounded(median(lp_noops["example"]), 3),
+        "least_privileged_plus_noop_s": rounded(median(lp_noops["plus"]), 3),
+        "least_privileged_ratio_noop": rounded(lp_ratio, 3),
         "example_full_apply_s": rounded(median(applies["example"]), 3),
         "plus_full_apply_s": rounded(median(applies["plus"]), 3),
         "ratio_full_apply": rounded(apply_ratio, 3),

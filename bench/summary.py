@@ -328,6 +328,14 @@ def _example_plus(plus: dict[str, Any] | None) -> list[str]:
                     verdict(plus["ratio_full_apply"], plus["goal_ratio_full_apply"]),
                 ],
                 [
+                    "no-op as the least-privileged migrator, median s (every LOGIN member "
+                    "logs in: it cannot read pg_authid)",
+                    plus.get("least_privileged_example_noop_s", "-"),
+                    plus.get("least_privileged_plus_noop_s", "-"),
+                    plus.get("least_privileged_ratio_noop", "-"),
+                    "(none)",
+                ],
+                [
                     "statements sent in the no-op",
                     plus["example_noop_statements"],
                     plus["plus_noop_statements"],
