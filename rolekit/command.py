@@ -36,7 +36,7 @@ from rolekit.model.contexts import parse_contexts, primary_context
 from rolekit.model.durations import parse_duration
 from rolekit.model.family import RoleFamily
 from rolekit.model.names import check_role_name
-from rolekit.pg import catalog
+from rolekit.pg import catalog, password_history
 from rolekit.pg.control import ControlConnection
 from rolekit.pg.logins import login_problem
 from rolekit.pg.session import Session
@@ -428,14 +428,26 @@ def status(config: ConfigLike, context: str | None = None, *, max_age: str | Non
         database = control.scalar(sql.SQL("SELECT current_database()"))
         set_at = inspection.password_set_times(control)
 
+        families = sorted(login_members(repeatables).items())
+        proven: frozenset[str] | None = None
+
         def check_password(role: str) -> str | None:
+            nonlocal proven
             secrets = run.secrets_file
             if not secrets.path.exists() or not run.has_secret(role):
+                return None
+            if proven is None and run.primary is not None:
+                # one query for all the members: those the server proves to
+                # have their password on file need no login (a superuser)
+                members = {m for _, rep in families for m in rep.family.members}
+                on_file = [(m, run.secret(m)[0]) for m in sorted(members) if run.has_secret(m)]
+                proven = password_history.proven(control, on_file, run.primary)
+            if proven is not None and role in proven:
                 return None
             return login_problem(control, role, run.secret(role)[0], secrets.path.name)
 
         reports = []
-        for group, rep in sorted(login_members(repeatables).items()):
+        for group, rep in families:
             applies = run.primary is not None and rep.skip_reason(run) is None
             state = run.rotation.get(group, run.primary) if run.primary else None
             report = inspection.inspect_family(

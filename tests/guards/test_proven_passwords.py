@@ -49,6 +49,10 @@ def test_a_noop_logs_in_only_where_the_server_cannot_prove_the_password(
     else:
         assert _check_logins(project, offset) == ["my_app_tom"]
         assert "need no login check" not in proc.stderr
+    # `rolekit check` (and status) proves passwords the same way
+    offset = project.cluster.log_size()
+    assert check(project).stdout.strip() == "no drift"
+    assert _check_logins(project, offset) == ([] if superuser else ["my_app_tom"])
 
 
 def test_a_password_set_by_hand_is_never_proven_even_to_the_same_text(
