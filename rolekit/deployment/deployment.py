@@ -16,15 +16,14 @@ from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 from rolekit.deployment import drain
-from rolekit.deployment.drain import Progress
-from rolekit.deployment.poolers import IdleServer, Pooler, connect_params, open_poolers
+from rolekit.deployment.common import Progress
+from rolekit.deployment.poolers import IdleServer, Pooler, open_poolers
 from rolekit.deployment.replicas import (
     Host,
     WalSender,
     check_standbys,
     describe_url,
     open_replicas,
-    replica_url,
     wait_for_replay,
 )
 from rolekit.deployment.usage import (
@@ -49,16 +48,6 @@ from rolekit.project.config import Settings
 _END_POOLED = sql.SQL(
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND usename = %s"
 )
-
-
-def check_urls(settings: Settings) -> None:
-    """Parse every replica and pooler URL now: a bad one is refused before any
-    change, not after a commit that then cannot wait for its replay."""
-    primary = settings.require_url()
-    for entry in settings.replicas:
-        replica_url(primary, entry)
-    for entry in settings.poolers:
-        connect_params(entry)
 
 
 def primary_name(settings: Settings) -> str:

@@ -22,11 +22,12 @@ Three rules keep the guard honest:
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
+from rolekit.deployment.common import Progress as Progress
+from rolekit.deployment.common import stderr_progress as stderr_progress
 from rolekit.deployment.replicas import Host
 from rolekit.deployment.usage import Source, Use, Watch, describe_uses, session_uses
 from rolekit.errors import (
@@ -42,17 +43,10 @@ from rolekit.pg.catalog import Privileges, Reader, SessionInfo
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
-
 #: seconds between two decisions (and progress checks) while waiting
 DECIDE_INTERVAL = 0.05
 #: seconds to wait for terminated backends to exit
 TERMINATE_WAIT = 10.0
-
-
-def stderr_progress(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 def describe(sessions: Sequence[SessionInfo], where: str = "the server") -> str:

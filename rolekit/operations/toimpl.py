@@ -10,7 +10,6 @@ import psycopg2
 from alembic.operations import Operations
 from psycopg2 import sql
 
-from rolekit.deployment.drain import TERMINATE_WAIT, describe, require_terminate
 from rolekit.errors import (
     ClaimError,
     FamilyConflictError,
@@ -134,7 +133,9 @@ def _refuse_conflicts(session: Session, found: FamilyCatalog, superuser: bool) -
         )
 
 
-def _wait_gone(reader: Reader, users: list[str], timeout: float = TERMINATE_WAIT) -> None:
+def _wait_gone(reader: Reader, users: list[str], timeout: float) -> None:
+    from rolekit.deployment.drain import describe  # imported here: see _end_sessions
+
     deadline = time.monotonic() + timeout
     while live := catalog.sessions(reader, users):
         if time.monotonic() >= deadline:
@@ -187,6 +188,10 @@ def _end_sessions(session: Session, operation: DropRoleFamilyOp, members: list[s
     live = catalog.sessions(session, members)
     if not live:
         return
+    # imported here: the drain modules cost a no-op upgrade (whose revisions
+    # import this module) milliseconds, and only live sessions need them
+    from rolekit.deployment.drain import TERMINATE_WAIT, describe, require_terminate
+
     terminate = operation.terminate
     if terminate is None:
         terminate = x_flag(session.migration_context.environment_context, "terminate")
@@ -204,7 +209,7 @@ def _end_sessions(session: Session, operation: DropRoleFamilyOp, members: list[s
     for member in members:
         session.execute(ddl.set_login(member, False))
     session.fetchall(ddl.terminate_backends(), ([s.pid for s in live],))
-    _wait_gone(session, members)
+    _wait_gone(session, members, TERMINATE_WAIT)
 
 
 def _no_orphans(reader: Reader, group: str, oids: list[int]) -> None:

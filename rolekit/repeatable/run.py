@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from rolekit.deployment.drain import Progress, decisive_check, stderr_progress
+from rolekit.deployment.common import Progress, stderr_progress
 from rolekit.errors import SecretsError
 from rolekit.pg.catalog import Reader, RoleInfo
 from rolekit.pg.positions import Finding
@@ -189,6 +189,9 @@ class RunContext:
         if self.deployment_check is not None:
             self.deployment_check(session, members, self.drain_quiet_period)
         else:
+            # imported here: only a run that disables a member drains
+            from rolekit.deployment.drain import decisive_check
+
             decisive_check(session, members)
 
     def must_log_in(self, role: str) -> bool:

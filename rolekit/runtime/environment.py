@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import sqlalchemy.exc
@@ -36,14 +36,12 @@ from alembic.util import CommandError, messaging
 from sqlalchemy import Connection, create_engine, pool
 
 import rolekit.operations  # noqa: F401  (registers op.create_role_family & co.)
-from rolekit.deployment import drain
-from rolekit.deployment.deployment import Deployment, check_urls
-from rolekit.deployment.replicas import Host
-from rolekit.deployment.usage import describe_uses
+from rolekit.deployment.common import Progress, check_urls, stderr_progress
 from rolekit.errors import DatabaseError, RolekitError, first_line
 from rolekit.model import variables
 from rolekit.model.contexts import parse_contexts, primary_context
 from rolekit.pg import catalog, tracking
+from rolekit.pg.catalog import Privileges
 from rolekit.pg.control import ControlConnection
 from rolekit.pg.logins import password_drift, verify_logins
 from rolekit.pg.session import Session, session_for
@@ -54,6 +52,13 @@ from rolekit.repeatable.base import Repeatable
 from rolekit.repeatable.engine import RunReport, apply
 from rolekit.repeatable.loader import load_repeatables, require_known_contexts, require_known_ids
 from rolekit.repeatable.run import RunContext
+
+if TYPE_CHECKING:
+    # imported where used: a run that drains nothing (a no-op upgrade) needs
+    # none of the drain, standby and pooler modules
+    from rolekit.deployment.deployment import Deployment
+    from rolekit.deployment.drain import Vigil
+    from rolekit.deployment.usage import Use
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +171,23 @@ def run_context(
     )
 
 
+def describe_uses(uses: Sequence[Use]) -> str:
+    """:func:`rolekit.deployment.usage.describe_uses`, imported on first use (a
+    no-op upgrade never looks for uses).
+
+    :meta private:
+    """
+    from rolekit.deployment.usage import describe_uses as describe
+
+    return describe(uses)
+
+
 def prepare(
     control: ControlConnection,
     run: RunContext,
     repeatables: list[Repeatable],
     open_deployment: Callable[[], Deployment],
-    vigil: drain.Vigil | None = None,
+    vigil: Vigil | None = None,
 ) -> RunContext:
     """Everything that must be seen or waited for before the migration transaction.
 
@@ -225,11 +241,13 @@ def before_draining(
     retiring: Sequence[str],
     *,
     terminate: bool,
-    progress: drain.Progress,
-) -> catalog.Privileges:
+    progress: Progress,
+) -> Privileges:
     """What every drain checks and says before it waits, wherever it runs (in the
     upgrade, or in ``rotate finish`` before the run lock): no unknown standby,
     the privilege to end sessions when told to, what it cannot see."""
+    from rolekit.deployment import drain
+
     deployment.check_standbys()
     privileges = catalog.privileges(control, retiring)
     if note := drain.visibility_note(privileges, retiring):
@@ -268,8 +286,10 @@ def _drain(
     run: RunContext,
     retiring: list[str],
     open_deployment: Callable[[], Deployment],
-    vigil: drain.Vigil | None = None,
+    vigil: Vigil | None = None,
 ) -> RunContext:
+    from rolekit.deployment import drain
+
     drain.check_quiet_period(run.drain_quiet_period, run.drain_timeout)
     deployment = open_deployment()
     privileges = before_draining(
@@ -336,7 +356,9 @@ class RolekitRun:
             pooler must not fail a migration that committed.
         """
         if self._deployment is None:
-            progress = self.run.progress if self.run else drain.stderr_progress
+            from rolekit.deployment.deployment import Deployment
+
+            progress = self.run.progress if self.run else stderr_progress
             self._deployment = self._connections.enter_context(
                 Deployment.open(self.settings, control, progress=progress, poolers=poolers)
             )
@@ -353,19 +375,18 @@ class RolekitRun:
         check_urls(self.settings)
         with ControlConnection.borrow(self.connection) as control:
             wait = seconds("lock_wait", x_argument(self.env, "lock_wait"), self.settings.lock_wait)
-            progress = self.run.progress if self.run else drain.stderr_progress
+            progress = self.run.progress if self.run else stderr_progress
             control.acquire_run_lock(timeout=wait, progress=progress)
             if self.run is not None:
                 attributes = self.env.config.attributes
                 if callable(attributes.get(ROTATION_ATTRIBUTE)):  # again, under the run lock
                     self.run = replace(self.run, rotation=rotation_for(self.env, self.settings))
-                vigil = attributes.get(VIGIL_ATTRIBUTE)
                 self.run = prepare(
                     control,
                     self.run,
                     self.repeatables,
                     lambda: self._open_deployment(control),
-                    vigil if isinstance(vigil, drain.Vigil) else None,
+                    _vigil(attributes),
                 )
         return self
 
@@ -398,6 +419,9 @@ class RolekitRun:
         if deployment is not None and changed:
             deployment.wait_for_replay()  # NOLOGIN (or a new password) in effect everywhere
         if run is not None and run.terminate_after_commit:
+            from rolekit.deployment import drain
+            from rolekit.deployment.replicas import Host
+
             hosts = deployment.hosts if deployment else (Host("the server", control),)
             drain.terminate_and_confirm(
                 hosts, sorted(run.terminate_after_commit), progress=run.progress
@@ -411,6 +435,16 @@ class RolekitRun:
         recorded = self.env.config.attributes.get(AFTER_COMMIT_ATTRIBUTE)
         if callable(recorded):
             recorded(control)
+
+
+def _vigil(attributes: Mapping[str, Any]) -> Vigil | None:
+    """The vigil ``rotate finish`` passed in, if any."""
+    vigil = attributes.get(VIGIL_ATTRIBUTE)
+    if vigil is None:
+        return None
+    from rolekit.deployment import drain  # imported here: only a finish passes one
+
+    return vigil if isinstance(vigil, drain.Vigil) else None
 
 
 def database_error(exc: BaseException) -> DatabaseError:

@@ -32,7 +32,7 @@ FINISH_POINTS = {
     "in-transaction": "rolekit.repeatable.run:RunContext.decisive_check",
     "before-state-file": "rolekit.project.state:RotationState.save",
     # with --terminate: NOLOGIN committed, the stragglers not yet ended
-    "terminating": "rolekit.runtime.environment:drain.terminate_and_confirm",
+    "terminating": "rolekit.deployment.drain:terminate_and_confirm",
 }
 
 
