@@ -14,8 +14,9 @@ Every statement rolekit sends goes through :class:`Session`, which:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg2 import sql
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
     from rolekit.pg.catalog import Reader
     from rolekit.pg.logsafety import LogSafety
+    from rolekit.pg.verifiers import Ahead
+    from rolekit.secrets import Secret
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ class Session:
         #: the logging settings saved before the first of consecutive
         #: secret-bearing statements, while the quiet ones are in effect
         self._quiet_saved: dict[str, str] | None = None
+        #: verifiers derived ahead, while :meth:`verifiers_ahead` lasts
+        self._ahead: Ahead | None = None
 
     # -- online plumbing ---------------------------------------------------
 
@@ -255,6 +260,41 @@ class Session:
             if self.dbapi_connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
                 # the transaction is aborted and rolls back the settings anyway
                 self._quiet_saved = None
+
+    def verifier(self, role: str, secret: Secret) -> str:
+        """The SCRAM verifier to send for *role*'s *secret* (psycopg2's ``encrypt_password``)."""
+        from rolekit.pg.verifiers import derive  # only runs that send a verifier
+
+        if self._ahead is not None:
+            return self._ahead.take(role, secret, self.dbapi_connection)
+        return derive(secret, role, self.dbapi_connection)
+
+    @contextlib.contextmanager
+    def verifiers_ahead(self, pending: Sequence[tuple[str, Secret]]) -> Iterator[None]:
+        """Derive the verifiers of *pending* (in the order :meth:`verifier` will be
+        asked for them) each while the server stores the one before
+        (:mod:`rolekit.pg.verifiers`)."""
+        from rolekit.pg.verifiers import MIN_PASSWORDS, Ahead
+
+        if self.offline or len(pending) < MIN_PASSWORDS or self._ahead is not None:
+            yield
+            return
+        main = self.dbapi_connection
+        engine = self.migration_context.connection.engine  # type: ignore[union-attr]
+
+        def open_connection() -> Any:
+            # Like the migration's (same engine, so the same URL and options);
+            # detached, so closing it is ours whatever the engine's pool.
+            raw = engine.raw_connection()
+            raw.detach()
+            return raw.dbapi_connection
+
+        self._ahead = Ahead(pending, open_connection, main.get_parameter_status("scram_iterations"))
+        try:
+            yield
+        finally:
+            ahead, self._ahead = self._ahead, None
+            ahead.close()
 
     def _end_quiet(self) -> None:
         """Restore the logging settings a run of secret-bearing statements switched off,

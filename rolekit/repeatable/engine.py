@@ -362,7 +362,15 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
     migrated = _before_sending(session, run, report, state)
     if migrated.version != state.version:  # an older schema was just migrated
         report = RunReport(plan(session, run, repeatables, migrated).items)
-    ran = [(item, _run(session, run, item)) for item in report.executed]
+    # Each verifier is derived while the server stores the one before.
+    pending = [
+        (s.secret_role, s.secret)
+        for item in report.executed
+        for s in item.steps
+        if s.secret_role is not None and s.secret is not None
+    ]
+    with session.verifiers_ahead(pending):
+        ran = [(item, _run(session, run, item)) for item in report.executed]
     if not session.offline:
         _record(session, run, ran)
     for family, context, serial in positions.record(session, moving, run.rotation.lineage):
