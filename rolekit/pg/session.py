@@ -219,6 +219,26 @@ class Session:
                 log.log(level, "%s", stmt.as_string(self.dbapi_connection))
         self._cursor_execute(sql.SQL("; ").join(stmts), None).close()
 
+    def execute_and_read(
+        self,
+        changes: Sequence[sql.Composable],
+        bookkeeping: Sequence[sql.Composable],
+        query: sql.Composable,
+    ) -> list[tuple[Any, ...]]:
+        """Run *changes* (logged as :meth:`execute_many` logs them) and *bookkeeping*
+        (logged as ``echo=False``), then the read *query*, and return its rows: one
+        round trip for all, the read seeing the changes.  Nothing takes parameters."""
+        if self.offline:
+            raise RolekitError("catalog reads are not possible in offline (--sql) mode")
+        self.changed |= bool(changes)
+        for level, stmts in ((logging.INFO, changes), (logging.DEBUG, bookkeeping)):
+            if stmts and log.isEnabledFor(level):
+                for stmt in stmts:
+                    log.log(level, "%s", stmt.as_string(self.dbapi_connection))
+        batch = sql.SQL("; ").join([*changes, *bookkeeping, query])
+        with self._cursor_execute(batch, None) as cur:
+            return list(cur.fetchall())
+
     def execute_secret(self, stmt: sql.Composable, params: Sequence[Any], *, describe: str) -> None:
         """Run a statement whose parameters hold a secret (a SCRAM verifier).
 
