@@ -93,6 +93,9 @@ class RunContext:
     #: the state file's position against the database's, per family (checked
     #: before the migration; the positions that move are recorded in it)
     positions: tuple[Finding, ...] = ()
+    #: set by the engine while the repeatables run: the members their decisive
+    #: checks name, looked at once after the last of them (see :meth:`decisive_check`)
+    deferred_checks: list[str] | None = field(default=None, repr=False, compare=False)
     #: caches of the secrets file (filled on first use, never by callers)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -185,7 +188,15 @@ class RunContext:
         return value, key
 
     def decisive_check(self, session: Reader, members: Sequence[str]) -> None:
-        """Refuse (inside the transaction, after ``NOLOGIN``) if *members* are in use anywhere."""
+        """Refuse (inside the transaction, after ``NOLOGIN``) if *members* are in use anywhere.
+
+        While the engine runs the repeatables, the members are only gathered:
+        one look for all, after the last ``NOLOGIN`` and still inside the
+        transaction, sees at least what a look after each would have seen.
+        """
+        if self.deferred_checks is not None:
+            self.deferred_checks.extend(members)
+            return
         if self.deployment_check is not None:
             self.deployment_check(session, members, self.drain_quiet_period)
         else:
