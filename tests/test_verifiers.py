@@ -37,6 +37,7 @@ def _apply(cluster: Cluster, ahead: Ahead, main: Any, order: list[tuple[str, Sec
             verifier = ahead.take(role, secret, main)
             assert SCRAM.fullmatch(verifier)
             stmt = sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role))
+            ahead.start_next()
             cur.execute(stmt, (verifier,))
 
 

@@ -256,6 +256,7 @@ class Session:
         self.changed = True
         quiet = self.log_safety().to_set
         if not quiet:
+            self._start_next_verifier()
             self._cursor_execute(stmt, params).close()
             return
         if self._quiet_saved is None:
@@ -273,6 +274,7 @@ class Session:
             self._set_local(quiet)
             self._quiet_saved = dict(zip(names, saved, strict=True))
         cur = self.dbapi_connection.cursor()
+        self._start_next_verifier()
         try:
             cur.execute(stmt, params)
         finally:
@@ -315,6 +317,11 @@ class Session:
         finally:
             ahead, self._ahead = self._ahead, None
             ahead.close()
+
+    def _start_next_verifier(self) -> None:
+        """The next verifier is derived while the server runs the statement about to go."""
+        if self._ahead is not None:
+            self._ahead.start_next()
 
     def _end_quiet(self) -> None:
         """Restore the logging settings a run of secret-bearing statements switched off,

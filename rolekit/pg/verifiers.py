@@ -47,8 +47,9 @@ class Ahead:
     """Derives the verifiers of *pending* (in the order they will be asked for) one ahead.
 
     The main thread asks with :meth:`take`; the worker only ever derives the
-    one the main thread allowed, right before it sends a statement, so the
-    two never compete for the GIL while the main thread has Python to run.
+    one the main thread allowed with :meth:`start_next`, right before it
+    sends a statement, so the two do not compete for the GIL while the main
+    thread has Python to run.
     """
 
     def __init__(
@@ -129,13 +130,18 @@ class Ahead:
                 while self._job == index:  # the worker is on it
                     self._cond.wait()
                 verifier = self._done.pop(index, None)
-                if self._ready and self._job is None and self._next < len(self._pending):
-                    # the next one, while the server stores this one
-                    self._job = self._next
-                    self._cond.notify_all()
         if verifier is None:
             return derive(secret, role, main_connection)
         return verifier
+
+    def start_next(self) -> None:
+        """Let the worker derive the next verifier: call it right before sending a
+        statement.  Any earlier, and a write to the log (which releases the GIL)
+        would let the worker hold the GIL for a whole derivation meanwhile."""
+        with self._cond:
+            if self._ready and self._job is None and self._next < len(self._pending):
+                self._job = self._next
+                self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
