@@ -214,10 +214,16 @@ class Session:
             return
         level = logging.INFO if echo else logging.DEBUG
         self.changed |= echo
+        texts = self._render(stmts, level)
+        self._cursor_execute(sql.SQL("; ".join(texts)), None).close()
+
+    def _render(self, stmts: Sequence[sql.Composable], level: int) -> list[str]:
+        """*stmts* as the text to send, each logged at *level*: composed once for both."""
+        texts = [stmt.as_string(self.dbapi_connection) for stmt in stmts]
         if log.isEnabledFor(level):
-            for stmt in stmts:
-                log.log(level, "%s", stmt.as_string(self.dbapi_connection))
-        self._cursor_execute(sql.SQL("; ").join(stmts), None).close()
+            for text in texts:
+                log.log(level, "%s", text)
+        return texts
 
     def execute_and_read(
         self,
@@ -231,12 +237,10 @@ class Session:
         if self.offline:
             raise RolekitError("catalog reads are not possible in offline (--sql) mode")
         self.changed |= bool(changes)
-        for level, stmts in ((logging.INFO, changes), (logging.DEBUG, bookkeeping)):
-            if stmts and log.isEnabledFor(level):
-                for stmt in stmts:
-                    log.log(level, "%s", stmt.as_string(self.dbapi_connection))
-        batch = sql.SQL("; ").join([*changes, *bookkeeping, query])
-        with self._cursor_execute(batch, None) as cur:
+        texts = self._render(changes, logging.INFO) + self._render(bookkeeping, logging.DEBUG)
+        texts.append(query.as_string(self.dbapi_connection))
+        # no parameters: a % in the text is sent as it is
+        with self._cursor_execute(sql.SQL("; ".join(texts)), None) as cur:
             return list(cur.fetchall())
 
     def execute_secret(self, stmt: sql.Composable, params: Sequence[Any], *, describe: str) -> None:

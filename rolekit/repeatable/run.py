@@ -206,11 +206,19 @@ class RunContext:
         """Whether the rotation state lets *role* log in, in the run's context."""
         if self.primary is None:
             return False
-        return any(
-            role in states[self.primary].login
-            for states in self.rotation.families.values()
-            if self.primary in states
-        )
+        # Asked for every role: one pass over the families, not one per role.
+        # Keyed by the state and context, which replace() may change (the
+        # cache dict is shared with copies).
+        cached = self._cache.get("login")
+        if cached is None or cached[0] is not self.rotation or cached[1] != self.primary:
+            members = frozenset(
+                member
+                for states in self.rotation.families.values()
+                if self.primary in states
+                for member in states[self.primary].login
+            )
+            cached = self._cache["login"] = (self.rotation, self.primary, members)
+        return role in cached[2]
 
 
 class Observed(NamedTuple):
