@@ -53,13 +53,14 @@ def _check_claims(session: Session, found: FamilyCatalog, take_over: frozenset[s
     return to_claim
 
 
-def _claim(session: Session, names: list[str], after: FamilyCatalog) -> None:
-    """Claim *names*, as *after* (read once the roles were created) holds them."""
-    comments = [
-        ddl.comment_on_role(name, claims.claim_comment(after.roles.get(name), session.database))
+def _claims(session: Session, names: list[str], found: FamilyCatalog) -> list[sql.Composable]:
+    """The comments that claim *names*, as *found* (read before the changes) holds them:
+    the changes add roles, whose comment is empty, and change no comment."""
+    database = session.database
+    return [
+        ddl.comment_on_role(name, claims.claim_comment(found.roles.get(name), database))
         for name in names
     ]
-    session.execute_many(comments, echo=False)  # one round trip
 
 
 @Operations.implementation_for(CreateRoleFamilyOp)
@@ -70,22 +71,24 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
     if session.offline:
         # No catalog to read: emit the script for a database without the family.
         found = FamilyCatalog(family, {}, {}, version)
-        superuser = False
-        to_claim: list[str] = []
-    else:
-        found = FamilyCatalog.read(session, family)
-        superuser = session.superuser
-        _refuse_conflicts(session, found, superuser)
-        to_claim = _check_claims(session, found, _take_over(operations))
-    to_claim += _create_and_grant(
+        stmts, _ = _create_and_grant(session, found, grant_to_migrator=operation.grant_to_migrator)
+        session.execute_many(stmts)
+        return
+    found = FamilyCatalog.read(session, family)
+    superuser = session.superuser
+    _refuse_conflicts(session, found, superuser)
+    to_claim = _check_claims(session, found, _take_over(operations))
+    stmts, created = _create_and_grant(
         session, found, grant_to_migrator=operation.grant_to_migrator and not superuser
     )
-    if session.offline:
-        return
-    # One read after the changes serves the claims (a comment does not change
-    # what the check below reads) and the check that the grants took.
-    after = FamilyCatalog.read(session, family)
-    _claim(session, sorted(set(to_claim)), after)
+    # One round trip: the changes, the claims, and the read that checks the
+    # grants took (it sees the changes: they run first, in the same transaction).
+    rows = session.execute_and_read(
+        stmts,
+        _claims(session, sorted(set(to_claim + created)), found),
+        catalog.roles_query(version, family.roles),
+    )
+    after = FamilyCatalog.of(family, catalog.roles_from_rows(rows), version)
     for name in family.members:
         if drift := after.acts_as_group(name):
             raise FamilyConflictError(f"{drift.problem} after the grant")
@@ -93,8 +96,8 @@ def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) ->
 
 def _create_and_grant(
     session: Session, found: FamilyCatalog, *, grant_to_migrator: bool
-) -> list[str]:
-    """Create the missing roles and grants; return the roles created."""
+) -> tuple[list[sql.Composable], list[str]]:
+    """The statements that create the missing roles and grants, and the roles they create."""
     family, version = found.family, session.server_version
     created = [name for name in family.roles if name not in found.roles]
     stmts: list[sql.Composable] = [ddl.create_nologin_role(name) for name in created]
@@ -109,8 +112,7 @@ def _create_and_grant(
             stmts.append(ddl.set_login_role(name, family.group))
         elif drift := found.acts_as_group(name):
             stmts += drift.repair
-    session.execute_many(stmts)  # one round trip
-    return created
+    return stmts, created
 
 
 def _refuse_conflicts(session: Session, found: FamilyCatalog, superuser: bool) -> None:

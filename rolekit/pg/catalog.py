@@ -105,46 +105,84 @@ def table_exists(reader: Reader, name: str) -> bool:
     return bool(reader.fetchall(sql.SQL("SELECT 1 WHERE to_regclass(%s) IS NOT NULL"), (name,)))
 
 
-def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
-    """Return the roles among *names* that exist, keyed by name, with the groups
-    each is a member of (one round trip)."""
+#: up to this many names, :func:`roles` looks each role up on its own
+#: (:data:`_FEW_ROLES`); more are read with :data:`_MANY_ROLES`
+FEW_ROLES = 8
+
+# Both give the same columns for the same roles (tests/test_catalog_queries.py).
+#
+# Many roles: the settings and memberships are aggregated once for all the
+# roles and joined by oid: a subquery per role would scan pg_auth_members and
+# pg_db_role_setting (no index on the member or role alone) once per role,
+# quadratic in the number of families.
+_MANY_ROLES = (
+    "WITH r AS (SELECT oid, rolname, rolcanlogin, rolsuper, rolreplication,"
+    " rolbypassrls, rolvaliduntil FROM pg_roles WHERE rolname = ANY({names}))"
+    " SELECT r.rolname, r.oid::bigint, r.rolcanlogin, r.rolsuper, r.rolreplication,"
+    " r.rolbypassrls,"
+    " CASE WHEN r.rolvaliduntil = 'infinity' THEN NULL ELSE r.rolvaliduntil END,"
+    " coalesce(r.rolvaliduntil <= now(), false),"
+    " coalesce(everywhere.setconfig, '{{}}'),"
+    " coalesce(per_database.roles, '{{}}'),"
+    " shobj_description(r.oid, 'pg_authid'),"
+    " coalesce(groups.list, '[]')"
+    " FROM r"
+    " LEFT JOIN pg_db_role_setting everywhere"
+    "   ON everywhere.setrole = r.oid AND everywhere.setdatabase = 0"
+    " LEFT JOIN (SELECT s.setrole, array_agg(d.datname || '=' || c.value) AS roles"
+    "   FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase,"
+    "   LATERAL (SELECT substr(x, 6) AS value FROM unnest(s.setconfig) x"
+    "            WHERE x LIKE {like}) c"
+    "   WHERE s.setrole IN (SELECT oid FROM r) GROUP BY s.setrole) per_database"
+    "   ON per_database.setrole = r.oid"
+    " LEFT JOIN (SELECT m.member, json_agg(json_build_array(g.rolname, {options})) AS list"
+    "   FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+    "   WHERE m.member IN (SELECT oid FROM r) GROUP BY m.member) groups"
+    "   ON groups.member = r.oid"
+)
+# A few roles (one family, read before and after each change): the query
+# above costs the server a plan of twice this one's and whole scans of
+# pg_authid, pg_auth_members and pg_db_role_setting however few the roles;
+# here a handful of subqueries, each over one role's rows.  (pg_roles'
+# rolconfig is pg_db_role_setting's setconfig for setdatabase 0.)
+_FEW_ROLES = (
+    "SELECT r.rolname, r.oid::bigint, r.rolcanlogin, r.rolsuper, r.rolreplication,"
+    " r.rolbypassrls,"
+    " CASE WHEN r.rolvaliduntil = 'infinity' THEN NULL ELSE r.rolvaliduntil END,"
+    " coalesce(r.rolvaliduntil <= now(), false),"
+    " coalesce(r.rolconfig, '{{}}'),"
+    " coalesce((SELECT array_agg(d.datname || '=' || substr(x, 6))"
+    "   FROM pg_database d"
+    "   JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = r.oid,"
+    "   unnest(s.setconfig) x WHERE x LIKE {like}), '{{}}'),"
+    " shobj_description(r.oid, 'pg_authid'),"
+    " coalesce((SELECT json_agg(json_build_array(g.rolname, {options}))"
+    "   FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+    "   WHERE m.member = r.oid), '[]')"
+    " FROM pg_roles r WHERE r.rolname = ANY({names})"
+)
+
+
+def _roles_query(server_version: int, count: int, names: sql.Composable, like: str) -> sql.Composed:
     options = (
         "m.admin_option, m.inherit_option, m.set_option"
-        if reader.server_version >= PG16
+        if server_version >= PG16
         else "m.admin_option, true, true"
     )
-    # The settings and memberships are aggregated once for all the roles and
-    # joined by oid: a subquery per role would scan pg_auth_members and
-    # pg_db_role_setting (no index on the member or role alone) once per role,
-    # quadratic in the number of families.
-    rows = reader.fetchall(
-        sql.SQL(
-            "WITH r AS (SELECT oid, rolname, rolcanlogin, rolsuper, rolreplication,"
-            " rolbypassrls, rolvaliduntil FROM pg_roles WHERE rolname = ANY(%s))"
-            " SELECT r.rolname, r.oid::bigint, r.rolcanlogin, r.rolsuper, r.rolreplication,"
-            " r.rolbypassrls,"
-            " CASE WHEN r.rolvaliduntil = 'infinity' THEN NULL ELSE r.rolvaliduntil END,"
-            " coalesce(r.rolvaliduntil <= now(), false),"
-            " coalesce(everywhere.setconfig, '{{}}'),"
-            " coalesce(per_database.roles, '{{}}'),"
-            " shobj_description(r.oid, 'pg_authid'),"
-            " coalesce(groups.list, '[]')"
-            " FROM r"
-            " LEFT JOIN pg_db_role_setting everywhere"
-            "   ON everywhere.setrole = r.oid AND everywhere.setdatabase = 0"
-            " LEFT JOIN (SELECT s.setrole, array_agg(d.datname || '=' || c.value) AS roles"
-            "   FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase,"
-            "   LATERAL (SELECT substr(x, 6) AS value FROM unnest(s.setconfig) x"
-            "            WHERE x LIKE 'role=%%') c"
-            "   WHERE s.setrole IN (SELECT oid FROM r) GROUP BY s.setrole) per_database"
-            "   ON per_database.setrole = r.oid"
-            " LEFT JOIN (SELECT m.member, json_agg(json_build_array(g.rolname, {options})) AS list"
-            "   FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
-            "   WHERE m.member IN (SELECT oid FROM r) GROUP BY m.member) groups"
-            "   ON groups.member = r.oid"
-        ).format(options=sql.SQL(options)),
-        (list(names),),
+    return sql.SQL(_FEW_ROLES if count <= FEW_ROLES else _MANY_ROLES).format(
+        names=names, like=sql.SQL(like), options=sql.SQL(options)
     )
+
+
+def roles_query(server_version: int, names: Iterable[str]) -> sql.Composed:
+    """The query of :func:`roles` with the names composed in (no parameters), to
+    end statements sent in one round trip; :func:`roles_from_rows` reads its rows."""
+    listed = list(names)
+    return _roles_query(server_version, len(listed), sql.Literal(listed), "'role=%'")
+
+
+def roles_from_rows(rows: Iterable[Sequence[Any]]) -> dict[str, RoleInfo]:
+    """The roles the rows of :func:`roles_query` describe, keyed by name."""
     return {
         row[0]: RoleInfo(
             name=row[0],
@@ -162,6 +200,15 @@ def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
         )
         for row in rows
     }
+
+
+def roles(reader: Reader, names: Iterable[str]) -> dict[str, RoleInfo]:
+    """Return the roles among *names* that exist, keyed by name, with the groups
+    each is a member of (one round trip)."""
+    listed = list(names)
+    # %% is how a parameterised query spells LIKE's %
+    query = _roles_query(reader.server_version, len(listed), sql.SQL("%s"), "'role=%%'")
+    return roles_from_rows(reader.fetchall(query, (listed,)))
 
 
 #: one statement: clear the statistics snapshot, then read the backends.

@@ -9,8 +9,8 @@ never disagree about what is wrong.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from psycopg2 import sql
 
@@ -18,6 +18,9 @@ from rolekit.model.family import RoleFamily
 from rolekit.pg import catalog, ddl
 from rolekit.pg.catalog import Membership, Reader, RoleInfo
 from rolekit.project.state import FamilyState, Phase, Retire
+
+if TYPE_CHECKING:
+    from rolekit.pg.session import Session
 
 
 class Drift(NamedTuple):
@@ -42,6 +45,16 @@ class FamilyCatalog(NamedTuple):
     def read(cls, reader: Reader, family: RoleFamily) -> FamilyCatalog:
         """Read the family's catalog state (one round trip)."""
         return cls.of(family, catalog.roles(reader, family.roles), reader.server_version)
+
+    @classmethod
+    def read_after(
+        cls, session: Session, family: RoleFamily, changes: Sequence[sql.Composable]
+    ) -> FamilyCatalog:
+        """Run *changes* (rolekit's own statements, no parameters), then read the
+        family's catalog state as they left it: one round trip for both."""
+        version = session.server_version
+        rows = session.execute_and_read(changes, [], catalog.roles_query(version, family.roles))
+        return cls.of(family, catalog.roles_from_rows(rows), version)
 
     @classmethod
     def of(

@@ -14,8 +14,9 @@ Every statement rolekit sends goes through :class:`Session`, which:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg2 import sql
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
     from rolekit.pg.catalog import Reader
     from rolekit.pg.logsafety import LogSafety
+    from rolekit.pg.verifiers import Ahead
+    from rolekit.secrets import Secret
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ class Session:
         #: the logging settings saved before the first of consecutive
         #: secret-bearing statements, while the quiet ones are in effect
         self._quiet_saved: dict[str, str] | None = None
+        #: verifiers derived ahead, while :meth:`verifiers_ahead` lasts
+        self._ahead: Ahead | None = None
 
     # -- online plumbing ---------------------------------------------------
 
@@ -209,10 +214,34 @@ class Session:
             return
         level = logging.INFO if echo else logging.DEBUG
         self.changed |= echo
+        texts = self._render(stmts, level)
+        self._cursor_execute(sql.SQL("; ".join(texts)), None).close()
+
+    def _render(self, stmts: Sequence[sql.Composable], level: int) -> list[str]:
+        """*stmts* as the text to send, each logged at *level*: composed once for both."""
+        texts = [stmt.as_string(self.dbapi_connection) for stmt in stmts]
         if log.isEnabledFor(level):
-            for stmt in stmts:
-                log.log(level, "%s", stmt.as_string(self.dbapi_connection))
-        self._cursor_execute(sql.SQL("; ").join(stmts), None).close()
+            for text in texts:
+                log.log(level, "%s", text)
+        return texts
+
+    def execute_and_read(
+        self,
+        changes: Sequence[sql.Composable],
+        bookkeeping: Sequence[sql.Composable],
+        query: sql.Composable,
+    ) -> list[tuple[Any, ...]]:
+        """Run *changes* (logged as :meth:`execute_many` logs them) and *bookkeeping*
+        (logged as ``echo=False``), then the read *query*, and return its rows: one
+        round trip for all, the read seeing the changes.  Nothing takes parameters."""
+        if self.offline:
+            raise RolekitError("catalog reads are not possible in offline (--sql) mode")
+        self.changed |= bool(changes)
+        texts = self._render(changes, logging.INFO) + self._render(bookkeeping, logging.DEBUG)
+        texts.append(query.as_string(self.dbapi_connection))
+        # no parameters: a % in the text is sent as it is
+        with self._cursor_execute(sql.SQL("; ".join(texts)), None) as cur:
+            return list(cur.fetchall())
 
     def execute_secret(self, stmt: sql.Composable, params: Sequence[Any], *, describe: str) -> None:
         """Run a statement whose parameters hold a secret (a SCRAM verifier).
@@ -231,6 +260,7 @@ class Session:
         self.changed = True
         quiet = self.log_safety().to_set
         if not quiet:
+            self._start_next_verifier()
             self._cursor_execute(stmt, params).close()
             return
         if self._quiet_saved is None:
@@ -248,6 +278,7 @@ class Session:
             self._set_local(quiet)
             self._quiet_saved = dict(zip(names, saved, strict=True))
         cur = self.dbapi_connection.cursor()
+        self._start_next_verifier()
         try:
             cur.execute(stmt, params)
         finally:
@@ -255,6 +286,46 @@ class Session:
             if self.dbapi_connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
                 # the transaction is aborted and rolls back the settings anyway
                 self._quiet_saved = None
+
+    def verifier(self, role: str, secret: Secret) -> str:
+        """The SCRAM verifier to send for *role*'s *secret* (psycopg2's ``encrypt_password``)."""
+        from rolekit.pg.verifiers import derive  # only runs that send a verifier
+
+        if self._ahead is not None:
+            return self._ahead.take(role, secret, self.dbapi_connection)
+        return derive(secret, role, self.dbapi_connection)
+
+    @contextlib.contextmanager
+    def verifiers_ahead(self, pending: Sequence[tuple[str, Secret]]) -> Iterator[None]:
+        """Derive the verifiers of *pending* (in the order :meth:`verifier` will be
+        asked for them) each while the server stores the one before
+        (:mod:`rolekit.pg.verifiers`)."""
+        from rolekit.pg.verifiers import MIN_PASSWORDS, Ahead
+
+        if self.offline or len(pending) < MIN_PASSWORDS or self._ahead is not None:
+            yield
+            return
+        main = self.dbapi_connection
+        engine = self.migration_context.connection.engine  # type: ignore[union-attr]
+
+        def open_connection() -> Any:
+            # Like the migration's (same engine, so the same URL and options);
+            # detached, so closing it is ours whatever the engine's pool.
+            raw = engine.raw_connection()
+            raw.detach()
+            return raw.dbapi_connection
+
+        self._ahead = Ahead(pending, open_connection, main.get_parameter_status("scram_iterations"))
+        try:
+            yield
+        finally:
+            ahead, self._ahead = self._ahead, None
+            ahead.close()
+
+    def _start_next_verifier(self) -> None:
+        """The next verifier is derived while the server runs the statement about to go."""
+        if self._ahead is not None:
+            self._ahead.start_next()
 
     def _end_quiet(self) -> None:
         """Restore the logging settings a run of secret-bearing statements switched off,

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 
 from rolekit.errors import RepeatableError
 from rolekit.model.contexts import ContextExpression
@@ -158,9 +157,7 @@ def execute_step(session: Session, step: Step) -> None:
         return
     # The server stores a "SCRAM-SHA-256$..." string as an already-hashed
     # verifier, so the plaintext never travels or lands in a log.
-    verifier = encrypt_password(
-        step.secret.reveal(), step.secret_role, session.dbapi_connection, "scram-sha-256"
-    )
+    verifier = session.verifier(step.secret_role, step.secret)
     session.execute_secret(
         step.stmt, (verifier,), describe=f"ALTER ROLE {step.secret_role} PASSWORD <redacted>"
     )

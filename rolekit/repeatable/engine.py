@@ -362,7 +362,21 @@ def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> R
     migrated = _before_sending(session, run, report, state)
     if migrated.version != state.version:  # an older schema was just migrated
         report = RunReport(plan(session, run, repeatables, migrated).items)
-    ran = [(item, _run(session, run, item)) for item in report.executed]
+    # Each verifier is derived while the server stores the one before.
+    pending = [
+        (s.secret_role, s.secret)
+        for item in report.executed
+        for s in item.steps
+        if s.secret_role is not None and s.secret is not None
+    ]
+    disabled: list[str] = []
+    gathering = replace(run, deferred_checks=disabled)
+    with session.verifiers_ahead(pending):
+        ran = [(item, _run(session, gathering, item)) for item in report.executed]
+    if disabled and not session.offline:
+        # The drain's last look, for every member the repeatables disabled at
+        # once: one round trip per place instead of one per repeatable.
+        run.decisive_check(session, list(dict.fromkeys(disabled)))
     if not session.offline:
         _record(session, run, ran)
     for family, context, serial in positions.record(session, moving, run.rotation.lineage):

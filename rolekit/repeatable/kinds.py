@@ -330,14 +330,18 @@ class FamilyLogin(Repeatable):
         return send, why
 
     def apply(self, session: Session, run: RunContext, steps: list[Step]) -> None:
-        super().apply(session, run, steps)
         if session.offline:  # a script: the server checks nothing until it runs it
+            super().apply(session, run, steps)
             return
         state = self.state(run)
         # Verified after the repairs and before the commit, which is when the
         # LOGIN takes effect: a member that would not act as the group never
         # becomes the one the applications use.
-        found = FamilyCatalog.read(session, self.family)
+        if any(step.secret is not None for step in steps):
+            super().apply(session, run, steps)
+            found = FamilyCatalog.read(session, self.family)
+        else:  # the statements and the read in one round trip
+            found = FamilyCatalog.read_after(session, self.family, [s.stmt for s in steps])
         for member in state.login:
             drift = found.acts_as_group(member)
             if drift is not None:

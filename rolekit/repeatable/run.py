@@ -93,6 +93,9 @@ class RunContext:
     #: the state file's position against the database's, per family (checked
     #: before the migration; the positions that move are recorded in it)
     positions: tuple[Finding, ...] = ()
+    #: set by the engine while the repeatables run: the members their decisive
+    #: checks name, looked at once after the last of them (see :meth:`decisive_check`)
+    deferred_checks: list[str] | None = field(default=None, repr=False, compare=False)
     #: caches of the secrets file (filled on first use, never by callers)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -185,7 +188,15 @@ class RunContext:
         return value, key
 
     def decisive_check(self, session: Reader, members: Sequence[str]) -> None:
-        """Refuse (inside the transaction, after ``NOLOGIN``) if *members* are in use anywhere."""
+        """Refuse (inside the transaction, after ``NOLOGIN``) if *members* are in use anywhere.
+
+        While the engine runs the repeatables, the members are only gathered:
+        one look for all, after the last ``NOLOGIN`` and still inside the
+        transaction, sees at least what a look after each would have seen.
+        """
+        if self.deferred_checks is not None:
+            self.deferred_checks.extend(members)
+            return
         if self.deployment_check is not None:
             self.deployment_check(session, members, self.drain_quiet_period)
         else:
@@ -198,11 +209,19 @@ class RunContext:
         """Whether the rotation state lets *role* log in, in the run's context."""
         if self.primary is None:
             return False
-        return any(
-            role in states[self.primary].login
-            for states in self.rotation.families.values()
-            if self.primary in states
-        )
+        # Asked for every role: one pass over the families, not one per role.
+        # Keyed by the state and context, which replace() may change (the
+        # cache dict is shared with copies).
+        cached = self._cache.get("login")
+        if cached is None or cached[0] is not self.rotation or cached[1] != self.primary:
+            members = frozenset(
+                member
+                for states in self.rotation.families.values()
+                if self.primary in states
+                for member in states[self.primary].login
+            )
+            cached = self._cache["login"] = (self.rotation, self.primary, members)
+        return role in cached[2]
 
 
 class Observed(NamedTuple):
