@@ -63,7 +63,6 @@ def _claims(session: Session, names: list[str], found: FamilyCatalog) -> list[sq
     ]
 
 
-@Operations.implementation_for(CreateRoleFamilyOp)
 def create_role_family(operations: Operations, operation: CreateRoleFamilyOp) -> None:
     session = session_for(operations.get_context())
     family = operation.family
@@ -148,7 +147,6 @@ def _wait_gone(reader: Reader, users: list[str], timeout: float) -> None:
         time.sleep(0.1)
 
 
-@Operations.implementation_for(DropRoleFamilyOp)
 def drop_role_family(operations: Operations, operation: DropRoleFamilyOp) -> None:
     migration_context = operations.get_context()
     session = session_for(migration_context)
@@ -229,7 +227,6 @@ def _no_orphans(reader: Reader, group: str, oids: list[int]) -> None:
         )
 
 
-@Operations.implementation_for(EnableLoginTrackingOp)
 def enable_login_tracking(operations: Operations, operation: EnableLoginTrackingOp) -> None:
     session = session_for(operations.get_context())
     superuser = True if session.offline else session.superuser
@@ -272,7 +269,6 @@ def _create_login_trigger(reader: Reader, trigger: sql.Composable) -> None:
         ) from None
 
 
-@Operations.implementation_for(DisableLoginTrackingOp)
 def disable_login_tracking(operations: Operations, operation: DisableLoginTrackingOp) -> None:
     session = session_for(operations.get_context())
     if session.server_version < tracking.PG17:

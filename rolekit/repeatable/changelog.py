@@ -21,6 +21,8 @@ random key of this database's.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from psycopg2 import sql
@@ -235,36 +237,53 @@ def ensure(session: Session, changelog: Changelog, *, salt: bytes) -> Changelog:
     return read(session, fresh=True)
 
 
-def record(
-    session: Session,
-    *,
-    id: str,
-    checksum: str,
-    context_expression: str | None,
-    context_used: str | None,
-    exec_type: str,
-    duration_ms: float,
-    target_oids: list[int],
-    step_digests: list[str],
-    passwords_set: list[str],
-) -> None:
-    """Upsert the current row and append to the history."""
-    values = (id, checksum, context_expression, context_used, exec_type, duration_ms)
+class Run(NamedTuple):
+    """One run of a repeatable, as the changelog records it."""
+
+    id: str
+    checksum: str
+    context_expression: str | None
+    context_used: str | None
+    exec_type: str
+    duration_ms: float
+    target_oids: list[int]
+    step_digests: list[str]
+    passwords_set: list[str]
+
+
+#: the columns of a :class:`Run` as ``json_to_recordset`` reads them (PostgreSQL
+#: turns JSON arrays into the array columns)
+_RUN_COLUMNS = (
+    "id text, checksum text, context_expression text, context_used text, exec_type text,"
+    " duration_ms float8, target_oids bigint[], step_digests text[], passwords_set text[],"
+    " ord int"
+)
+
+
+def record(session: Session, runs: Sequence[Run]) -> None:
+    """Upsert the current rows of *runs* and append them to the history, in
+    their order: one statement for all, however many repeatables ran."""
+    if not runs:
+        return
+    rows = [{**run._asdict(), "ord": i} for i, run in enumerate(runs)]
     session.execute(
         sql.SQL(
-            "WITH history AS (INSERT INTO rolekit_changelog_history (id, checksum,"
+            "WITH r AS (SELECT * FROM json_to_recordset(%s::json) AS r({columns})),"
+            " history AS (INSERT INTO rolekit_changelog_history (id, checksum,"
             " context_expression, context_used, exec_type, duration_ms, passwords_set)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s))"
+            " SELECT id, checksum, context_expression, context_used, exec_type, duration_ms,"
+            " passwords_set FROM r ORDER BY ord)"
             " INSERT INTO rolekit_changelog (id, checksum, context_expression, context_used,"
             " exec_type, duration_ms, target_oids, step_digests)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " SELECT id, checksum, context_expression, context_used, exec_type, duration_ms,"
+            " target_oids, step_digests FROM r ORDER BY ord"
             " ON CONFLICT (id) DO UPDATE SET checksum = EXCLUDED.checksum,"
             " context_expression = EXCLUDED.context_expression,"
             " context_used = EXCLUDED.context_used, exec_type = EXCLUDED.exec_type,"
             " applied_at = now(), applied_by = session_user,"
             " duration_ms = EXCLUDED.duration_ms, target_oids = EXCLUDED.target_oids,"
             " step_digests = EXCLUDED.step_digests"
-        ),
-        (*values, passwords_set, *values, target_oids, step_digests),
+        ).format(columns=sql.SQL(_RUN_COLUMNS)),
+        (json.dumps(rows),),
         echo=False,
     )

@@ -327,20 +327,25 @@ def _record(session: Session, run: RunContext, ran: Sequence[tuple[PlanItem, flo
         password_history.record(session, set_now, run.primary)
     targets = {t for item, _ in ran for t in item.repeatable.targets()}
     oids = catalog.roles(session, targets) if targets else {}
-    for item, duration_ms in ran:
-        rep = item.repeatable
-        changelog.record(
-            session,
-            id=rep.id,
-            checksum=item.checksum or "",
-            context_expression=rep.context.text if rep.context else None,
-            context_used=",".join(sorted(run.contexts)) or None,
-            exec_type="executed" if item.status == Status.PENDING else "reran",
-            duration_ms=duration_ms,
-            target_oids=[oids[t].oid for t in rep.targets()],
-            step_digests=item.step_digests,
-            passwords_set=[s.secret_role for s in item.steps if s.secret_role],
-        )
+    changelog.record(
+        session,
+        [
+            changelog.Run(
+                id=item.repeatable.id,
+                checksum=item.checksum or "",
+                context_expression=item.repeatable.context.text
+                if item.repeatable.context
+                else None,
+                context_used=",".join(sorted(run.contexts)) or None,
+                exec_type="executed" if item.status == Status.PENDING else "reran",
+                duration_ms=duration_ms,
+                target_oids=[oids[t].oid for t in item.repeatable.targets()],
+                step_digests=list(item.step_digests),
+                passwords_set=[s.secret_role for s in item.steps if s.secret_role],
+            )
+            for item, duration_ms in ran
+        ],
+    )
 
 
 def apply(session: Session, run: RunContext, repeatables: list[Repeatable]) -> RunReport:
