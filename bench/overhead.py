@@ -28,7 +28,7 @@ from rolekit.testing import Cluster, Project
 #: the package, compiled to bytecode before timing like an installed one
 ROLEKIT = Path(rolekit.__file__).parent
 
-RUNS = 15
+RUNS = 31
 
 _PLAIN_INI = """\
 [alembic]
