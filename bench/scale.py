@@ -194,7 +194,8 @@ def example_plus(
                 applies[which].append(_timed_upgrade(project))
     noops, statements = _noops(major, work, n, runs)
     # The least-privileged migrator cannot read pg_authid, so every LOGIN member
-    # logs in to prove its password on every run: reported beside, no goal.
+    # logs in to prove its password on every run: reported beside, against the
+    # same goal.
     lp_noops, _ = _noops(major, work / "least-privileged", n, runs, least_privileged=True)
     pairs = [p / e for p, e in zip(noops["plus"], noops["example"], strict=True)]
     noop_ratio = (median(noops["plus"]) or 0.0) / (median(noops["example"]) or 1e-9)

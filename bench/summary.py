@@ -333,7 +333,9 @@ def _example_plus(plus: dict[str, Any] | None) -> list[str]:
                     plus.get("least_privileged_example_noop_s", "-"),
                     plus.get("least_privileged_plus_noop_s", "-"),
                     plus.get("least_privileged_ratio_noop", "-"),
-                    "(none)",
+                    verdict(plus["least_privileged_ratio_noop"], plus["goal_ratio_noop"])
+                    if "least_privileged_ratio_noop" in plus
+                    else "-",
                 ],
                 [
                     "statements sent in the no-op",
