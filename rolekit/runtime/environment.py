@@ -197,7 +197,8 @@ def prepare(
     * the members the run disables are drained here, on every host and
       pooler, holding no lock (*open_deployment* connects to them);
     * a member that may log in and rejects its secrets file's password is
-      found here (its password is then sent again);
+      found here (its password is then sent again, unless it is in use: the
+      replicas and poolers that tell are connected here too);
     * privileges the guards need are checked here, before any change.
     """
     active = [rep for rep in repeatables if rep.skip_reason(run) is None]
@@ -232,6 +233,17 @@ def prepare(
         on_file = [(role, run.secret(role)[0]) for role in logging_in if run.has_secret(role)]
         checks = password_drift(control, on_file, run.secrets_file.path.name, run.primary)
         run = replace(run, password_checks=checks)
+    # A member that may log in and whose password the run would replace is
+    # looked up on every replica and pooler inside the migration transaction
+    # (uses_look): connect to them now, holding no lock, not then.  Waits for
+    # the login checks, which tell whether one would be replaced.
+    places = run.settings.replicas or run.settings.poolers
+    if (
+        places
+        and run.primary is not None
+        and (run.password_checks is None or run.password_checks())
+    ):
+        open_deployment()
     return run
 
 

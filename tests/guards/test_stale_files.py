@@ -175,6 +175,22 @@ def test_the_password_of_a_member_in_use_is_never_replaced(any_project: Project)
     assert project.cluster.connect("my_app_tom", password(project, "my_app_tom")).close() is None
 
 
+def test_the_places_that_tell_whether_it_is_in_use_are_reached_before_the_transaction(
+    any_project: Project,
+) -> None:
+    """Replicas and poolers are connected before the migration transaction, which
+    may hold a revision's locks: a slow or unreachable one stalls nobody."""
+    project = any_project
+    project.upgrade("dev")
+    project.rolekit("gen-password", "my_app_tom", "--context", "dev", "--write")
+    project.extra_env["ROLEKIT_REPLICAS"] = "postgresql://127.0.0.1:1/postgres"
+    offset = project.cluster.log_size()
+    proc = project.upgrade("dev", check=False)
+    assert proc.returncode == 5 and "cannot reach replica 127.0.0.1:1/postgres" in proc.stderr
+    # refused before the migration transaction read alembic_version
+    assert "alembic_version" not in project.cluster.log_since(offset)
+
+
 def test_the_emergency_override_names_the_member(any_project: Project) -> None:
     project = any_project
     project.upgrade("dev")
