@@ -56,6 +56,21 @@ def test_verifiers_derived_ahead_are_the_ones_the_server_accepts(cluster: Cluste
     assert not _logs_in(cluster, *pending[7])
 
 
+def test_in_turn_most_verifiers_come_from_the_worker(cluster: Cluster) -> None:
+    """The first few are derived on the main connection while the worker connects;
+    from then on each is the worker's."""
+    pending = _roles(cluster, 16)
+    main = cluster.connect()
+    ahead = Ahead(pending, cluster.connect, main.get_parameter_status("scram_iterations"))
+    try:
+        _apply(cluster, ahead, main, pending)
+        assert ahead.taken_ahead >= 8, ahead.taken_ahead
+    finally:
+        ahead.close()
+        main.close()
+    assert all(_logs_in(cluster, r, s) for r, s in pending)
+
+
 def test_without_a_second_connection_each_is_derived_on_the_main_one(cluster: Cluster) -> None:
     pending = _roles(cluster, 4)
 
@@ -70,6 +85,7 @@ def test_without_a_second_connection_each_is_derived_on_the_main_one(cluster: Cl
     ):
         try:
             _apply(cluster, ahead, main, pending)
+            assert ahead.taken_ahead == 0
         finally:
             ahead.close()
         assert all(_logs_in(cluster, r, s) for r, s in pending)

@@ -68,6 +68,9 @@ class Ahead:
         self._done: dict[int, str] = {}
         self._ready = False
         self._closed = False
+        #: verifiers handed out that the worker had derived (the rest were derived on the
+        #: main connection)
+        self.taken_ahead = 0
         self._thread = threading.Thread(target=self._work, name="rolekit-verifiers", daemon=True)
         self._thread.start()
 
@@ -132,6 +135,7 @@ class Ahead:
                 verifier = self._done.pop(index, None)
         if verifier is None:
             return derive(secret, role, main_connection)
+        self.taken_ahead += 1
         return verifier
 
     def start_next(self) -> None:
