@@ -188,8 +188,7 @@ def _end_sessions(session: Session, operation: DropRoleFamilyOp, members: list[s
     live = catalog.sessions(session, members)
     if not live:
         return
-    # imported here: the drain modules cost a no-op upgrade (whose revisions
-    # import this module) milliseconds, and only live sessions need them
+    # imported here: only a family dropped under live sessions needs the drain
     from rolekit.deployment.drain import TERMINATE_WAIT, describe, require_terminate
 
     terminate = operation.terminate
