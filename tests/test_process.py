@@ -16,6 +16,7 @@ import pytest
 
 from rolekit._process import hold_sigterm
 from rolekit.rotation import publish
+from tests.processes import gone
 
 
 class Raised(BaseException):
@@ -32,19 +33,6 @@ def raising_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return True
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_held_sigterm_is_delivered_on_release(raising_sigterm: None) -> None:
@@ -83,7 +71,7 @@ def test_sigterm_while_the_publish_command_starts_ends_its_whole_group(
         with pytest.raises(Raised):
             publish.run(command, b"{}", env=dict(os.environ), cwd=tmp_path, timeout=60)
         (shell,) = started
-        assert _gone(shell.pid) and _gone(int(pid_file.read_text()))
+        assert gone(shell.pid) and gone(int(pid_file.read_text()))
     finally:
         for proc in started:  # whatever a failure left: its own process group
             with contextlib.suppress(ProcessLookupError):

@@ -30,6 +30,7 @@ from tests.catalog_snapshot import role_snapshot
 from tests.deployment.helpers import Client, connect_as, wait_for_no_sessions
 from tests.gitops import GIT_ENV, checkout, checkout_with_remote, secrets_in_age
 from tests.guards.helpers import can_login, password
+from tests.processes import gone
 
 AUTO = ("rotate", "my_app", "auto", "--context", "dev", "--apply", "--json")
 #: a publish command: the document on stdin into published.json (in the project folder)
@@ -410,20 +411,6 @@ def test_a_publish_killed_by_a_signal_is_reported_as_such(project: Project) -> N
     assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}
 
 
-def _gone(pid: int, timeout: float = 10) -> bool:
-    """*pid* has ended (a zombie waiting for init to reap it counts as ended)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return True
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @contextlib.contextmanager
 def _grandchild(project: Project) -> Any:
     """A publish command that leaves a process of its own running (``sleep 300 &``);
@@ -463,7 +450,7 @@ def test_a_publish_past_its_timeout_is_ended_with_every_process_it_started(
         assert code == 1
         assert "did not finish within 2s" in events[-1]["error"]
         assert time.monotonic() - began < 60
-        assert _gone(pid())
+        assert gone(pid())
     assert can_login(project) == {"my_app_tom": True, "my_app_jerry": True}  # the overlap stays
 
 
@@ -478,7 +465,7 @@ def test_sigterm_to_rolekit_ends_every_process_of_the_publish_command(project: P
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=60)
         assert run.returncode == 143, err
-        assert _gone(grandchild) and _gone(int(shell_pid.read_text()))
+        assert gone(grandchild) and gone(int(shell_pid.read_text()))
 
 
 def test_a_process_left_running_by_a_successful_publish_is_ended(project: Project) -> None:
@@ -487,7 +474,7 @@ def test_a_process_left_running_by_a_successful_publish_is_ended(project: Projec
     with _grandchild(project) as (spawn, pid):
         code, events = _auto(project, "--max-age", "0", "--publish", spawn + PUBLISH)
         assert code == 0, events
-        assert _gone(pid())
+        assert gone(pid())
 
 
 #: runs the command in its argv and prints the largest resident set (KiB) of its process tree

@@ -196,6 +196,14 @@ def prod_secret(project: Project, role: str) -> str:
     return value
 
 
+def fake_sops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    """Make *script* (a shell script around the real sops) the sops rolekit runs."""
+    wrapper = tmp_path / "sops"
+    wrapper.write_text(script)
+    wrapper.chmod(0o700)
+    monkeypatch.setenv("ROLEKIT_SOPS", str(wrapper))
+
+
 def files_under(root: Path, since: float) -> Iterator[tuple[Path, bytes]]:
     """Regular files under *root* changed since *since* (the temp folder is shared)."""
     for folder, _dirs, names in os.walk(root):
@@ -358,10 +366,7 @@ def test_the_value_never_is_an_argument_and_no_plaintext_touches_the_disk(
     folder: SopsFolder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     record = tmp_path / "argv.log"
-    wrapper = tmp_path / "sops"
-    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {record}\nexec {SOPS} "$@"\n')
-    wrapper.chmod(0o700)
-    monkeypatch.setenv("ROLEKIT_SOPS", str(wrapper))
+    fake_sops(tmp_path, monkeypatch, f'#!/bin/sh\necho "$@" >> {record}\nexec {SOPS} "$@"\n')
     started = time.time() - 1
     value = generate_password()
     SecretsFile(folder.path).set(JERRY, "prod", value)
@@ -381,16 +386,15 @@ def test_a_write_that_would_drop_a_recipient_is_refused(
     """A sops (or a wrapper around it) whose set also drops the teammate's key."""
     shrink = tmp_path / "shrink.yaml"
     shrink.write_text(f"creation_rules:\n  - age: '{folder.owner.recipient}'\n")
-    wrapper = tmp_path / "sops"
-    wrapper.write_text(
+    fake_sops(
+        tmp_path,
+        monkeypatch,
         "#!/bin/bash\n"
         f'{SOPS} "$@" || exit $?\n'
         'if [ "$1" = set ]; then\n'
         f'  {SOPS} --config {shrink} updatekeys -y --input-type dotenv "${{@: -2:1}}" 2>/dev/null\n'
-        "fi\n"
+        "fi\n",
     )
-    wrapper.chmod(0o700)
-    monkeypatch.setenv("ROLEKIT_SOPS", str(wrapper))
     before = folder.path.read_bytes()
     with pytest.raises(SecretsError) as exc:
         SecretsFile(folder.path).set(JERRY, "prod", generate_password())
@@ -404,10 +408,7 @@ def test_a_hung_sops_is_killed_with_its_whole_process_group(
     folder: SopsFolder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     child = tmp_path / "child.pid"
-    wrapper = tmp_path / "sops"
-    wrapper.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {child}\nwait\n")
-    wrapper.chmod(0o700)
-    monkeypatch.setenv("ROLEKIT_SOPS", str(wrapper))
+    fake_sops(tmp_path, monkeypatch, f"#!/bin/sh\nsleep 300 &\necho $! > {child}\nwait\n")
     monkeypatch.setattr(_sops, "SOPS_TIMEOUT_S", 1.0)
     with pytest.raises(SecretsError, match="did not finish within 1 s"):
         SecretsFile(folder.path).load()
@@ -649,14 +650,13 @@ def test_what_sops_printed_is_never_shown(
 ) -> None:
     """A sops whose 'set' fails, printing a value: rolekit names the problem, not the output."""
     value = generate_password()
-    wrapper = tmp_path / "sops"
-    wrapper.write_text(
+    fake_sops(
+        tmp_path,
+        monkeypatch,
         "#!/bin/sh\n"
         f'if [ "$1" = set ]; then echo "{stderr.format(PASSWORD=value)}" >&2; exit {status}; fi\n'
-        f'exec {SOPS} "$@"\n'
+        f'exec {SOPS} "$@"\n',
     )
-    wrapper.chmod(0o700)
-    monkeypatch.setenv("ROLEKIT_SOPS", str(wrapper))
     before = folder.path.read_bytes()
     with pytest.raises(SecretsError, match=problem) as exc:
         SecretsFile(folder.path).set(JERRY, "prod", value)
