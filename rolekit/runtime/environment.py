@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     # none of the drain, standby and pooler modules
     from rolekit.deployment.deployment import Deployment
     from rolekit.deployment.drain import Vigil
-    from rolekit.deployment.usage import Use
 
 log = logging.getLogger(__name__)
 
@@ -171,17 +170,6 @@ def run_context(
     )
 
 
-def describe_uses(uses: Sequence[Use]) -> str:
-    """:func:`rolekit.deployment.usage.describe_uses`, imported on first use (a
-    no-op upgrade never looks for uses).
-
-    :meta private:
-    """
-    from rolekit.deployment.usage import describe_uses as describe
-
-    return describe(uses)
-
-
 def prepare(
     control: ControlConnection,
     run: RunContext,
@@ -207,6 +195,9 @@ def prepare(
     roles = catalog.roles(control, names) if names else {}
 
     def uses_look(primary: catalog.Reader, members: Sequence[str]) -> dict[str, str]:
+        # imported here: a no-op upgrade never looks for uses
+        from rolekit.deployment.usage import describe_uses
+
         deployment = open_deployment()
         deployment.check_standbys()
         found = deployment.look_once(members, primary, run.drain_quiet_period)
