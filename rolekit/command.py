@@ -437,10 +437,17 @@ def status(config: ConfigLike, context: str | None = None, *, max_age: str | Non
             if not secrets.path.exists() or not run.has_secret(role):
                 return None
             if proven is None and run.primary is not None:
-                # one query for all the members: those the server proves to
-                # have their password on file need no login (a superuser)
-                members = {m for _, rep in families for m in rep.family.members}
-                on_file = [(m, run.secret(m)[0]) for m in sorted(members) if run.has_secret(m)]
+                # one query for every member the checks may ask about (those the
+                # state lets log in): the server proves some without a login
+                # (a superuser); the others' passwords are read as before
+                members = {
+                    m
+                    for group, _ in families
+                    if (state := run.rotation.get(group, run.primary)) is not None
+                    for m in state.login
+                    if run.has_secret(m)
+                }
+                on_file = [(m, run.secret(m)[0]) for m in sorted(members)]
                 proven = password_history.proven(control, on_file, run.primary)
             if proven is not None and role in proven:
                 return None
