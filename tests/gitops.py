@@ -23,7 +23,8 @@ Git = Callable[..., str]
 
 def checkout(project: Project, ignore: str) -> Git:
     """Make the project a git checkout with one commit, ignoring *ignore*
-    (``.gitignore`` lines); returns a ``git`` runner (``cwd=`` another folder)."""
+    (``.gitignore`` lines), whose commands commit as :data:`GIT_ENV`; returns a
+    ``git`` runner (``cwd=`` another folder)."""
     root = project.root
 
     def git(*args: str, cwd: Path = root) -> str:
@@ -36,6 +37,7 @@ def checkout(project: Project, ignore: str) -> Git:
         ).stdout
 
     (root / ".gitignore").write_text(ignore)
+    project.extra_env.update(GIT_ENV)  # rolekit's --git-commit commits as this user too
     git("init", "-q", "-b", "main")
     git("add", "-A")
     git("commit", "-qm", "start")

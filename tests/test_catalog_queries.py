@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from psycopg2 import sql
 
 from rolekit.pg import catalog
 from rolekit.pg.catalog import PG16, RoleInfo
+from rolekit.pg.control import ControlConnection
 from rolekit.testing import Cluster
 
 SETUP = [
@@ -32,15 +30,6 @@ PG16_SETUP = ["GRANT other_grp TO member_b WITH INHERIT FALSE, SET FALSE"]
 NAMES = ["grp", "other_grp", "plain", "expired", "later", "member_a", "member_b", "absent"]
 
 
-class _Reader:
-    def __init__(self, cur: Any, server_version: int) -> None:
-        self.cur, self.server_version = cur, server_version
-
-    def fetchall(self, stmt: sql.Composable, params: Sequence[Any] | None = None) -> list[Any]:
-        self.cur.execute(stmt, params)
-        return list(self.cur.fetchall())
-
-
 def _comparable(roles: dict[str, RoleInfo]) -> dict[str, RoleInfo]:
     # the order of the groups and of the per-database settings is the server's
     return {n: r._replace(member_of=tuple(sorted(r.member_of))) for n, r in roles.items()}
@@ -51,7 +40,7 @@ def test_few_and_many_roles_read_the_same(cluster: Cluster) -> None:
         version = conn.server_version
         for stmt in SETUP + (PG16_SETUP if version >= PG16 else []):
             cur.execute(stmt)
-        reader = _Reader(cur, version)
+        reader = ControlConnection(conn)
         for names in (NAMES, NAMES[:3], ["member_a"], ["member_b", "absent"], ["absent"]):
             few, many = (
                 catalog.roles_from_rows(

@@ -28,7 +28,7 @@ from rolekit.secrets import SecretsFile
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.deployment.helpers import Client, connect_as, wait_for_no_sessions
-from tests.gitops import GIT_ENV, checkout, checkout_with_remote, secrets_in_age
+from tests.gitops import checkout, checkout_with_remote, secrets_in_age
 from tests.guards.helpers import can_login, password
 from tests.processes import gone
 
@@ -254,9 +254,8 @@ def test_git_commit_commits_exactly_the_state_file_when_secrets_are_ignored(
 ) -> None:
     project.upgrade("dev")
     git = checkout(project, "passwords.env\npublished.json\n*.lock\n__pycache__/\n")
-    env = GIT_ENV
     proc = project.rolekit(
-        *AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-commit", check=False, **env
+        *AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-commit", check=False
     )
     assert proc.returncode == 0, proc.stderr
     log = git("log", "--format=%s", "-n", "2").splitlines()
@@ -272,7 +271,7 @@ def test_git_push_refuses_a_secrets_file_git_ignores_before_any_change(project: 
     checkout_with_remote(project, "passwords.env\npublished.json\n*.lock\n__pycache__/\n")
     before, state = role_snapshot(project.cluster), project.state()
     proc = project.rolekit(*AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-push",
-                           check=False, **GIT_ENV)  # fmt: skip
+                           check=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "git ignores passwords.env" in proc.stderr and "passwords.dev.sops.env" in proc.stderr
     assert role_snapshot(project.cluster) == before and project.state() == state
@@ -293,7 +292,7 @@ def test_git_push_pushes_each_phase_before_publishing(
     # the publish command records what the remote had when it ran
     seen = project.root / "remote-at-publish.txt"
     publish = f"git --git-dir={remote} log --format=%s -n 1 main > {seen}; {PUBLISH}"
-    proc = project.rolekit(*AUTO, "--max-age", "0", "--publish", publish, "--git-push", **GIT_ENV)
+    proc = project.rolekit(*AUTO, "--max-age", "0", "--publish", publish, "--git-push")
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert seen.read_text().strip() == "rolekit: rotate my_app (dev): begin"
     assert [e["event"] for e in events].count("git push") == 2
@@ -327,7 +326,7 @@ def test_a_rejected_push_stops_before_publishing(
     )
     hook.chmod(0o755)
     proc = project.rolekit(*AUTO, "--max-age", "0", "--publish", PUBLISH, "--git-push",
-                           check=False, **GIT_ENV)  # fmt: skip
+                           check=False)  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     assert "git push failed" in proc.stderr and "nothing was published" in proc.stderr
     assert "t0ken-4711" not in proc.stdout + proc.stderr  # a token in a URL is masked

@@ -29,6 +29,7 @@ from rolekit.secrets._dotenv import Errors
 from rolekit.testing import Project
 from tests.catalog_snapshot import role_snapshot
 from tests.guards.helpers import can_login
+from tests.processes import gone
 from tests.reliability.helpers import login_works
 
 NAME = "passwords.prod.sops.env"
@@ -413,12 +414,7 @@ def test_a_hung_sops_is_killed_with_its_whole_process_group(
     with pytest.raises(SecretsError, match="did not finish within 1 s"):
         SecretsFile(folder.path).load()
     pid = int(child.read_text())
-    for _ in range(50):
-        state = Path(f"/proc/{pid}/stat")
-        if not state.exists() or state.read_text().split()[2] == "Z":
-            break
-        time.sleep(0.1)
-    else:
+    if not gone(pid, timeout=5):
         os.kill(pid, 9)
         pytest.fail("sops's child outlived the timeout")
 

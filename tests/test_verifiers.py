@@ -11,6 +11,7 @@ from psycopg2 import sql
 from rolekit.pg.verifiers import Ahead
 from rolekit.secrets import Secret, generate_password
 from rolekit.testing import Cluster, Project
+from tests.reliability.helpers import assert_logins, login_works
 
 SCRAM = re.compile(r"SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 
@@ -23,15 +24,7 @@ def _roles(cluster: Cluster, n: int) -> list[tuple[str, Secret]]:
     return pending
 
 
-def _logs_in(cluster: Cluster, role: str, secret: Secret) -> bool:
-    try:
-        cluster.connect(role, secret.reveal()).close()
-    except psycopg2.OperationalError:
-        return False
-    return True
-
-
-def _apply(cluster: Cluster, ahead: Ahead, main: Any, order: list[tuple[str, Secret]]) -> None:
+def _apply(ahead: Ahead, main: Any, order: list[tuple[str, Secret]]) -> None:
     with main.cursor() as cur:
         for role, secret in order:
             verifier = ahead.take(role, secret, main)
@@ -48,12 +41,12 @@ def test_verifiers_derived_ahead_are_the_ones_the_server_accepts(cluster: Cluste
     try:
         # one asked for out of turn and one skipped: each still gets its own verifier
         order = [pending[0], pending[2], pending[1], *pending[3:7], *pending[8:]]
-        _apply(cluster, ahead, main, order)
+        _apply(ahead, main, order)
     finally:
         ahead.close()
         main.close()
-    assert [_logs_in(cluster, r, s) for r, s in order] == [True] * len(order)
-    assert not _logs_in(cluster, *pending[7])
+    assert [login_works(cluster, r, s.reveal()) for r, s in order] == [True] * len(order)
+    assert not login_works(cluster, pending[7][0], pending[7][1].reveal())
 
 
 def test_in_turn_most_verifiers_come_from_the_worker(cluster: Cluster) -> None:
@@ -63,12 +56,12 @@ def test_in_turn_most_verifiers_come_from_the_worker(cluster: Cluster) -> None:
     main = cluster.connect()
     ahead = Ahead(pending, cluster.connect, main.get_parameter_status("scram_iterations"))
     try:
-        _apply(cluster, ahead, main, pending)
+        _apply(ahead, main, pending)
         assert ahead.taken_ahead >= 8, ahead.taken_ahead
     finally:
         ahead.close()
         main.close()
-    assert all(_logs_in(cluster, r, s) for r, s in pending)
+    assert all(login_works(cluster, r, s.reveal()) for r, s in pending)
 
 
 def test_without_a_second_connection_each_is_derived_on_the_main_one(cluster: Cluster) -> None:
@@ -84,11 +77,11 @@ def test_without_a_second_connection_each_is_derived_on_the_main_one(cluster: Cl
         Ahead(pending, cluster.connect, "8192"),
     ):
         try:
-            _apply(cluster, ahead, main, pending)
+            _apply(ahead, main, pending)
             assert ahead.taken_ahead == 0
         finally:
             ahead.close()
-        assert all(_logs_in(cluster, r, s) for r, s in pending)
+        assert all(login_works(cluster, r, s.reveal()) for r, s in pending)
     main.close()
 
 
@@ -100,3 +93,4 @@ def test_an_upgrade_setting_many_passwords_logs_each_member_in(any_project: Proj
         "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'svc%%' AND rolcanlogin"
     )
     assert rows == [(5,)]
+    assert_logins(any_project)
