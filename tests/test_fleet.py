@@ -27,7 +27,7 @@ import pytest
 from rolekit.project.document import from_document
 from rolekit.secrets import SecretsFile
 from rolekit.testing import Project
-from tests.gitops import GIT_ENV, checkout, checkout_with_remote, secrets_in_age
+from tests.gitops import checkout, checkout_with_remote, secrets_in_age
 
 #: every family a test adds: svc1 .. svc8
 FAMILIES = [f"svc{n}" for n in range(1, 9)]
@@ -157,19 +157,15 @@ def clone(project: Project, root: Path) -> Project:
     """Another checkout of *project* against the same database, as a second CI
     runner or a teammate's machine has: its own state file and secrets file."""
     root.mkdir()
-    shutil.copy(project.root / "alembic.ini", root / "alembic.ini")
+    # the secrets file first: it has its fingerprint key, so the copy adds none
     shutil.copy(project.root / "passwords.env", root / "passwords.env")
-    shutil.copytree(
-        project.root / "migrations",
-        root / "migrations",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    return Project(
+    return Project.copy(
+        project.root,
         root,
         project.cluster,
-        project.user,
-        project.password,
-        project.dbname,
+        user=project.user,
+        password=project.password,
+        dbname=project.dbname,
         pythonpath=project.pythonpath,
         env=project.extra_env,
     )
@@ -214,11 +210,12 @@ def test_rotations_of_different_families_from_two_checkouts(
 
 
 def test_same_family_still_excludes_across_checkouts_and_files_merge(
-    project: Project, tmp_path: Path
+    any_project: Project, tmp_path: Path
 ) -> None:
-    """Two runs of one family, from one checkout or from two: the second exits 4;
-    a dry run of another family meanwhile writes its own state without losing
-    the first's."""
+    """Two runs of one family, from one checkout or from two: the second exits 4
+    (the database's lock, whoever the migration user is); a dry run of another
+    family meanwhile writes its own state without losing the first's."""
+    project = any_project
     project.add_families(FAMILIES[:2])
     holder = project.spawn(
         *cli(
@@ -384,10 +381,9 @@ def test_all_publishes_each_family_and_commits_once_per_phase(project: Project) 
     project.add_families(families)
     root = project.root
     git = checkout(project, "passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
-    env = GIT_ENV
     publish = 'cat > "pub.$$.json"'
     proc = project.rolekit(
-        *ALL, "--max-age", "0", "--publish", publish, "--git-commit", check=False, **env
+        *ALL, "--max-age", "0", "--publish", publish, "--git-commit", check=False
     )
     assert proc.returncode == 0, proc.stderr
     published = sorted(
@@ -434,13 +430,12 @@ def test_all_pushes_each_phase_and_a_failed_publish_keeps_only_its_family(
     project.upgrade("dev")
     root = project.root
     git, remote = checkout_with_remote(project, "passwords.env\npub.*.json\n*.lock\n__pycache__/\n")
-    env = GIT_ENV
     publish = (
         'doc=$(cat); case "$doc" in *svc2_b*) printf "denied: %s" "$doc" >&2; exit 1;; esac; '
         'printf "%s" "$doc" > "pub.$$.json"'
     )
     push = ("--publish", publish, "--git-push")
-    proc = project.rolekit(*ALL, "--max-age", "0", *push, check=False, **env)
+    proc = project.rolekit(*ALL, "--max-age", "0", *push, check=False)
     assert proc.returncode == 1, proc.stderr
     assert "svc2 (dev) stay in the overlap" in proc.stderr
     finished = proc.stderr.rsplit("Finished: ", 1)[1].strip()
@@ -470,7 +465,7 @@ def test_all_pushes_each_phase_and_a_failed_publish_keeps_only_its_family(
     assert SecretsFile(in_remote).get("svc2_b", "dev").reveal() == incoming
 
     works = ("--publish", 'cat > "pub.$$.json"', "--git-push")
-    again = project.rolekit(*ALL, "--max-age", "1d", *works, check=False, **env)
+    again = project.rolekit(*ALL, "--max-age", "1d", *works, check=False)
     assert again.returncode == 0, again.stderr
     assert events(again.stdout)[-1] == {
         "event": "done",
