@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, example, log, machine, median, rounded, write_json
+from bench.common import REPO, example, log, machine, median, rounded, timed, write_json
 from bench.overhead import ROLEKIT, count_statements
 from rolekit.secrets import Secret, SecretsFile, fingerprint, generate_password
 from rolekit.testing import Cluster, Project
@@ -142,9 +142,7 @@ def _project(root: Path, cluster: Cluster, n: int, *, least_privileged: bool = F
 
 
 def _timed_upgrade(project: Project) -> float:
-    started = time.perf_counter()
-    proc = project.upgrade("dev")
-    return time.perf_counter() - started if proc.returncode == 0 else float("nan")
+    return timed(project.upgrade, "dev")[0]  # upgrade() raises if it fails
 
 
 def _noops(
@@ -162,12 +160,11 @@ def _noops(
         }
         for which, project in projects.items():
             project.upgrade("dev")  # the apply; then one untimed no-op, its statements counted
-            cluster = alone if which == "example" else crowded
-            offset = cluster.log_size()
+            offset = project.cluster.log_size()
             proc = project.upgrade("dev")
             if "] running " in proc.stderr:
                 raise RuntimeError(f"the {which} no-op ran something:\n{proc.stderr[-3000:]}")
-            statements[which] = count_statements(cluster.log_since(offset))
+            statements[which] = count_statements(project.cluster.log_since(offset))
         for i in range(runs):
             for which in ("example", "plus") if i % 2 == 0 else ("plus", "example"):
                 noops[which].append(_timed_upgrade(projects[which]))
